@@ -1,0 +1,4 @@
+//! Emulated devices: the bus that routes guest I/O exits, legacy devices and
+//! virtio devices.
+
+pub mod bus;
