@@ -9,15 +9,15 @@ cd "$KILN_REPO"
 
 need_cmd cpio cpio
 [ -x /bin/busybox ] || die "/bin/busybox missing: apt-get install busybox-static (or run tools/setup)"
-if LC_ALL=C ldd /bin/busybox >/dev/null 2>&1; then
+if readelf -l /bin/busybox | grep -q 'program interpreter'; then
     die "/bin/busybox is dynamically linked: apt-get install busybox-static"
 fi
 
 TARGET=x86_64-unknown-linux-gnu
 log "building kiln-agent (static, release)"
-RUSTFLAGS="-C target-feature=+crt-static" cargo build --release --quiet -p kiln-agent --target "$TARGET"
+RUSTFLAGS="-C target-feature=+crt-static -C relocation-model=static" cargo build --release --quiet -p kiln-agent --target "$TARGET"
 AGENT="$KILN_REPO/target/$TARGET/release/kiln-agent"
-if LC_ALL=C ldd "$AGENT" >/dev/null 2>&1; then
+if readelf -l "$AGENT" | grep -q 'program interpreter'; then
     die "kiln-agent came out dynamically linked; it must be static to run as PID 1"
 fi
 

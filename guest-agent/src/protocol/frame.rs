@@ -209,7 +209,7 @@ mod tests {
 
     #[test]
     fn clean_eof_is_closed() {
-        let err = read_frame(&mut Cursor::new(Vec::new())).unwrap_err();
+        let err = read_frame(&mut Cursor::new(Vec::new())).expect_err("must fail");
         assert!(matches!(err, FrameError::Closed), "{err:?}");
     }
 
@@ -217,8 +217,11 @@ mod tests {
     fn truncated_header() {
         for n in 1..FRAME_HEADER_LEN {
             let raw = header(FRAME_MAGIC, PROTOCOL_VERSION, 1, 0);
-            let err = read_frame(&mut Cursor::new(raw[..n].to_vec())).unwrap_err();
-            assert!(matches!(err, FrameError::TruncatedHeader(got) if got == n), "{err:?}");
+            let err = read_frame(&mut Cursor::new(raw[..n].to_vec())).expect_err("must fail");
+            assert!(
+                matches!(err, FrameError::TruncatedHeader(got) if got == n),
+                "{err:?}"
+            );
         }
     }
 
@@ -226,9 +229,15 @@ mod tests {
     fn truncated_payload() {
         let mut raw = header(FRAME_MAGIC, PROTOCOL_VERSION, 0x82, 10);
         raw.extend_from_slice(b"abc");
-        let err = read_frame(&mut Cursor::new(raw)).unwrap_err();
+        let err = read_frame(&mut Cursor::new(raw)).expect_err("must fail");
         assert!(
-            matches!(err, FrameError::TruncatedPayload { expected: 10, got: 3 }),
+            matches!(
+                err,
+                FrameError::TruncatedPayload {
+                    expected: 10,
+                    got: 3
+                }
+            ),
             "{err:?}"
         );
     }
@@ -236,16 +245,17 @@ mod tests {
     #[test]
     fn wrong_magic() {
         let raw = header(0x1234, PROTOCOL_VERSION, 1, 0);
-        let err = read_frame(&mut Cursor::new(raw)).unwrap_err();
+        let err = read_frame(&mut Cursor::new(raw)).expect_err("must fail");
         assert!(matches!(err, FrameError::BadMagic(0x1234)), "{err:?}");
-        let err = read_frame(&mut Cursor::new(b"GET / HTTP/1.1\r\n".to_vec())).unwrap_err();
+        let err =
+            read_frame(&mut Cursor::new(b"GET / HTTP/1.1\r\n".to_vec())).expect_err("must fail");
         assert!(matches!(err, FrameError::BadMagic(_)), "{err:?}");
     }
 
     #[test]
     fn unknown_version() {
         let raw = header(FRAME_MAGIC, PROTOCOL_VERSION.wrapping_add(1), 1, 0);
-        let err = read_frame(&mut Cursor::new(raw)).unwrap_err();
+        let err = read_frame(&mut Cursor::new(raw)).expect_err("must fail");
         assert!(matches!(err, FrameError::UnsupportedVersion(_)), "{err:?}");
     }
 
@@ -256,8 +266,11 @@ mod tests {
                 data: Cursor::new(header(FRAME_MAGIC, PROTOCOL_VERSION, 0x82, len)),
                 asked: 0,
             };
-            let err = read_frame(&mut stingy).unwrap_err();
-            assert!(matches!(err, FrameError::TooLarge(l) if l == u64::from(len)), "{err:?}");
+            let err = read_frame(&mut stingy).expect_err("must fail");
+            assert!(
+                matches!(err, FrameError::TooLarge(l) if l == u64::from(len)),
+                "{err:?}"
+            );
             assert_eq!(stingy.asked, FRAME_HEADER_LEN, "payload must not be read");
         }
     }
@@ -267,7 +280,13 @@ mod tests {
         let payload = vec![0xAAu8; MAX_FRAME_PAYLOAD as usize];
         let mut buf = Vec::new();
         write_frame(&mut buf, 0x83, &payload).expect("write max");
-        assert_eq!(read_frame(&mut Cursor::new(buf)).expect("read").payload.len(), payload.len());
+        assert_eq!(
+            read_frame(&mut Cursor::new(buf))
+                .expect("read")
+                .payload
+                .len(),
+            payload.len()
+        );
         let too_big = vec![0u8; MAX_FRAME_PAYLOAD as usize + 1];
         let mut sink = Vec::new();
         assert!(matches!(

@@ -9,6 +9,9 @@ use super::wire::{DecodeError, Decoder, Encoder};
 pub const MAX_ARGV: u32 = 4096;
 /// Most environment variables an exec request may carry.
 pub const MAX_ENV: u32 = 4096;
+/// Longest `Error` message [`Message::error`] produces (bytes); longer
+/// details are cut so an error reply always fits in a frame.
+pub const MAX_ERROR_MESSAGE: usize = 4096;
 
 /// The kind byte of each message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -193,12 +196,18 @@ impl Message {
         }
     }
 
-    /// Shorthand for an error reply.
+    /// Shorthand for an error reply; the message is cut to
+    /// [`MAX_ERROR_MESSAGE`] bytes (at a character boundary).
     pub fn error(code: ErrorCode, message: impl Into<String>) -> Self {
-        Self::Error {
-            code,
-            message: message.into(),
+        let mut message = message.into();
+        if message.len() > MAX_ERROR_MESSAGE {
+            let mut cut = MAX_ERROR_MESSAGE;
+            while !message.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            message.truncate(cut);
         }
+        Self::Error { code, message }
     }
 
     /// Encodes the message body (the frame payload).
@@ -305,7 +314,12 @@ mod tests {
         vec![
             Message::Ping,
             Message::Exec(ExecRequest {
-                argv: vec!["sh".into(), "-c".into(), "echo 'ü'; exit 3".into(), String::new()],
+                argv: vec![
+                    "sh".into(),
+                    "-c".into(),
+                    "echo 'ü'; exit 3".into(),
+                    String::new(),
+                ],
                 env: vec![("A".into(), "1".into()), ("EMPTY".into(), String::new())],
                 cwd: Some("/tmp".into()),
                 stdin: true,
@@ -378,7 +392,10 @@ mod tests {
     #[test]
     fn unknown_kinds_are_rejected() {
         for kind in [0x00u8, 0x06, 0x7f, 0x80, 0x87, 0xff] {
-            assert_eq!(Message::decode(kind, &[]), Err(DecodeError::UnknownKind(kind)));
+            assert_eq!(
+                Message::decode(kind, &[]),
+                Err(DecodeError::UnknownKind(kind))
+            );
         }
     }
 
@@ -416,6 +433,17 @@ mod tests {
                 let _ = Message::decode(kind, &body);
             }
         }
+    }
+
+    #[test]
+    fn error_messages_are_bounded() {
+        let long = "é".repeat(MAX_ERROR_MESSAGE);
+        let Message::Error { message, .. } = Message::error(ErrorCode::Internal, long) else {
+            panic!("not an error");
+        };
+        assert!(message.len() <= MAX_ERROR_MESSAGE);
+        assert!(message.len() >= MAX_ERROR_MESSAGE - 1);
+        assert!(message.chars().all(|c| c == 'é'));
     }
 
     #[test]

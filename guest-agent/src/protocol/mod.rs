@@ -111,11 +111,11 @@ mod tests {
     fn garbage_payload_with_known_kind_is_a_decode_error() {
         let mut buf = Vec::new();
         write_frame(&mut buf, MessageKind::Exec as u8, &[0xff; 13]).expect("write");
-        let err = read_message(&mut Cursor::new(buf)).unwrap_err();
+        let err = read_message(&mut Cursor::new(buf)).expect_err("must fail");
         assert_eq!(err.code(), ErrorCode::BadRequest);
         let mut buf = Vec::new();
         write_frame(&mut buf, 0x42, &[]).expect("write");
-        let err = read_message(&mut Cursor::new(buf)).unwrap_err();
+        let err = read_message(&mut Cursor::new(buf)).expect_err("must fail");
         assert!(matches!(
             err,
             ProtocolError::Decode(DecodeError::UnknownKind(0x42))

@@ -227,18 +227,30 @@ impl<'a> Decoder<'a> {
     }
 
     pub(crate) fn opt_i32(&mut self, field: &'static str) -> Result<Option<i32>, DecodeError> {
-        Ok(if self.tag(field)? { Some(self.i32(field)?) } else { None })
+        Ok(if self.tag(field)? {
+            Some(self.i32(field)?)
+        } else {
+            None
+        })
     }
 
     pub(crate) fn opt_u64(&mut self, field: &'static str) -> Result<Option<u64>, DecodeError> {
-        Ok(if self.tag(field)? { Some(self.u64(field)?) } else { None })
+        Ok(if self.tag(field)? {
+            Some(self.u64(field)?)
+        } else {
+            None
+        })
     }
 
     pub(crate) fn opt_string(
         &mut self,
         field: &'static str,
     ) -> Result<Option<String>, DecodeError> {
-        Ok(if self.tag(field)? { Some(self.string(field)?) } else { None })
+        Ok(if self.tag(field)? {
+            Some(self.string(field)?)
+        } else {
+            None
+        })
     }
 }
 
@@ -285,14 +297,21 @@ mod tests {
         let mut e = Encoder::new();
         e.u32(u32::MAX);
         let buf = e.finish();
-        assert_eq!(Decoder::new(&buf).bytes("x"), Err(DecodeError::Truncated("x")));
+        assert_eq!(
+            Decoder::new(&buf).bytes("x"),
+            Err(DecodeError::Truncated("x"))
+        );
         assert_eq!(
             Decoder::new(&buf).count("x", u32::MAX, 1),
             Err(DecodeError::Truncated("x"))
         );
         assert_eq!(
             Decoder::new(&buf).count("x", 10, 1),
-            Err(DecodeError::TooMany { field: "x", count: u32::MAX, max: 10 })
+            Err(DecodeError::TooMany {
+                field: "x",
+                count: u32::MAX,
+                max: 10
+            })
         );
     }
 
@@ -305,8 +324,17 @@ mod tests {
         let mut e = Encoder::new();
         e.bytes(&[0xff, 0xfe]);
         let buf = e.finish();
-        assert_eq!(Decoder::new(&buf).string("s"), Err(DecodeError::InvalidUtf8("s")));
-        assert_eq!(Decoder::new(&[1, 2]).finish(), Err(DecodeError::TrailingBytes(2)));
-        assert_eq!(Decoder::new(&[1, 2]).u32("n"), Err(DecodeError::Truncated("n")));
+        assert_eq!(
+            Decoder::new(&buf).string("s"),
+            Err(DecodeError::InvalidUtf8("s"))
+        );
+        assert_eq!(
+            Decoder::new(&[1, 2]).finish(),
+            Err(DecodeError::TrailingBytes(2))
+        );
+        assert_eq!(
+            Decoder::new(&[1, 2]).u32("n"),
+            Err(DecodeError::Truncated("n"))
+        );
     }
 }

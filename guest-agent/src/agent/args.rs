@@ -1,0 +1,131 @@
+//! Command-line parsing (by hand: the agent stays small and static).
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+
+use thiserror::Error;
+
+use kiln_agent::protocol::AGENT_VSOCK_PORT;
+
+/// Usage text for `--help`.
+pub const USAGE: &str = "\
+usage: kiln-agent [--listen-unix PATH | --vsock-port PORT]
+
+As PID 1 (inside a kiln microVM) the agent mounts /proc, /sys, /dev, /tmp,
+marks the boot timer, reaps orphans and serves on vsock port 1024; unknown
+arguments from the kernel command line are ignored.
+
+  --listen-unix PATH   serve on a unix socket instead (host testing)
+  --vsock-port PORT    serve on another vsock port
+  --version            print the version
+  --help               print this help
+";
+
+/// Where to serve.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Transport {
+    /// AF_VSOCK, any CID, this port.
+    Vsock(u32),
+    /// A unix socket at this path.
+    Unix(PathBuf),
+}
+
+/// What the command line asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Invocation {
+    /// Serve the protocol.
+    Serve(Transport),
+    /// Print usage.
+    Help,
+    /// Print the version.
+    Version,
+}
+
+/// A command line that cannot be parsed.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum ArgsError {
+    /// An option without its value.
+    #[error("{0} needs a value")]
+    MissingValue(&'static str),
+    /// A port that is not a number.
+    #[error("invalid vsock port {0:?}")]
+    BadPort(String),
+    /// An option we do not know.
+    #[error("unknown argument {0:?}")]
+    Unknown(String),
+}
+
+/// Parses the arguments after the program name. With `lenient` (PID 1),
+/// unknown arguments are ignored: the kernel passes unrecognised command
+/// line words to init.
+pub fn parse(
+    args: impl IntoIterator<Item = OsString>,
+    lenient: bool,
+) -> Result<Invocation, ArgsError> {
+    let mut transport = Transport::Vsock(AGENT_VSOCK_PORT);
+    let mut args = args.into_iter();
+    while let Some(arg) = args.next() {
+        match arg.to_str() {
+            Some("--help" | "-h") => return Ok(Invocation::Help),
+            Some("--version" | "-V") => return Ok(Invocation::Version),
+            Some("--listen-unix") => {
+                let path = args
+                    .next()
+                    .ok_or(ArgsError::MissingValue("--listen-unix"))?;
+                transport = Transport::Unix(PathBuf::from(path));
+            }
+            Some("--vsock-port") => {
+                let raw = args.next().ok_or(ArgsError::MissingValue("--vsock-port"))?;
+                let raw = raw.to_string_lossy().into_owned();
+                let port = raw.parse().map_err(|_| ArgsError::BadPort(raw))?;
+                transport = Transport::Vsock(port);
+            }
+            _ if lenient => {}
+            _ => return Err(ArgsError::Unknown(arg.to_string_lossy().into_owned())),
+        }
+    }
+    Ok(Invocation::Serve(transport))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(args: &[&str], lenient: bool) -> Result<Invocation, ArgsError> {
+        parse(args.iter().map(OsString::from), lenient)
+    }
+
+    #[test]
+    fn parses_transports() {
+        assert_eq!(p(&[], false), Ok(Invocation::Serve(Transport::Vsock(1024))));
+        assert_eq!(
+            p(&["--listen-unix", "/tmp/s"], false),
+            Ok(Invocation::Serve(Transport::Unix("/tmp/s".into())))
+        );
+        assert_eq!(
+            p(&["--vsock-port", "77"], false),
+            Ok(Invocation::Serve(Transport::Vsock(77)))
+        );
+        assert_eq!(p(&["--help"], false), Ok(Invocation::Help));
+    }
+
+    #[test]
+    fn rejects_bad_input_unless_lenient() {
+        assert_eq!(
+            p(&["--listen-unix"], false),
+            Err(ArgsError::MissingValue("--listen-unix"))
+        );
+        assert_eq!(
+            p(&["--vsock-port", "x"], false),
+            Err(ArgsError::BadPort("x".into()))
+        );
+        assert_eq!(
+            p(&["quiet"], false),
+            Err(ArgsError::Unknown("quiet".into()))
+        );
+        assert_eq!(
+            p(&["quiet", "splash"], true),
+            Ok(Invocation::Serve(Transport::Vsock(1024)))
+        );
+    }
+}

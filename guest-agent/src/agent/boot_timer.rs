@@ -1,0 +1,93 @@
+//! Tells the VMM's boot-timer device that userspace has started.
+//!
+//! The device decodes MMIO writes at [`BOOT_TIMER_ADDR`]; writing
+//! [`USERSPACE_STARTED`] there makes the VMM record the boot time. We reach
+//! the physical address through `/dev/mem`.
+
+use std::fs::OpenOptions;
+use std::io;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::OpenOptionsExt;
+
+use thiserror::Error;
+
+/// Guest-physical address of the boot-timer device.
+pub const BOOT_TIMER_ADDR: u64 = 0xD000_0000;
+/// Value that means "userspace started".
+pub const USERSPACE_STARTED: u8 = 123;
+
+/// Inode number of the initial pid namespace (`PROC_PID_INIT_INO`).
+const INIT_PID_NS_INODE: u64 = 0xEFFF_FFFC;
+
+/// Why the boot timer could not be marked.
+#[derive(Debug, Error)]
+pub enum BootTimerError {
+    /// PID 1 of a container, not of a VM: `/dev/mem` is the host's memory.
+    #[error("not in the initial pid namespace (container?), not touching /dev/mem")]
+    NotAVm,
+    /// `/dev/mem` could not be opened.
+    #[error("cannot open /dev/mem")]
+    Open(#[source] io::Error),
+    /// The page could not be mapped.
+    #[error("cannot map the boot-timer page")]
+    Map(#[source] io::Error),
+}
+
+/// Writes the "userspace started" marker.
+pub fn mark_userspace_started() -> Result<(), BootTimerError> {
+    // Needs /proc. Running as PID 1 of a container would otherwise poke
+    // physical memory of the real machine.
+    let ns = std::fs::metadata("/proc/self/ns/pid").map_err(BootTimerError::Open)?;
+    if std::os::unix::fs::MetadataExt::ino(&ns) != INIT_PID_NS_INODE {
+        return Err(BootTimerError::NotAVm);
+    }
+    let mem = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_SYNC | libc::O_CLOEXEC)
+        .open("/dev/mem")
+        .map_err(BootTimerError::Open)?;
+    let page = 4096;
+    let offset = libc::off_t::try_from(BOOT_TIMER_ADDR)
+        .map_err(|_| BootTimerError::Map(io::Error::from(io::ErrorKind::InvalidInput)))?;
+    // SAFETY: maps one page of /dev/mem at a page-aligned offset; the
+    // result is checked before use and unmapped below.
+    let ptr = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            page,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            mem.as_raw_fd(),
+            offset,
+        )
+    };
+    if ptr == libc::MAP_FAILED {
+        return Err(BootTimerError::Map(io::Error::last_os_error()));
+    }
+    // SAFETY: `ptr` is a live writable mapping of at least one byte; a
+    // volatile write makes sure the MMIO store is actually issued.
+    unsafe { std::ptr::write_volatile(ptr.cast::<u8>(), USERSPACE_STARTED) };
+    // SAFETY: `ptr`/`page` are exactly the mapping created above, and no
+    // reference into it outlives this call.
+    unsafe { libc::munmap(ptr, page) };
+    Ok(())
+}
+
+/// Kernel command-line flag asking for a console line at userspace start, for
+/// VMMs without kiln's boot-timer device (benchmark peers such as QEMU).
+const CONSOLE_MARK_FLAG: &str = "kiln.console_mark";
+/// The line written to `/dev/console` when the flag is present.
+pub const CONSOLE_MARK_LINE: &str = "kiln-agent: userspace started\n";
+
+/// Writes [`CONSOLE_MARK_LINE`] to the console when the kernel command line
+/// holds `kiln.console_mark`; returns whether it did.
+pub fn mark_on_console_if_asked() -> io::Result<bool> {
+    let cmdline = std::fs::read_to_string("/proc/cmdline")?;
+    if !cmdline.split_whitespace().any(|w| w == CONSOLE_MARK_FLAG) {
+        return Ok(false);
+    }
+    let mut console = OpenOptions::new().write(true).open("/dev/console")?;
+    io::Write::write_all(&mut console, CONSOLE_MARK_LINE.as_bytes())?;
+    Ok(true)
+}

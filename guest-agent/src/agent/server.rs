@@ -1,0 +1,149 @@
+//! Accept loop and per-connection request dispatch.
+
+use std::io;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use kiln_agent::protocol::{
+    read_message, write_message, ErrorCode, FrameError, Message, Pong, ProtocolError,
+};
+
+use super::conn::Conn;
+use super::exec;
+use super::klog::{chain, klog};
+use super::listener::Listener;
+use super::power;
+use super::reaper::Reaper;
+
+/// Most connections served at once; more get a `Busy` error.
+const MAX_CONNECTIONS: usize = 64;
+/// How long a new connection may take to send its request.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long one write may block on a host that does not read.
+/// A host that stalls longer than this loses its exec (the program is
+/// killed), so a stuck host cannot pin guest resources forever.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Write timeout for the `Busy` reply sent from the accept loop.
+const BUSY_WRITE_TIMEOUT: Duration = Duration::from_millis(100);
+
+/// What `Shutdown` does.
+#[derive(Debug, Clone)]
+pub enum Mode {
+    /// PID 1 in a VM: reset the machine.
+    Guest,
+    /// A process on the host: remove the socket (if any) and exit.
+    Host(Option<PathBuf>),
+}
+
+/// State shared by every connection.
+pub struct Server {
+    /// The one reaper.
+    pub reaper: Reaper,
+    /// When the agent started (for `Pong::uptime_ms`).
+    pub started: Instant,
+    /// What `Shutdown` does.
+    pub mode: Mode,
+    active: AtomicUsize,
+}
+
+impl Server {
+    /// Creates the shared state.
+    pub fn new(reaper: Reaper, started: Instant, mode: Mode) -> Arc<Self> {
+        Arc::new(Self {
+            reaper,
+            started,
+            mode,
+            active: AtomicUsize::new(0),
+        })
+    }
+
+    /// Accepts connections forever, one thread each.
+    pub fn serve(self: &Arc<Self>, listener: &Listener) -> ! {
+        loop {
+            let conn = match listener.accept() {
+                Ok(c) => c,
+                Err(e) => {
+                    if e.kind() != io::ErrorKind::Interrupted {
+                        klog!("accept failed: {e}");
+                        // EMFILE and friends: let other connections finish.
+                        thread::sleep(Duration::from_millis(100));
+                    }
+                    continue;
+                }
+            };
+            self.dispatch(conn);
+        }
+    }
+
+    fn dispatch(self: &Arc<Self>, mut conn: Conn) {
+        if self.active.fetch_add(1, Ordering::SeqCst) >= MAX_CONNECTIONS {
+            self.active.fetch_sub(1, Ordering::SeqCst);
+            let _ = conn.set_write_timeout(Some(BUSY_WRITE_TIMEOUT));
+            let _ = write_message(
+                &mut conn,
+                &Message::error(ErrorCode::Busy, "too many connections"),
+            );
+            return;
+        }
+        let server = Arc::clone(self);
+        let spawned = thread::Builder::new().name("conn".into()).spawn(move || {
+            server.handle(&mut conn);
+            conn.shutdown();
+            server.active.fetch_sub(1, Ordering::SeqCst);
+        });
+        if let Err(e) = spawned {
+            self.active.fetch_sub(1, Ordering::SeqCst);
+            klog!("cannot start connection thread: {e}");
+        }
+    }
+
+    fn handle(&self, conn: &mut Conn) {
+        let _ = conn.set_write_timeout(Some(WRITE_TIMEOUT));
+        let _ = conn.set_read_timeout(Some(REQUEST_TIMEOUT));
+        let request = match read_message(conn) {
+            Ok(msg) => msg,
+            Err(ProtocolError::Frame(FrameError::Closed)) => return,
+            Err(e) => {
+                let detail = chain(&e);
+                klog!("bad request: {detail}");
+                let _ = write_message(conn, &Message::error(e.code(), detail));
+                return;
+            }
+        };
+        match request {
+            Message::Ping => {
+                let pong = Pong {
+                    agent_version: env!("CARGO_PKG_VERSION").to_owned(),
+                    uptime_ms: u64::try_from(self.started.elapsed().as_millis())
+                        .unwrap_or(u64::MAX),
+                };
+                let _ = write_message(conn, &Message::Pong(pong));
+            }
+            Message::Exec(req) => exec::run(conn, req, &self.reaper),
+            Message::Shutdown => self.shutdown(conn),
+            other => {
+                let detail = format!("{:?} is not a request", other.kind());
+                let _ = write_message(conn, &Message::error(ErrorCode::BadRequest, detail));
+            }
+        }
+    }
+
+    fn shutdown(&self, conn: &mut Conn) {
+        if write_message(conn, &Message::Ok).is_ok() {
+            power::wait_for_host_close(conn);
+        }
+        match &self.mode {
+            Mode::Guest => power::reboot(),
+            Mode::Host(path) => {
+                klog!("shutdown requested, exiting");
+                if let Some(path) = path {
+                    let _ = std::fs::remove_file(path);
+                }
+                std::process::exit(0);
+            }
+        }
+    }
+}
