@@ -1,0 +1,90 @@
+//! kiln's benchmark harness. Prints p50/p95/p99 tables with ratios against
+//! peers measured in the same run. Run it inside the testbed on hosts without
+//! hardware KVM (`tools/bench`).
+
+mod child;
+mod peer;
+mod report;
+mod stats;
+mod vsock;
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+
+use peer::{qemu::QemuMicrovm, Peer};
+
+/// kiln benchmark harness.
+#[derive(Parser)]
+#[command(name = "kiln-bench", about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Cold boots: VMM start to guest userspace, and to the agent's first pong.
+    Boot(BootArgs),
+}
+
+#[derive(clap::Args)]
+struct BootArgs {
+    /// Boots per VMM.
+    #[arg(long, default_value_t = 30)]
+    n: usize,
+    /// Guest kernel (vmlinux).
+    #[arg(long)]
+    kernel: PathBuf,
+    /// Guest initramfs.
+    #[arg(long)]
+    initramfs: PathBuf,
+    /// vCPUs per VM.
+    #[arg(long, default_value_t = 1)]
+    vcpus: u8,
+    /// Memory per VM, MiB.
+    #[arg(long, default_value_t = 256)]
+    mem_mib: u32,
+    /// QEMU binary for the microvm peer (omit to skip the peer).
+    #[arg(long)]
+    qemu: Option<PathBuf>,
+    /// QEMU firmware directory (-L), holding qboot.rom.
+    #[arg(long)]
+    qemu_data: Option<PathBuf>,
+}
+
+fn boot(args: BootArgs) -> Result<()> {
+    let mut peers: Vec<Box<dyn Peer>> = Vec::new();
+    if let Some(qemu) = args.qemu {
+        peers.push(Box::new(QemuMicrovm {
+            qemu,
+            data_dir: args.qemu_data,
+            kernel: args.kernel.clone(),
+            initramfs: args.initramfs.clone(),
+            vcpus: args.vcpus,
+            mem_mib: args.mem_mib,
+        }));
+    }
+    if peers.is_empty() {
+        bail!("nothing to measure: give at least one VMM");
+    }
+    let mut results = Vec::new();
+    for peer in &peers {
+        let mut samples = Vec::new();
+        for i in 0..args.n {
+            let s = peer.boot_once(i).with_context(|| format!("{} boot {i}", peer.name()))?;
+            eprintln!("{} #{i}: userspace {:?}, ping {:?}", peer.name(), s.userspace, s.ping);
+            samples.push(s);
+        }
+        results.push((peer.name(), samples));
+    }
+    print!("{}", report::boot_table(&results));
+    Ok(())
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().command {
+        Command::Boot(args) => boot(args),
+    }
+}

@@ -1,0 +1,130 @@
+//! QEMU's `microvm` machine with in-kernel vhost-vsock, booting the same
+//! kernel and initramfs as kiln.
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use kiln_agent::client;
+use kiln_agent::protocol::AGENT_VSOCK_PORT;
+
+use super::{BootError, BootSample, Peer, BOOT_TIMEOUT};
+use crate::child::ChildGuard;
+use crate::vsock;
+
+/// The line kiln's agent prints on the console when booted with
+/// `kiln.console_mark` (peers have no boot-timer device).
+const CONSOLE_MARK: &str = "kiln-agent: userspace started";
+/// First guest CID handed to QEMU runs; run `i` uses `CID_BASE + i`.
+const CID_BASE: u32 = 1000;
+
+/// A QEMU microvm configuration.
+pub struct QemuMicrovm {
+    /// `qemu-system-x86_64` binary.
+    pub qemu: PathBuf,
+    /// Firmware directory (`-L`), holding qboot.
+    pub data_dir: Option<PathBuf>,
+    /// Guest kernel (vmlinux, PVH entry).
+    pub kernel: PathBuf,
+    /// Guest initramfs.
+    pub initramfs: PathBuf,
+    /// vCPUs.
+    pub vcpus: u8,
+    /// Guest memory in MiB.
+    pub mem_mib: u32,
+}
+
+impl QemuMicrovm {
+    fn command(&self, cid: u32) -> Command {
+        let mut cmd = Command::new(&self.qemu);
+        if let Some(dir) = &self.data_dir {
+            cmd.arg("-L").arg(dir);
+        }
+        cmd.args(["-M", "microvm,acpi=off,x-option-roms=off,rtc=off"])
+            .args(["-accel", "kvm", "-cpu", "host"])
+            .args(["-smp", &self.vcpus.to_string(), "-m", &format!("{}M", self.mem_mib)])
+            .args(["-nodefaults", "-no-user-config", "-nographic", "-no-reboot"])
+            .args(["-serial", "stdio"])
+            .arg("-kernel")
+            .arg(&self.kernel)
+            .arg("-initrd")
+            .arg(&self.initramfs)
+            // reboot=t: QEMU microvm has no i8042 reset path fast enough to
+            // compare (the kernel would poll port 0x64 ~650k times).
+            .args(["-append", "console=ttyS0 quiet reboot=t panic=-1 kiln.console_mark"])
+            .args(["-device", &format!("vhost-vsock-device,guest-cid={cid}")])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
+        cmd
+    }
+}
+
+impl Peer for QemuMicrovm {
+    fn name(&self) -> String {
+        "qemu microvm".into()
+    }
+
+    fn boot_once(&self, i: usize) -> Result<BootSample, BootError> {
+        let what = "qemu microvm";
+        let cid = CID_BASE + i as u32;
+        let start = Instant::now();
+        let child = self
+            .command(cid)
+            .spawn()
+            .map_err(|source| BootError::Spawn { what, source })?;
+        let mut guard = ChildGuard::new(child);
+        let stdout = guard.child_mut().stdout.take().ok_or_else(|| BootError::Guest {
+            what,
+            detail: "no stdout pipe".into(),
+        })?;
+        let (mark_tx, mark_rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if line.contains(CONSOLE_MARK) {
+                    let _ = mark_tx.send(Instant::now());
+                }
+            }
+        });
+
+        let deadline = start + BOOT_TIMEOUT;
+        let ping = loop {
+            if Instant::now() > deadline {
+                return Err(BootError::Guest {
+                    what,
+                    detail: format!("agent did not answer a ping within {BOOT_TIMEOUT:?}"),
+                });
+            }
+            if let Ok(Some(status)) = guard.child_mut().try_wait() {
+                return Err(BootError::Guest {
+                    what,
+                    detail: format!("qemu exited early: {status}"),
+                });
+            }
+            match vsock::connect(cid, AGENT_VSOCK_PORT, Duration::from_millis(200), Duration::from_secs(10)) {
+                Ok(mut sock) => {
+                    if client::ping(&mut sock).is_ok() {
+                        break start.elapsed();
+                    }
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(1)),
+            }
+        };
+        let userspace = mark_rx
+            .recv_timeout(Duration::from_secs(10))
+            .map_err(|_| BootError::Guest {
+                what,
+                detail: "no userspace mark on the console".into(),
+            })?
+            .duration_since(start);
+
+        if let Ok(mut sock) = vsock::connect(cid, AGENT_VSOCK_PORT, Duration::from_secs(5), Duration::from_secs(10)) {
+            let _ = client::shutdown(&mut sock);
+        }
+        let _ = guard.wait_or_kill(Duration::from_secs(30));
+        Ok(BootSample { userspace, ping })
+    }
+}

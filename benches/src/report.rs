@@ -1,0 +1,50 @@
+//! Markdown tables of benchmark results, with ratios against the first peer.
+
+use std::fmt::Write;
+use std::time::Duration;
+
+use crate::peer::BootSample;
+use crate::stats::{summarize, Summary};
+
+fn ms(d: Duration) -> String {
+    format!("{:.1}", d.as_secs_f64() * 1000.0)
+}
+
+fn row(out: &mut String, name: &str, metric: &str, s: &Summary, base: Option<&Summary>) {
+    let ratio = base
+        .map(|b| format!("{:.2}x", s.p50.as_secs_f64() / b.p50.as_secs_f64().max(f64::MIN_POSITIVE)))
+        .unwrap_or_else(|| "-".into());
+    let _ = writeln!(
+        out,
+        "| {name} | {metric} | {} | {} | {} | {} | {} | {} | {ratio} |",
+        s.n,
+        ms(s.min),
+        ms(s.p50),
+        ms(s.p95),
+        ms(s.p99),
+        ms(s.max)
+    );
+}
+
+/// One table: per VMM, (a) to userspace and (b) to first pong; the p50 ratio
+/// column compares each row with the first VMM's same metric.
+pub fn boot_table(results: &[(String, Vec<BootSample>)]) -> String {
+    let mut out = String::new();
+    out.push_str("| vmm | metric | n | min ms | p50 ms | p95 ms | p99 ms | max ms | p50 vs first |\n");
+    out.push_str("|---|---|---|---|---|---|---|---|---|\n");
+    let metrics: [(&str, fn(&BootSample) -> Duration); 2] = [
+        ("(a) start -> userspace", |s| s.userspace),
+        ("(b) start -> agent pong", |s| s.ping),
+    ];
+    for (metric, get) in metrics {
+        let base = results
+            .first()
+            .and_then(|(_, v)| summarize(&v.iter().map(get).collect::<Vec<_>>()));
+        for (name, samples) in results {
+            if let Some(s) = summarize(&samples.iter().map(get).collect::<Vec<_>>()) {
+                row(&mut out, name, metric, &s, base.as_ref());
+            }
+        }
+    }
+    out
+}
