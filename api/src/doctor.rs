@@ -91,7 +91,11 @@ pub fn diagnose() -> Report {
                         );
                         if report.hardware_speed() {
                             usable = true;
-                            checks.push(check("guest kernel mode", Status::Ok, format!("hardware speed: {numbers}")));
+                            checks.push(check(
+                                "guest kernel mode",
+                                Status::Ok,
+                                format!("hardware speed: {numbers}"),
+                            ));
                         } else {
                             emulated = true;
                             checks.push(check(
@@ -115,9 +119,17 @@ pub fn diagnose() -> Report {
     }
 
     if Path::new(MSHV_PATH).exists() {
-        checks.push(check("mshv device", Status::Info, format!("{MSHV_PATH} present (kiln's MSHV backend is not built in yet)")));
+        checks.push(check(
+            "mshv device",
+            Status::Info,
+            format!("{MSHV_PATH} present (kiln's MSHV backend is not built in yet)"),
+        ));
     } else {
-        checks.push(check("mshv device", Status::Info, format!("{MSHV_PATH} absent")));
+        checks.push(check(
+            "mshv device",
+            Status::Info,
+            format!("{MSHV_PATH} absent"),
+        ));
     }
 
     let advice = if usable {

@@ -13,7 +13,10 @@ pub struct ChildGuard {
 impl ChildGuard {
     /// Takes ownership of a spawned child.
     pub fn new(child: Child) -> Self {
-        ChildGuard { child, reaped: false }
+        ChildGuard {
+            child,
+            reaped: false,
+        }
     }
 
     /// Mutable access to the child (for its pipes).

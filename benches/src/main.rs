@@ -73,8 +73,15 @@ fn boot(args: BootArgs) -> Result<()> {
     for peer in &peers {
         let mut samples = Vec::new();
         for i in 0..args.n {
-            let s = peer.boot_once(i).with_context(|| format!("{} boot {i}", peer.name()))?;
-            eprintln!("{} #{i}: userspace {:?}, ping {:?}", peer.name(), s.userspace, s.ping);
+            let s = peer
+                .boot_once(i)
+                .with_context(|| format!("{} boot {i}", peer.name()))?;
+            eprintln!(
+                "{} #{i}: userspace {:?}, ping {:?}",
+                peer.name(),
+                s.userspace,
+                s.ping
+            );
             samples.push(s);
         }
         results.push((peer.name(), samples));

@@ -12,7 +12,12 @@ fn ms(d: Duration) -> String {
 
 fn row(out: &mut String, name: &str, metric: &str, s: &Summary, base: Option<&Summary>) {
     let ratio = base
-        .map(|b| format!("{:.2}x", s.p50.as_secs_f64() / b.p50.as_secs_f64().max(f64::MIN_POSITIVE)))
+        .map(|b| {
+            format!(
+                "{:.2}x",
+                s.p50.as_secs_f64() / b.p50.as_secs_f64().max(f64::MIN_POSITIVE)
+            )
+        })
         .unwrap_or_else(|| "-".into());
     let _ = writeln!(
         out,
@@ -30,7 +35,9 @@ fn row(out: &mut String, name: &str, metric: &str, s: &Summary, base: Option<&Su
 /// column compares each row with the first VMM's same metric.
 pub fn boot_table(results: &[(String, Vec<BootSample>)]) -> String {
     let mut out = String::new();
-    out.push_str("| vmm | metric | n | min ms | p50 ms | p95 ms | p99 ms | max ms | p50 vs first |\n");
+    out.push_str(
+        "| vmm | metric | n | min ms | p50 ms | p95 ms | p99 ms | max ms | p50 vs first |\n",
+    );
     out.push_str("|---|---|---|---|---|---|---|---|---|\n");
     let metrics: [(&str, fn(&BootSample) -> Duration); 2] = [
         ("(a) start -> userspace", |s| s.userspace),

@@ -65,7 +65,10 @@ mod tests {
     fn small_and_empty_sets() {
         assert_eq!(summarize(&[]), None);
         let one = summarize(&ms(&[7])).expect("one");
-        assert_eq!((one.p50, one.p99), (Duration::from_millis(7), Duration::from_millis(7)));
+        assert_eq!(
+            (one.p50, one.p99),
+            (Duration::from_millis(7), Duration::from_millis(7))
+        );
         let three = summarize(&ms(&[30, 10, 20])).expect("three");
         assert_eq!(three.p50, Duration::from_millis(20));
         assert_eq!(three.p95, Duration::from_millis(30));

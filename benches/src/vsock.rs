@@ -10,7 +10,12 @@ use std::time::Duration;
 const SO_VM_SOCKETS_CONNECT_TIMEOUT: libc::c_int = 6;
 
 /// Sets a `struct timeval` socket option.
-fn set_timeval(fd: libc::c_int, level: libc::c_int, name: libc::c_int, d: Duration) -> io::Result<()> {
+fn set_timeval(
+    fd: libc::c_int,
+    level: libc::c_int,
+    name: libc::c_int,
+    d: Duration,
+) -> io::Result<()> {
     let tv = libc::timeval {
         tv_sec: d.as_secs() as libc::time_t,
         tv_usec: d.subsec_micros() as libc::suseconds_t,

@@ -12,7 +12,17 @@ fn doctor_reports_hardware_speed_kvm() {
         .output()
         .expect("run kiln doctor");
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "kiln doctor failed: {stdout}{}", String::from_utf8_lossy(&out.stderr));
-    assert!(stdout.contains("hardware speed"), "unexpected doctor report: {stdout}");
-    assert!(stdout.contains("can run directly on this host"), "unexpected verdict: {stdout}");
+    assert!(
+        out.status.success(),
+        "kiln doctor failed: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("hardware speed"),
+        "unexpected doctor report: {stdout}"
+    );
+    assert!(
+        stdout.contains("can run directly on this host"),
+        "unexpected verdict: {stdout}"
+    );
 }

@@ -15,8 +15,10 @@ const GUEST: [u8; 9] = [0xb0, 0x5a, 0xe6, 0x80, 0xb0, 0xa5, 0xe6, 0x81, 0xf4];
 fn vcpu_runs_to_known_port_writes_and_halt() {
     require_kvm();
     let hv = hypervisor::open_default().expect("open KVM");
-    let mem: GuestMemoryMmap = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10000)]).expect("guest memory");
-    mem.write_slice(&GUEST, GuestAddress(0x1000)).expect("load guest code");
+    let mem: GuestMemoryMmap =
+        GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10000)]).expect("guest memory");
+    mem.write_slice(&GUEST, GuestAddress(0x1000))
+        .expect("load guest code");
     let host = mem.get_host_address(GuestAddress(0)).expect("host address");
     let vm = hv.create_vm().expect("create VM");
     // SAFETY: `mem` is declared before `vm` and so outlives it.

@@ -76,13 +76,22 @@ impl ProbeReport {
 /// 32-bit code: signal round start, measure a bare exit round trip, run the
 /// loop, signal its end, repeat.
 fn probe_code() -> Vec<u8> {
-    let mut code = vec![0xe6, PORT_ROUND_START as u8, 0xe6, PORT_ROUND_TRIP as u8, 0xb9];
+    let mut code = vec![
+        0xe6,
+        PORT_ROUND_START as u8,
+        0xe6,
+        PORT_ROUND_TRIP as u8,
+        0xb9,
+    ];
     code.extend_from_slice(&ITERATIONS.to_le_bytes()); // mov ecx, ITERATIONS
     code.extend_from_slice(&[
         0x49, // dec ecx
-        0x75, 0xfd, // jnz -3
-        0xe6, PORT_LOOP_DONE as u8, // out PORT_LOOP_DONE, al
-        0xeb, 0xf0, // jmp start
+        0x75,
+        0xfd, // jnz -3
+        0xe6,
+        PORT_LOOP_DONE as u8, // out PORT_LOOP_DONE, al
+        0xeb,
+        0xf0, // jmp start
     ]);
     code
 }
@@ -229,7 +238,10 @@ mod tests {
     #[test]
     fn host_loop_takes_measurable_time() {
         let ns = host_loop_ns();
-        assert!(ns > 0.0 && ns < 1000.0, "implausible host loop speed {ns} ns/iter");
+        assert!(
+            ns > 0.0 && ns < 1000.0,
+            "implausible host loop speed {ns} ns/iter"
+        );
     }
 
     #[test]

@@ -44,7 +44,12 @@ impl QemuMicrovm {
         }
         cmd.args(["-M", "microvm,acpi=off,x-option-roms=off,rtc=off"])
             .args(["-accel", "kvm", "-cpu", "host"])
-            .args(["-smp", &self.vcpus.to_string(), "-m", &format!("{}M", self.mem_mib)])
+            .args([
+                "-smp",
+                &self.vcpus.to_string(),
+                "-m",
+                &format!("{}M", self.mem_mib),
+            ])
             .args(["-nodefaults", "-no-user-config", "-nographic", "-no-reboot"])
             .args(["-serial", "stdio"])
             .arg("-kernel")
@@ -53,7 +58,10 @@ impl QemuMicrovm {
             .arg(&self.initramfs)
             // reboot=t: QEMU microvm has no i8042 reset path fast enough to
             // compare (the kernel would poll port 0x64 ~650k times).
-            .args(["-append", "console=ttyS0 quiet reboot=t panic=-1 kiln.console_mark"])
+            .args([
+                "-append",
+                "console=ttyS0 quiet reboot=t panic=-1 kiln.console_mark",
+            ])
             .args(["-device", &format!("vhost-vsock-device,guest-cid={cid}")])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -76,10 +84,14 @@ impl Peer for QemuMicrovm {
             .spawn()
             .map_err(|source| BootError::Spawn { what, source })?;
         let mut guard = ChildGuard::new(child);
-        let stdout = guard.child_mut().stdout.take().ok_or_else(|| BootError::Guest {
-            what,
-            detail: "no stdout pipe".into(),
-        })?;
+        let stdout = guard
+            .child_mut()
+            .stdout
+            .take()
+            .ok_or_else(|| BootError::Guest {
+                what,
+                detail: "no stdout pipe".into(),
+            })?;
         let (mark_tx, mark_rx) = mpsc::channel();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines() {
@@ -104,7 +116,12 @@ impl Peer for QemuMicrovm {
                     detail: format!("qemu exited early: {status}"),
                 });
             }
-            match vsock::connect(cid, AGENT_VSOCK_PORT, Duration::from_millis(200), Duration::from_secs(10)) {
+            match vsock::connect(
+                cid,
+                AGENT_VSOCK_PORT,
+                Duration::from_millis(200),
+                Duration::from_secs(10),
+            ) {
                 Ok(mut sock) => {
                     if client::ping(&mut sock).is_ok() {
                         break start.elapsed();
@@ -121,7 +138,12 @@ impl Peer for QemuMicrovm {
             })?
             .duration_since(start);
 
-        if let Ok(mut sock) = vsock::connect(cid, AGENT_VSOCK_PORT, Duration::from_secs(5), Duration::from_secs(10)) {
+        if let Ok(mut sock) = vsock::connect(
+            cid,
+            AGENT_VSOCK_PORT,
+            Duration::from_secs(5),
+            Duration::from_secs(10),
+        ) {
             let _ = client::shutdown(&mut sock);
         }
         let _ = guard.wait_or_kill(Duration::from_secs(30));

@@ -21,14 +21,20 @@ fn main() -> std::process::ExitCode {
     // SAFETY: opening a NUL-terminated path; the result is checked.
     let kvm = unsafe { libc::open(path.as_ptr(), libc::O_RDWR | libc::O_CLOEXEC) };
     if kvm < 0 {
-        eprintln!("testbed-keeper: open /dev/kvm: {}", std::io::Error::last_os_error());
+        eprintln!(
+            "testbed-keeper: open /dev/kvm: {}",
+            std::io::Error::last_os_error()
+        );
         return std::process::ExitCode::FAILURE;
     }
     // SAFETY: KVM_CREATE_VM takes an integer machine type (0) and returns a
     // new fd or -1; nothing is read from or written to our memory.
     let vm = unsafe { libc::ioctl(kvm, KVM_CREATE_VM, 0) };
     if vm < 0 {
-        eprintln!("testbed-keeper: KVM_CREATE_VM: {}", std::io::Error::last_os_error());
+        eprintln!(
+            "testbed-keeper: KVM_CREATE_VM: {}",
+            std::io::Error::last_os_error()
+        );
         return std::process::ExitCode::FAILURE;
     }
     println!("testbed-keeper: holding VM fd {vm}");

@@ -90,7 +90,9 @@ impl Bus {
     pub fn read(&self, addr: u64, data: &mut [u8]) -> bool {
         match self.find(addr) {
             Some((offset, dev)) => {
-                dev.lock().expect("bus device lock poisoned").read(offset, data);
+                dev.lock()
+                    .expect("bus device lock poisoned")
+                    .read(offset, data);
                 true
             }
             None => {
@@ -104,7 +106,9 @@ impl Bus {
     pub fn write(&self, addr: u64, data: &[u8]) -> bool {
         match self.find(addr) {
             Some((offset, dev)) => {
-                dev.lock().expect("bus device lock poisoned").write(offset, data);
+                dev.lock()
+                    .expect("bus device lock poisoned")
+                    .write(offset, data);
                 true
             }
             None => false,
@@ -131,10 +135,31 @@ mod tests {
         let dev = Arc::new(Mutex::new(Recorder(Vec::new())));
         let mut bus = Bus::new();
         bus.insert(dev.clone(), 0x100, 0x10).unwrap();
-        assert_eq!(bus.insert(dev.clone(), 0x108, 0x10), Err(BusError::Overlap { base: 0x108, len: 0x10 }));
-        assert_eq!(bus.insert(dev.clone(), 0xf8, 0x10), Err(BusError::Overlap { base: 0xf8, len: 0x10 }));
-        assert_eq!(bus.insert(dev.clone(), 0, 0), Err(BusError::InvalidRange { base: 0, len: 0 }));
-        assert_eq!(bus.insert(dev.clone(), u64::MAX, 2), Err(BusError::InvalidRange { base: u64::MAX, len: 2 }));
+        assert_eq!(
+            bus.insert(dev.clone(), 0x108, 0x10),
+            Err(BusError::Overlap {
+                base: 0x108,
+                len: 0x10
+            })
+        );
+        assert_eq!(
+            bus.insert(dev.clone(), 0xf8, 0x10),
+            Err(BusError::Overlap {
+                base: 0xf8,
+                len: 0x10
+            })
+        );
+        assert_eq!(
+            bus.insert(dev.clone(), 0, 0),
+            Err(BusError::InvalidRange { base: 0, len: 0 })
+        );
+        assert_eq!(
+            bus.insert(dev.clone(), u64::MAX, 2),
+            Err(BusError::InvalidRange {
+                base: u64::MAX,
+                len: 2
+            })
+        );
         bus.insert(dev.clone(), 0x110, 0x10).unwrap();
         let mut buf = [0u8; 2];
         assert!(bus.read(0x105, &mut buf));

@@ -78,8 +78,13 @@ pub trait Vm: Send + Sync {
     /// # Safety
     /// `host_addr..host_addr+size` must be a valid mapping that outlives the VM
     /// and is not unmapped while the VM can access it.
-    unsafe fn map_memory(&self, slot: u32, guest_addr: u64, size: u64, host_addr: u64)
-        -> Result<()>;
+    unsafe fn map_memory(
+        &self,
+        slot: u32,
+        guest_addr: u64,
+        size: u64,
+        host_addr: u64,
+    ) -> Result<()>;
     /// Creates the in-kernel interrupt controllers and timers the arch needs.
     fn create_irq_controller(&self) -> Result<()>;
     /// Creates vCPU number `id`.

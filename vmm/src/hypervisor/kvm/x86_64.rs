@@ -31,7 +31,8 @@ pub(super) fn configure_cpuid(kvm: &Kvm, fd: &VcpuFd, id: u8, count: u8) -> Resu
         match entry.function {
             1 => {
                 // Initial APIC id and logical processor count; hypervisor bit.
-                entry.ebx = (entry.ebx & 0x0000_ffff) | (u32::from(id) << 24) | (u32::from(count) << 16);
+                entry.ebx =
+                    (entry.ebx & 0x0000_ffff) | (u32::from(id) << 24) | (u32::from(count) << 16);
                 entry.ecx |= 1 << 31;
                 if count > 1 {
                     entry.edx |= 1 << 28; // HTT: count field is valid
@@ -108,9 +109,17 @@ pub(super) fn configure_lapic(fd: &VcpuFd) -> Result<()> {
         .get_lapic()
         .map_err(|e| HypervisorError::call("KVM_GET_LAPIC", e))?;
     let lvt0 = lapic_reg(&lapic.regs, APIC_LVT0);
-    set_lapic_reg(&mut lapic.regs, APIC_LVT0, set_apic_delivery_mode(lvt0, APIC_MODE_EXTINT));
+    set_lapic_reg(
+        &mut lapic.regs,
+        APIC_LVT0,
+        set_apic_delivery_mode(lvt0, APIC_MODE_EXTINT),
+    );
     let lvt1 = lapic_reg(&lapic.regs, APIC_LVT1);
-    set_lapic_reg(&mut lapic.regs, APIC_LVT1, set_apic_delivery_mode(lvt1, APIC_MODE_NMI));
+    set_lapic_reg(
+        &mut lapic.regs,
+        APIC_LVT1,
+        set_apic_delivery_mode(lvt1, APIC_MODE_NMI),
+    );
     fd.set_lapic(&lapic)
         .map_err(|e| HypervisorError::call("KVM_SET_LAPIC", e))
 }
