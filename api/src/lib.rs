@@ -1,6 +1,10 @@
 //! kiln: microVM sandboxes for AI agents.
 //!
-//! Host diagnostics live in [`doctor`]; the daemon, warm pool, HTTP API and
-//! Rust client join them here.
+//! [`vm_process`] runs one microVM as a `kiln-vmm` child process and drives
+//! its guest agent; [`artifacts`] finds the binaries and guest images;
+//! [`doctor`] diagnoses the host. The daemon, warm pool and HTTP API join
+//! them here.
 
+pub mod artifacts;
 pub mod doctor;
+pub mod vm_process;

@@ -6,6 +6,8 @@
 
 use std::path::{Path, PathBuf};
 
+pub mod cpio;
+
 /// Directory holding kiln's binaries and guest artifacts for the tests.
 /// `tools/test` sets `KILN_ARTIFACTS`; inside the testbed it is `/kiln`.
 pub fn artifacts_dir() -> PathBuf {
@@ -34,5 +36,90 @@ pub fn require_kvm() {
     );
     if let Err(e) = std::fs::OpenOptions::new().read(true).write(true).open(kvm) {
         panic!("/dev/kvm is not accessible ({e}): run as a user in the kvm group, or through tools/test");
+    }
+}
+
+/// Booting test VMs from the staged artifacts.
+pub mod vm {
+    use std::time::Duration;
+
+    use kiln::vm_process::{VmProcess, VmSpec};
+    use kiln_agent::protocol::{ExecRequest, ExitStatus};
+
+    use super::{artifact, require_kvm};
+
+    /// How long a test VM may take to boot in the testbed (boots there are
+    /// roughly 40x slower than native).
+    pub const BOOT_TIMEOUT: Duration = Duration::from_secs(120);
+
+    /// The default spec: staged kernel + initramfs, 1 vCPU, 256 MiB.
+    pub fn spec() -> VmSpec {
+        VmSpec {
+            vmm: artifact("bin/kiln-vmm"),
+            kernel: artifact("guest/vmlinux"),
+            initramfs: artifact("guest/initramfs.cpio"),
+            vcpus: 1,
+            mem_mib: 256,
+            serial_log: None,
+        }
+    }
+
+    /// Boots a VM from `spec` and waits for its agent.
+    pub fn boot_spec(spec: &VmSpec) -> VmProcess {
+        require_kvm();
+        let mut vm = VmProcess::spawn(spec).expect("spawn kiln-vmm");
+        if let Err(e) = vm.wait_ready(BOOT_TIMEOUT) {
+            panic!("VM did not become ready: {e}");
+        }
+        vm
+    }
+
+    /// Boots the default VM.
+    pub fn boot() -> VmProcess {
+        boot_spec(&spec())
+    }
+
+    /// Output and status of one exec.
+    pub struct Output {
+        /// Exit status from the agent.
+        pub status: ExitStatus,
+        /// Everything written to stdout.
+        pub stdout: Vec<u8>,
+        /// Everything written to stderr.
+        pub stderr: Vec<u8>,
+    }
+
+    /// Runs `argv` with `stdin` and collects its output.
+    pub fn exec(vm: &VmProcess, argv: &[&str], stdin: Option<&[u8]>) -> Output {
+        exec_req(
+            vm,
+            ExecRequest {
+                argv: argv.iter().map(|s| s.to_string()).collect(),
+                env: Vec::new(),
+                cwd: None,
+                stdin: stdin.is_some(),
+                timeout_ms: Some(60_000),
+            },
+            stdin.unwrap_or_default(),
+        )
+    }
+
+    /// Runs a full request and collects its output.
+    pub fn exec_req(vm: &VmProcess, req: ExecRequest, stdin: &[u8]) -> Output {
+        let mut stdout = Vec::new();
+        let mut stderr = Vec::new();
+        let status = vm
+            .exec(&req, stdin, |b| stdout.extend_from_slice(b), |b| stderr.extend_from_slice(b))
+            .unwrap_or_else(|e| panic!("exec {:?} failed: {e}", req.argv));
+        Output {
+            status,
+            stdout,
+            stderr,
+        }
+    }
+
+    /// `sh -c script`.
+    pub fn sh(vm: &VmProcess, script: &str) -> Output {
+        exec(vm, &["sh", "-c", script], None)
     }
 }

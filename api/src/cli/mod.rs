@@ -1,5 +1,7 @@
 //! Command-line parsing and dispatch. Errors are printed as a whole chain.
 
+mod run;
+
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -16,6 +18,8 @@ struct Cli {
 enum Command {
     /// Check what this host offers for running kiln's VMs (KVM speed, MSHV).
     Doctor,
+    /// Boot a microVM, run one command in it, stream its output, exit with its code.
+    Run(run::RunArgs),
 }
 
 /// Parses the command line and runs the chosen command.
@@ -31,5 +35,12 @@ pub fn main() -> ExitCode {
                 ExitCode::from(1)
             }
         }
+        Command::Run(args) => match run::run(args) {
+            Ok(code) => code,
+            Err(e) => {
+                eprintln!("kiln: {e:#}");
+                ExitCode::from(1)
+            }
+        },
     }
 }

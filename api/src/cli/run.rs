@@ -1,0 +1,153 @@
+//! `kiln run -- CMD ARGS...`: boot a microVM, run one command in it, stream
+//! its output, exit with its exit code, tear the VM down.
+
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use kiln::artifacts;
+use kiln::vm_process::{VmProcess, VmSpec};
+use kiln_agent::protocol::ExecRequest;
+
+/// Exit code for a command that hit its timeout (as coreutils `timeout`).
+const EXIT_TIMED_OUT: u8 = 124;
+/// How long the guest may take to answer its first ping.
+const BOOT_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long a clean guest poweroff may take before the VMM is killed.
+const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Arguments of `kiln run`.
+#[derive(clap::Args)]
+pub struct RunArgs {
+    /// Kill the command (its whole process group) after this many seconds.
+    #[arg(long)]
+    timeout: Option<u64>,
+    /// Print boot and exec timings to stderr.
+    #[arg(long)]
+    timings: bool,
+    /// vCPUs.
+    #[arg(long, default_value_t = 1)]
+    vcpus: u8,
+    /// Guest memory in MiB.
+    #[arg(long, default_value_t = 256)]
+    mem_mib: u32,
+    /// Environment variable for the command (repeatable), KEY=VALUE.
+    #[arg(long = "env", short = 'e', value_parser = parse_env)]
+    env: Vec<(String, String)>,
+    /// Working directory in the guest.
+    #[arg(long)]
+    cwd: Option<String>,
+    /// Guest kernel (default: the staged artifacts).
+    #[arg(long)]
+    kernel: Option<PathBuf>,
+    /// Guest initramfs (default: the staged artifacts).
+    #[arg(long)]
+    initramfs: Option<PathBuf>,
+    /// kiln-vmm binary (default: next to this binary).
+    #[arg(long)]
+    vmm: Option<PathBuf>,
+    /// Write the guest's serial console to this file (slows the boot).
+    #[arg(long)]
+    serial_log: Option<PathBuf>,
+    /// The command and its arguments.
+    #[arg(last = true, required = true)]
+    command: Vec<String>,
+}
+
+fn parse_env(s: &str) -> Result<(String, String), String> {
+    let (k, v) = s
+        .split_once('=')
+        .ok_or_else(|| format!("expected KEY=VALUE, got {s:?}"))?;
+    if k.is_empty() {
+        return Err(format!("empty variable name in {s:?}"));
+    }
+    Ok((k.to_string(), v.to_string()))
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.1} ms", d.as_secs_f64() * 1000.0)
+}
+
+/// Runs the command; returns the process exit code.
+pub fn run(args: RunArgs) -> Result<ExitCode> {
+    let spec = VmSpec {
+        vmm: artifacts::vmm_binary(args.vmm.as_deref())?,
+        kernel: artifacts::kernel(args.kernel.as_deref())?,
+        initramfs: artifacts::initramfs(args.initramfs.as_deref())?,
+        vcpus: args.vcpus,
+        mem_mib: args.mem_mib,
+        serial_log: args.serial_log,
+    };
+    let mut vm = VmProcess::spawn(&spec)?;
+    vm.wait_ready(BOOT_TIMEOUT).context("booting the sandbox")?;
+    let ready = vm.spawned_at().elapsed();
+
+    let with_stdin = !std::io::stdin().is_terminal();
+    let request = ExecRequest {
+        argv: args.command,
+        env: args.env,
+        cwd: args.cwd,
+        stdin: with_stdin,
+        timeout_ms: args.timeout.map(|s| s.saturating_mul(1000)),
+    };
+    let exec_start = Instant::now();
+    let stdin: Box<dyn std::io::Read + Send> = if with_stdin {
+        Box::new(std::io::stdin())
+    } else {
+        Box::new(std::io::empty())
+    };
+    let mut out = std::io::stdout().lock();
+    let mut err = std::io::stderr();
+    let status = vm.exec(
+        &request,
+        stdin,
+        |b| {
+            let _ = out.write_all(b).and_then(|()| out.flush());
+        },
+        |b| {
+            let _ = err.write_all(b);
+        },
+    );
+    let exec_time = exec_start.elapsed();
+    let status = status.context("running the command in the sandbox")?;
+    let vmm_exit = vm.shutdown(SHUTDOWN_TIMEOUT)?;
+    if vmm_exit.status.is_none() {
+        eprintln!("kiln: the VM did not power off within {SHUTDOWN_TIMEOUT:?}; killed it");
+    }
+
+    if args.timings {
+        eprintln!(
+            "kiln timings: spawn -> agent ready {}, exec round trip {} (in guest {} ms)",
+            ms(ready),
+            ms(exec_time),
+            status.duration_ms
+        );
+    }
+    if status.timed_out {
+        eprintln!(
+            "kiln: command timed out after {} s; its process group was killed",
+            args.timeout.unwrap_or_default()
+        );
+        return Ok(ExitCode::from(EXIT_TIMED_OUT));
+    }
+    Ok(match (status.code, status.signal) {
+        (Some(code), _) => ExitCode::from(u8::try_from(code & 0xff).unwrap_or(1)),
+        (None, Some(sig)) => ExitCode::from(u8::try_from(128 + (sig & 0x7f)).unwrap_or(1)),
+        (None, None) => ExitCode::FAILURE,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_env;
+
+    #[test]
+    fn env_parsing() {
+        assert_eq!(parse_env("A=b=c"), Ok(("A".into(), "b=c".into())));
+        assert_eq!(parse_env("A="), Ok(("A".into(), String::new())));
+        assert!(parse_env("novalue").is_err());
+        assert!(parse_env("=x").is_err());
+    }
+}

@@ -1,0 +1,294 @@
+//! One microVM as a `kiln-vmm` child process, driven through its guest agent.
+//!
+//! The process is always ended by its own pid: on [`VmProcess::shutdown`], on
+//! error, and on drop. Its run directory (vsock socket, logs) is removed with
+//! it.
+
+use std::fs::{self, File};
+use std::io::Read;
+use std::os::unix::fs::DirBuilderExt;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use kiln_agent::client::{self, ClientError};
+use kiln_agent::protocol::{ExecRequest, ExitStatus as GuestExit, Pong, AGENT_VSOCK_PORT};
+use kiln_vmm::vm::hybrid_vsock::{self, VsockConnectError};
+
+/// What to boot.
+#[derive(Debug, Clone)]
+pub struct VmSpec {
+    /// `kiln-vmm` binary.
+    pub vmm: PathBuf,
+    /// Guest kernel.
+    pub kernel: PathBuf,
+    /// Guest initramfs.
+    pub initramfs: PathBuf,
+    /// vCPUs.
+    pub vcpus: u8,
+    /// Guest memory, MiB.
+    pub mem_mib: u32,
+    /// Write the guest's serial console here (slower boots: every byte exits).
+    pub serial_log: Option<PathBuf>,
+}
+
+/// Errors from running a VM process.
+#[derive(Debug, thiserror::Error)]
+pub enum VmProcessError {
+    /// The run directory could not be created.
+    #[error("creating run directory {path}: {source}")]
+    RunDir {
+        /// Directory path.
+        path: PathBuf,
+        /// Underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// `kiln-vmm` could not be started.
+    #[error("starting {vmm}: {source}")]
+    Spawn {
+        /// Binary path.
+        vmm: PathBuf,
+        /// Underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The VMM exited before the guest agent answered.
+    #[error("the VM exited before its agent answered ({status}): {detail}")]
+    EarlyExit {
+        /// VMM exit status.
+        status: ExitStatus,
+        /// Last line the VMM printed.
+        detail: String,
+    },
+    /// The agent did not answer in time.
+    #[error("the guest agent did not answer within {0:?}")]
+    NotReady(Duration),
+    /// Connecting to the agent failed.
+    #[error("connecting to the guest agent: {0}")]
+    Connect(#[from] VsockConnectError),
+    /// The agent protocol failed.
+    #[error("guest agent: {0}")]
+    Agent(#[from] ClientError),
+    /// Waiting for or killing the VMM failed.
+    #[error("managing the VMM process: {0}")]
+    Process(#[source] std::io::Error),
+}
+
+/// How the VMM process ended.
+#[derive(Debug, Clone)]
+pub struct VmmExit {
+    /// Exit status, `None` when it had to be killed.
+    pub status: Option<ExitStatus>,
+    /// Last line of the VMM's stderr, for error messages.
+    pub last_log_line: String,
+}
+
+/// Timeout for the vsock handshake on one connection attempt.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
+
+static RUN_COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// A running `kiln-vmm` process.
+pub struct VmProcess {
+    child: Option<Child>,
+    dir: PathBuf,
+    uds: PathBuf,
+    log: PathBuf,
+    spawned_at: Instant,
+}
+
+fn last_line(path: &Path) -> String {
+    let mut text = String::new();
+    if let Ok(mut f) = File::open(path) {
+        // The log is the VMM's own (rate-limited) stderr; cap what we read.
+        let _ = f.by_ref().take(1 << 20).read_to_string(&mut text);
+    }
+    text.lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("(no output)")
+        .to_string()
+}
+
+impl VmProcess {
+    /// Starts `kiln-vmm` for `spec` in a fresh private run directory.
+    pub fn spawn(spec: &VmSpec) -> Result<Self, VmProcessError> {
+        let dir = std::env::temp_dir().join(format!(
+            "kiln-vm-{}-{}",
+            std::process::id(),
+            RUN_COUNTER.fetch_add(1, Ordering::Relaxed)
+        ));
+        fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&dir)
+            .map_err(|source| VmProcessError::RunDir {
+                path: dir.clone(),
+                source,
+            })?;
+        let uds = dir.join("vsock.sock");
+        let log = dir.join("vmm.log");
+        let log_file = File::create(&log).map_err(|source| VmProcessError::RunDir {
+            path: log.clone(),
+            source,
+        })?;
+        let mut cmd = Command::new(&spec.vmm);
+        cmd.arg("--kernel")
+            .arg(&spec.kernel)
+            .arg("--initramfs")
+            .arg(&spec.initramfs)
+            .arg("--vcpus")
+            .arg(spec.vcpus.to_string())
+            .arg("--mem-mib")
+            .arg(spec.mem_mib.to_string())
+            .arg("--vsock-uds")
+            .arg(&uds);
+        if let Some(serial) = &spec.serial_log {
+            cmd.arg("--serial-log").arg(serial);
+        }
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(log_file));
+        let spawned_at = Instant::now();
+        let child = match cmd.spawn() {
+            Ok(child) => child,
+            Err(source) => {
+                let _ = fs::remove_dir_all(&dir);
+                return Err(VmProcessError::Spawn {
+                    vmm: spec.vmm.clone(),
+                    source,
+                });
+            }
+        };
+        Ok(VmProcess {
+            child: Some(child),
+            dir,
+            uds,
+            log,
+            spawned_at,
+        })
+    }
+
+    /// The VMM's pid.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// When the process was spawned.
+    pub fn spawned_at(&self) -> Instant {
+        self.spawned_at
+    }
+
+    /// The VM's hybrid-vsock socket.
+    pub fn vsock_uds(&self) -> &Path {
+        &self.uds
+    }
+
+    fn check_alive(&mut self) -> Result<(), VmProcessError> {
+        let Some(child) = self.child.as_mut() else {
+            return Ok(());
+        };
+        if let Some(status) = child.try_wait().map_err(VmProcessError::Process)? {
+            self.child = None;
+            return Err(VmProcessError::EarlyExit {
+                status,
+                detail: last_line(&self.log),
+            });
+        }
+        Ok(())
+    }
+
+    /// Waits until the guest agent answers a ping; returns its pong.
+    pub fn wait_ready(&mut self, timeout: Duration) -> Result<Pong, VmProcessError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            self.check_alive()?;
+            if Instant::now() >= deadline {
+                return Err(VmProcessError::NotReady(timeout));
+            }
+            if self.uds.exists() {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if let Ok(mut stream) =
+                    hybrid_vsock::connect(&self.uds, AGENT_VSOCK_PORT, left.min(HANDSHAKE_TIMEOUT))
+                {
+                    let _ = stream.set_read_timeout(Some(left.max(Duration::from_millis(1))));
+                    if let Ok(pong) = client::ping(&mut stream) {
+                        return Ok(pong);
+                    }
+                }
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    /// Opens a connection to the guest agent.
+    pub fn connect(&self) -> Result<UnixStream, VmProcessError> {
+        Ok(hybrid_vsock::connect(&self.uds, AGENT_VSOCK_PORT, HANDSHAKE_TIMEOUT)?)
+    }
+
+    /// Runs a program in the guest, streaming its output to the callbacks.
+    pub fn exec<I: Read + Send>(
+        &self,
+        request: &ExecRequest,
+        stdin: I,
+        on_stdout: impl FnMut(&[u8]),
+        on_stderr: impl FnMut(&[u8]),
+    ) -> Result<GuestExit, VmProcessError> {
+        let mut reader = self.connect()?;
+        let writer = reader.try_clone().map_err(VmProcessError::Process)?;
+        Ok(client::exec_duplex(
+            &mut reader,
+            writer,
+            request,
+            stdin,
+            on_stdout,
+            on_stderr,
+        )?)
+    }
+
+    /// Asks the guest to power off and waits up to `timeout` for the VMM to
+    /// exit; kills it by pid when it does not.
+    pub fn shutdown(mut self, timeout: Duration) -> Result<VmmExit, VmProcessError> {
+        if let Ok(mut stream) = self.connect() {
+            let _ = stream.set_read_timeout(Some(timeout));
+            let _ = client::shutdown(&mut stream);
+        }
+        self.wait_or_kill(timeout)
+    }
+
+    /// Waits up to `timeout` for the VMM to exit on its own, then kills it.
+    pub fn wait_or_kill(&mut self, timeout: Duration) -> Result<VmmExit, VmProcessError> {
+        let deadline = Instant::now() + timeout;
+        let status = match self.child.as_mut() {
+            None => None,
+            Some(child) => loop {
+                if let Some(status) = child.try_wait().map_err(VmProcessError::Process)? {
+                    break Some(status);
+                }
+                if Instant::now() >= deadline {
+                    child.kill().map_err(VmProcessError::Process)?;
+                    child.wait().map_err(VmProcessError::Process)?;
+                    break None;
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            },
+        };
+        self.child = None;
+        Ok(VmmExit {
+            status,
+            last_log_line: last_line(&self.log),
+        })
+    }
+}
+
+impl Drop for VmProcess {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
