@@ -7,4 +7,5 @@
 
 pub mod artifacts;
 pub mod doctor;
+pub mod kvm_check;
 pub mod vm_process;

@@ -72,6 +72,7 @@ fn ms(d: Duration) -> String {
 
 /// Runs the command; returns the process exit code.
 pub fn run(args: RunArgs) -> Result<ExitCode> {
+    kiln::kvm_check::ensure_hardware_kvm()?;
     let spec = VmSpec {
         vmm: artifacts::vmm_binary(args.vmm.as_deref())?,
         kernel: artifacts::kernel(args.kernel.as_deref())?,
