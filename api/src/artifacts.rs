@@ -8,7 +8,9 @@ use std::path::{Path, PathBuf};
 
 /// A required file that could not be found.
 #[derive(Debug, thiserror::Error)]
-#[error("{what} not found (looked in: {looked}); build it with tools/build-artifacts or pass its path")]
+#[error(
+    "{what} not found (looked in: {looked}); build it with tools/build-artifacts or pass its path"
+)]
 pub struct NotFound {
     /// What was looked for.
     pub what: &'static str,
@@ -17,7 +19,10 @@ pub struct NotFound {
 }
 
 fn exe_dir() -> Option<PathBuf> {
-    std::env::current_exe().ok()?.parent().map(Path::to_path_buf)
+    std::env::current_exe()
+        .ok()?
+        .parent()
+        .map(Path::to_path_buf)
 }
 
 fn find(what: &'static str, explicit: Option<&Path>, rel: &str) -> Result<PathBuf, NotFound> {

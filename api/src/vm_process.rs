@@ -225,7 +225,11 @@ impl VmProcess {
 
     /// Opens a connection to the guest agent.
     pub fn connect(&self) -> Result<UnixStream, VmProcessError> {
-        Ok(hybrid_vsock::connect(&self.uds, AGENT_VSOCK_PORT, HANDSHAKE_TIMEOUT)?)
+        Ok(hybrid_vsock::connect(
+            &self.uds,
+            AGENT_VSOCK_PORT,
+            HANDSHAKE_TIMEOUT,
+        )?)
     }
 
     /// Runs a program in the guest, streaming its output to the callbacks.

@@ -39,7 +39,8 @@ pub fn boot_table(results: &[(String, Vec<BootSample>)]) -> String {
         "| vmm | metric | n | min ms | p50 ms | p95 ms | p99 ms | max ms | p50 vs first |\n",
     );
     out.push_str("|---|---|---|---|---|---|---|---|---|\n");
-    let metrics: [(&str, fn(&BootSample) -> Duration); 2] = [
+    type Metric = fn(&BootSample) -> Duration;
+    let metrics: [(&str, Metric); 2] = [
         ("(a) start -> userspace", |s| s.userspace),
         ("(b) start -> agent pong", |s| s.ping),
     ];

@@ -109,7 +109,12 @@ pub mod vm {
         let mut stdout = Vec::new();
         let mut stderr = Vec::new();
         let status = vm
-            .exec(&req, stdin, |b| stdout.extend_from_slice(b), |b| stderr.extend_from_slice(b))
+            .exec(
+                &req,
+                stdin,
+                |b| stdout.extend_from_slice(b),
+                |b| stderr.extend_from_slice(b),
+            )
             .unwrap_or_else(|e| panic!("exec {:?} failed: {e}", req.argv));
         Output {
             status,

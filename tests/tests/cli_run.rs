@@ -23,12 +23,24 @@ fn kiln_run(args: &[&str], stdin: &[u8]) -> std::process::Output {
 
 #[test]
 fn run_streams_output_and_propagates_the_exit_code() {
-    let out = kiln_run(&["--timings", "--", "sh", "-c", "echo out; echo err >&2; exit 7"], b"");
+    let out = kiln_run(
+        &[
+            "--timings",
+            "--",
+            "sh",
+            "-c",
+            "echo out; echo err >&2; exit 7",
+        ],
+        b"",
+    );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(7), "stderr: {stderr}");
     assert_eq!(String::from_utf8_lossy(&out.stdout), "out\n");
     assert!(stderr.contains("err\n"), "stderr: {stderr}");
-    assert!(stderr.contains("spawn -> agent ready"), "no timings in: {stderr}");
+    assert!(
+        stderr.contains("spawn -> agent ready"),
+        "no timings in: {stderr}"
+    );
 }
 
 #[test]
@@ -51,6 +63,9 @@ fn run_with_missing_kernel_fails_clearly() {
     let out = kiln_run(&["--kernel", "/no/such/vmlinux", "--", "true"], b"");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1));
-    assert!(stderr.contains("guest kernel not found"), "stderr: {stderr}");
+    assert!(
+        stderr.contains("guest kernel not found"),
+        "stderr: {stderr}"
+    );
     assert_eq!(stderr.lines().count(), 1, "expected one line: {stderr}");
 }

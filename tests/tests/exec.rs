@@ -42,7 +42,10 @@ fn ping_exec_exit_codes_stdin_env_cwd() {
     assert_ne!(out.status.code, Some(0));
 
     let exit = vm.shutdown(SHUTDOWN).expect("shutdown");
-    assert!(exit.status.is_some_and(|s| s.success()), "VMM did not exit cleanly: {exit:?}");
+    assert!(
+        exit.status.is_some_and(|s| s.success()),
+        "VMM did not exit cleanly: {exit:?}"
+    );
 }
 
 #[test]
@@ -52,8 +55,14 @@ fn stdout_and_stderr_are_separate_and_ordered() {
         &vm,
         "for i in 1 2 3 4 5; do echo out$i; echo err$i >&2; done",
     );
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "out1\nout2\nout3\nout4\nout5\n");
-    assert_eq!(String::from_utf8_lossy(&out.stderr), "err1\nerr2\nerr3\nerr4\nerr5\n");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "out1\nout2\nout3\nout4\nout5\n"
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "err1\nerr2\nerr3\nerr4\nerr5\n"
+    );
     vm.shutdown(SHUTDOWN).expect("shutdown");
 }
 
@@ -63,7 +72,11 @@ fn timeout_kills_the_whole_process_tree() {
     let out = exec_req(
         &vm,
         ExecRequest {
-            argv: vec!["sh".into(), "-c".into(), "sleep 1000 & sleep 1000 & sleep 1000".into()],
+            argv: vec![
+                "sh".into(),
+                "-c".into(),
+                "sleep 1000 & sleep 1000 & sleep 1000".into(),
+            ],
             env: Vec::new(),
             cwd: None,
             stdin: false,
@@ -71,10 +84,18 @@ fn timeout_kills_the_whole_process_tree() {
         },
         &[],
     );
-    assert!(out.status.timed_out, "expected a timeout, got {:?}", out.status);
+    assert!(
+        out.status.timed_out,
+        "expected a timeout, got {:?}",
+        out.status
+    );
     // Nothing from that tree may survive: no `sleep` left in the guest.
     let ps = sh(&vm, "ps -o comm | grep -c '^sleep' || true");
-    assert_eq!(String::from_utf8_lossy(&ps.stdout).trim(), "0", "sleep processes survived the timeout");
+    assert_eq!(
+        String::from_utf8_lossy(&ps.stdout).trim(),
+        "0",
+        "sleep processes survived the timeout"
+    );
     // The sandbox still answers.
     assert_eq!(sh(&vm, "echo alive").stdout, b"alive\n");
     vm.shutdown(SHUTDOWN).expect("shutdown");
@@ -87,7 +108,12 @@ fn ten_mib_of_random_bytes_through_stdout() {
         &vm,
         "head -c 10485760 /dev/urandom > /tmp/r && sha256sum /tmp/r | cut -d' ' -f1 >&2 && cat /tmp/r",
     );
-    assert_eq!(out.status.code, Some(0), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code,
+        Some(0),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(out.stdout.len(), 10 * 1024 * 1024);
     let host_sum: String = Sha256::digest(&out.stdout)
         .iter()

@@ -41,7 +41,10 @@ fn vmm(args: &[&str], deadline: Duration) -> Output {
 
 fn assert_clear_failure(out: &Output, needle: &str) {
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "expected failure, got success; stderr: {stderr}");
+    assert!(
+        !out.status.success(),
+        "expected failure, got success; stderr: {stderr}"
+    );
     assert!(
         stderr.to_lowercase().contains(needle),
         "error should mention {needle:?}: {stderr}"
@@ -62,7 +65,14 @@ fn missing_kernel_is_a_clear_error() {
     let dir = scratch("nokernel");
     let uds = dir.join("v.sock");
     let out = vmm(
-        &["--kernel", "/no/such/vmlinux", "--initramfs", &initramfs(), "--vsock-uds", uds.to_str().expect("utf8")],
+        &[
+            "--kernel",
+            "/no/such/vmlinux",
+            "--initramfs",
+            &initramfs(),
+            "--vsock-uds",
+            uds.to_str().expect("utf8"),
+        ],
         Duration::from_secs(30),
     );
     assert_clear_failure(&out, "kernel");
@@ -78,7 +88,14 @@ fn corrupt_kernel_is_a_clear_error() {
     fs::write(&bad, vec![0x5au8; 64 * 1024]).expect("write");
     let uds = dir.join("v.sock");
     let out = vmm(
-        &["--kernel", bad.to_str().expect("utf8"), "--initramfs", &initramfs(), "--vsock-uds", uds.to_str().expect("utf8")],
+        &[
+            "--kernel",
+            bad.to_str().expect("utf8"),
+            "--initramfs",
+            &initramfs(),
+            "--vsock-uds",
+            uds.to_str().expect("utf8"),
+        ],
         Duration::from_secs(30),
     );
     assert_clear_failure(&out, "kernel");
@@ -100,7 +117,14 @@ fn missing_initramfs_is_a_clear_error() {
 fn memory_too_small_is_a_clear_error() {
     require_kvm();
     let out = vmm(
-        &["--kernel", &kernel(), "--initramfs", &initramfs(), "--mem-mib", "16"],
+        &[
+            "--kernel",
+            &kernel(),
+            "--initramfs",
+            &initramfs(),
+            "--mem-mib",
+            "16",
+        ],
         Duration::from_secs(30),
     );
     assert_clear_failure(&out, "memory");
@@ -113,11 +137,21 @@ fn vsock_socket_in_use_is_a_clear_error() {
     let uds = dir.join("v.sock");
     let _listener = std::os::unix::net::UnixListener::bind(&uds).expect("bind");
     let out = vmm(
-        &["--kernel", &kernel(), "--initramfs", &initramfs(), "--vsock-uds", uds.to_str().expect("utf8")],
+        &[
+            "--kernel",
+            &kernel(),
+            "--initramfs",
+            &initramfs(),
+            "--vsock-uds",
+            uds.to_str().expect("utf8"),
+        ],
         Duration::from_secs(30),
     );
     assert_clear_failure(&out, "in use");
-    assert!(uds.exists(), "someone else's live socket must not be removed");
+    assert!(
+        uds.exists(),
+        "someone else's live socket must not be removed"
+    );
     let _ = fs::remove_dir_all(dir);
 }
 
@@ -135,12 +169,26 @@ fn missing_dev_kvm_is_a_clear_error() {
             }
             let none = c"none";
             let root = c"/";
-            if libc::mount(none.as_ptr(), root.as_ptr(), std::ptr::null(), libc::MS_REC | libc::MS_PRIVATE, std::ptr::null()) != 0 {
+            if libc::mount(
+                none.as_ptr(),
+                root.as_ptr(),
+                std::ptr::null(),
+                libc::MS_REC | libc::MS_PRIVATE,
+                std::ptr::null(),
+            ) != 0
+            {
                 return Err(std::io::Error::last_os_error());
             }
             let tmpfs = c"tmpfs";
             let dev = c"/dev";
-            if libc::mount(tmpfs.as_ptr(), dev.as_ptr(), tmpfs.as_ptr(), 0, std::ptr::null()) != 0 {
+            if libc::mount(
+                tmpfs.as_ptr(),
+                dev.as_ptr(),
+                tmpfs.as_ptr(),
+                0,
+                std::ptr::null(),
+            ) != 0
+            {
                 return Err(std::io::Error::last_os_error());
             }
             Ok(())
@@ -173,7 +221,10 @@ fn boot_expect_failure(initramfs: PathBuf, timeout: Duration) -> VmProcessError 
     let pid = vm.pid();
     drop(vm);
     if let Some(pid) = pid {
-        assert!(!Path::new(&format!("/proc/{pid}")).exists(), "VMM {pid} left running");
+        assert!(
+            !Path::new(&format!("/proc/{pid}")).exists(),
+            "VMM {pid} left running"
+        );
     }
     err
 }
@@ -183,9 +234,20 @@ fn guest_kernel_panic_ends_the_vm_with_an_error() {
     require_kvm();
     let dir = scratch("panic");
     // No /init at all: the kernel panics ("No working init found").
-    let img = custom_initramfs(&dir, &[Entry { path: "etc/hostname", mode: 0o100644, data: b"x\n" }], false);
+    let img = custom_initramfs(
+        &dir,
+        &[Entry {
+            path: "etc/hostname",
+            mode: 0o100644,
+            data: b"x\n",
+        }],
+        false,
+    );
     let err = boot_expect_failure(img, Duration::from_secs(120));
-    assert!(matches!(err, VmProcessError::EarlyExit { .. }), "expected the VM to exit, got: {err}");
+    assert!(
+        matches!(err, VmProcessError::EarlyExit { .. }),
+        "expected the VM to exit, got: {err}"
+    );
     let _ = fs::remove_dir_all(dir);
 }
 
@@ -196,7 +258,10 @@ fn corrupt_initramfs_ends_the_vm_with_an_error() {
     let path = dir.join("initramfs.cpio");
     fs::write(&path, vec![0xa5u8; 256 * 1024]).expect("write");
     let err = boot_expect_failure(path, Duration::from_secs(120));
-    assert!(matches!(err, VmProcessError::EarlyExit { .. }), "expected the VM to exit, got: {err}");
+    assert!(
+        matches!(err, VmProcessError::EarlyExit { .. }),
+        "expected the VM to exit, got: {err}"
+    );
     let _ = fs::remove_dir_all(dir);
 }
 
@@ -205,8 +270,19 @@ fn guest_that_never_answers_times_out() {
     require_kvm();
     let dir = scratch("silent");
     let init = b"#!/bin/busybox sh\nexec /bin/busybox sleep 100000\n";
-    let img = custom_initramfs(&dir, &[Entry { path: "init", mode: 0o100755, data: init }], true);
+    let img = custom_initramfs(
+        &dir,
+        &[Entry {
+            path: "init",
+            mode: 0o100755,
+            data: init,
+        }],
+        true,
+    );
     let err = boot_expect_failure(img, Duration::from_secs(40));
-    assert!(matches!(err, VmProcessError::NotReady(_)), "expected a readiness timeout, got: {err}");
+    assert!(
+        matches!(err, VmProcessError::NotReady(_)),
+        "expected a readiness timeout, got: {err}"
+    );
     let _ = fs::remove_dir_all(dir);
 }

@@ -6,7 +6,9 @@ use std::time::Duration;
 use kiln_e2e::vm::{boot, sh};
 
 fn open_fds() -> usize {
-    std::fs::read_dir("/proc/self/fd").map(|d| d.count()).unwrap_or(0)
+    std::fs::read_dir("/proc/self/fd")
+        .map(|d| d.count())
+        .unwrap_or(0)
 }
 
 fn run_dirs() -> Vec<String> {
@@ -36,11 +38,17 @@ fn twenty_boots_in_a_row_leak_nothing() {
         let out = sh(&vm, &format!("echo boot{i}"));
         assert_eq!(String::from_utf8_lossy(&out.stdout), format!("boot{i}\n"));
         let exit = vm.shutdown(Duration::from_secs(30)).expect("shutdown");
-        assert!(exit.status.is_some_and(|s| s.success()), "boot {i}: VMM exit {exit:?}");
+        assert!(
+            exit.status.is_some_and(|s| s.success()),
+            "boot {i}: VMM exit {exit:?}"
+        );
     }
     assert_eq!(open_fds(), fds_before, "file descriptors leaked");
     for pid in pids {
-        assert!(!Path::new(&format!("/proc/{pid}")).exists(), "VMM pid {pid} still exists");
+        assert!(
+            !Path::new(&format!("/proc/{pid}")).exists(),
+            "VMM pid {pid} still exists"
+        );
     }
     assert_eq!(run_dirs(), Vec::<String>::new(), "run directories leaked");
 }

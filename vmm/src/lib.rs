@@ -2,9 +2,22 @@
 //!
 //! The library builds and runs a VM from a config; the `kiln-vmm` binary is a
 //! thin wrapper over it.
+//!
+//! ```no_run
+//! let config = kiln_vmm::config::VmConfig::new("vmlinux");
+//! let vm = kiln_vmm::builder::start(&config)?;
+//! let reason = vm.wait();
+//! assert!(reason.is_clean());
+//! # Ok::<(), kiln_vmm::builder::BuildError>(())
+//! ```
 
+pub mod boot;
+pub mod builder;
+pub mod config;
 pub mod devices;
 pub mod hypervisor;
 pub mod layout;
+pub mod memory;
 pub mod probe;
 pub mod vcpu;
+pub mod vm;

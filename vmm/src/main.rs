@@ -1,1 +1,218 @@
-fn main() {}
+//! `kiln-vmm`: runs one microVM until its guest exits.
+//!
+//! Exit status: 0 when the guest reset or powered off (or SIGTERM/SIGINT
+//! stopped the VM), 1 when the guest crashed or the VMM failed while
+//! running it, 2 when the VM could not be started. Errors are one line on
+//! stderr.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use kiln_vmm::builder;
+use kiln_vmm::config::{VmConfig, VsockConfig};
+use kiln_vmm::vm::exit::ExitReason;
+use kiln_vmm::vm::timings::Timings;
+use kiln_vmm::vm::StopHandle;
+
+/// Run one kiln microVM until its guest exits.
+#[derive(Debug, Parser)]
+#[command(name = "kiln-vmm", version)]
+struct Args {
+    /// VM config as JSON (kiln_vmm::config::VmConfig); flags override it.
+    #[arg(long, value_name = "FILE.json")]
+    config: Option<PathBuf>,
+    /// Guest kernel: ELF vmlinux (PVH) or bzImage.
+    #[arg(long)]
+    kernel: Option<PathBuf>,
+    /// Initramfs image.
+    #[arg(long)]
+    initramfs: Option<PathBuf>,
+    /// Number of vCPUs.
+    #[arg(long)]
+    vcpus: Option<u8>,
+    /// Guest RAM in MiB.
+    #[arg(long)]
+    mem_mib: Option<u64>,
+    /// Enable COM1 and write its output (and the kernel console) to PATH.
+    #[arg(long, value_name = "PATH")]
+    serial_log: Option<PathBuf>,
+    /// Enable virtio-vsock with its host side on this unix socket.
+    #[arg(long, value_name = "PATH")]
+    vsock_uds: Option<PathBuf>,
+    /// Guest CID of the vsock device.
+    #[arg(long, default_value_t = 3)]
+    vsock_cid: u32,
+    /// Extra kernel command line.
+    #[arg(long, allow_hyphen_values = true)]
+    cmdline_extra: Option<String>,
+    /// Leave out the boot-timer device.
+    #[arg(long)]
+    no_boot_timer: bool,
+    /// Write boot timings and the exit reason as JSON to PATH on exit.
+    #[arg(long, value_name = "PATH")]
+    timings_json: Option<PathBuf>,
+}
+
+/// The signal that stopped the VM, if any.
+static STOP_SIGNAL: AtomicI32 = AtomicI32::new(0);
+
+fn main() {
+    let start = Instant::now();
+    let args = Args::parse();
+    init_logging();
+    let stop = Arc::new(OnceLock::<StopHandle>::new());
+    if let Err(e) = install_signal_thread(Arc::clone(&stop)) {
+        fail(2, &format!("cannot set up signal handling: {e}"));
+    }
+    let config = match build_config(&args) {
+        Ok(c) => c,
+        Err(e) => fail(2, &e),
+    };
+    let vm = match builder::start_at(&config, start) {
+        Ok(vm) => vm,
+        Err(e) => fail(2, &error_chain(&e)),
+    };
+    let _ = stop.set(vm.stop_handle());
+    if STOP_SIGNAL.load(Ordering::SeqCst) != 0 {
+        vm.stop_handle().stop();
+    }
+    let reason = vm.wait();
+    let timings = vm.timings();
+    drop(vm);
+    if let Some(path) = &args.timings_json {
+        if let Err(e) = write_timings(path, &timings, &reason) {
+            eprintln!("kiln-vmm: cannot write {}: {e}", path.display());
+        }
+    }
+    match reason {
+        ExitReason::Stopped => {
+            let sig = STOP_SIGNAL.load(Ordering::SeqCst);
+            tracing::info!("stopped by signal {sig}");
+        }
+        r if r.is_clean() => tracing::info!("{r}"),
+        r => fail(1, &format!("vm exited: {r}")),
+    }
+}
+
+/// The config file (if any) with the flags applied over it.
+fn build_config(a: &Args) -> Result<VmConfig, String> {
+    let mut config = match &a.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+            serde_json::from_str(&text)
+                .map_err(|e| format!("invalid config {}: {e}", path.display()))?
+        }
+        None => VmConfig::new(a.kernel.clone().ok_or("--kernel or --config is required")?),
+    };
+    if let Some(k) = &a.kernel {
+        config.kernel = k.clone();
+    }
+    if a.initramfs.is_some() {
+        config.initramfs = a.initramfs.clone();
+    }
+    if let Some(v) = a.vcpus {
+        config.vcpus = v;
+    }
+    if let Some(m) = a.mem_mib {
+        config.mem_mib = m;
+    }
+    if a.serial_log.is_some() {
+        config.serial_log = a.serial_log.clone();
+    }
+    if let Some(uds_path) = &a.vsock_uds {
+        config.vsock = Some(VsockConfig {
+            uds_path: uds_path.clone(),
+            guest_cid: a.vsock_cid,
+        });
+    }
+    if let Some(extra) = &a.cmdline_extra {
+        config.cmdline_extra = extra.clone();
+    }
+    if a.no_boot_timer {
+        config.boot_timer = false;
+    }
+    config.validate().map_err(|e| e.to_string())?;
+    Ok(config)
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("KILN_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+/// Blocks SIGTERM and SIGINT in every thread (threads inherit the mask, so
+/// this runs before any other thread starts) and turns them into a VM stop
+/// on a dedicated thread.
+fn install_signal_thread(stop: Arc<OnceLock<StopHandle>>) -> std::io::Result<()> {
+    let set = vmm_sys_util::signal::create_sigset(&[libc::SIGTERM, libc::SIGINT])
+        .map_err(|e| std::io::Error::from_raw_os_error(e.errno()))?;
+    // SAFETY: `set` is an initialized sigset; a null old-set pointer is allowed.
+    let rc = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
+    if rc != 0 {
+        return Err(std::io::Error::from_raw_os_error(rc));
+    }
+    std::thread::Builder::new()
+        .name("kiln-signals".into())
+        .spawn(move || loop {
+            let mut sig: libc::c_int = 0;
+            // SAFETY: `set` and `sig` are valid for the call; the signals in `set`
+            // are blocked in every thread, as sigwait requires.
+            let rc = unsafe { libc::sigwait(&set, &mut sig) };
+            if rc != 0 {
+                continue;
+            }
+            STOP_SIGNAL.store(sig, Ordering::SeqCst);
+            if let Some(handle) = stop.get() {
+                handle.stop();
+            }
+        })?;
+    Ok(())
+}
+
+fn micros(d: Option<Duration>) -> serde_json::Value {
+    d.map_or(serde_json::Value::Null, |d| {
+        serde_json::Value::from(d.as_micros() as u64)
+    })
+}
+
+fn write_timings(path: &PathBuf, t: &Timings, reason: &ExitReason) -> std::io::Result<()> {
+    let json = serde_json::json!({
+        "built_us": micros(t.built),
+        "kernel_entry_us": micros(t.kernel_entry),
+        "userspace_start_us": micros(t.userspace_start),
+        "exit": reason.to_string(),
+        "clean": reason.is_clean(),
+    });
+    let mut f = std::fs::File::create(path)?;
+    writeln!(f, "{json}")
+}
+
+/// The error and its sources on one line, skipping sources whose text the
+/// message already contains.
+fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut line = err.to_string();
+    let mut source = err.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !line.contains(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+        source = s.source();
+    }
+    line
+}
+
+fn fail(code: i32, message: &str) -> ! {
+    eprintln!("kiln-vmm: {message}");
+    std::process::exit(code)
+}

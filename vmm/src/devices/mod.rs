@@ -2,3 +2,5 @@
 //! virtio devices.
 
 pub mod bus;
+pub mod legacy;
+pub mod virtio;

@@ -1,0 +1,149 @@
+//! The serde description of one VM: what the daemon writes and `kiln-vmm
+//! --config` reads.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// Smallest guest RAM kiln boots.
+pub const MIN_MEM_MIB: u64 = 64;
+/// Largest guest RAM kiln accepts (1 TiB).
+pub const MAX_MEM_MIB: u64 = 1 << 20;
+/// Most vCPUs per VM: the guest kernel is built with `NR_CPUS=32`.
+pub const MAX_VCPUS: u8 = 32;
+
+/// Errors from checking a [`VmConfig`].
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConfigError {
+    /// vCPU count out of range.
+    #[error("vcpus must be between 1 and {MAX_VCPUS}, got {0}")]
+    Vcpus(u8),
+    /// Memory size out of range.
+    #[error("mem_mib must be between {MIN_MEM_MIB} and {MAX_MEM_MIB}, got {0}")]
+    Memory(u64),
+    /// The vsock CID is reserved.
+    #[error("vsock guest cid must be at least 3, got {0}")]
+    GuestCid(u32),
+}
+
+/// Host side of the guest's virtio-vsock device.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VsockConfig {
+    /// Unix socket the host connects to (`CONNECT <port>\n`).
+    pub uds_path: PathBuf,
+    /// The guest's context id (3 or more).
+    #[serde(default = "default_cid")]
+    pub guest_cid: u32,
+}
+
+fn default_cid() -> u32 {
+    3
+}
+
+fn default_vcpus() -> u8 {
+    1
+}
+
+fn default_mem_mib() -> u64 {
+    256
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// Everything needed to boot one VM.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VmConfig {
+    /// Guest kernel: an uncompressed ELF `vmlinux` (PVH entry) or a bzImage.
+    pub kernel: PathBuf,
+    /// Optional initramfs (newc cpio, optionally compressed).
+    #[serde(default)]
+    pub initramfs: Option<PathBuf>,
+    /// Extra kernel command line, appended after kiln's own arguments.
+    #[serde(default)]
+    pub cmdline_extra: String,
+    /// Number of vCPUs.
+    #[serde(default = "default_vcpus")]
+    pub vcpus: u8,
+    /// Guest RAM in MiB.
+    #[serde(default = "default_mem_mib")]
+    pub mem_mib: u64,
+    /// When set, a COM1 serial port whose output goes to this file (and the
+    /// kernel console on it). Off by default: every byte is a VM exit.
+    #[serde(default)]
+    pub serial_log: Option<PathBuf>,
+    /// When set, a virtio-vsock device with this unix-socket host side.
+    #[serde(default)]
+    pub vsock: Option<VsockConfig>,
+    /// Whether the boot-timer device is present.
+    #[serde(default = "default_true")]
+    pub boot_timer: bool,
+}
+
+impl VmConfig {
+    /// A config with defaults for everything but the kernel.
+    pub fn new(kernel: impl Into<PathBuf>) -> Self {
+        VmConfig {
+            kernel: kernel.into(),
+            initramfs: None,
+            cmdline_extra: String::new(),
+            vcpus: default_vcpus(),
+            mem_mib: default_mem_mib(),
+            serial_log: None,
+            vsock: None,
+            boot_timer: true,
+        }
+    }
+
+    /// Checks ranges that serde cannot express.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.vcpus == 0 || self.vcpus > MAX_VCPUS {
+            return Err(ConfigError::Vcpus(self.vcpus));
+        }
+        if !(MIN_MEM_MIB..=MAX_MEM_MIB).contains(&self.mem_mib) {
+            return Err(ConfigError::Memory(self.mem_mib));
+        }
+        if let Some(v) = &self.vsock {
+            if v.guest_cid < 3 {
+                return Err(ConfigError::GuestCid(v.guest_cid));
+            }
+        }
+        Ok(())
+    }
+
+    /// Guest RAM in bytes.
+    pub fn mem_bytes(&self) -> u64 {
+        self.mem_mib << 20
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // in tests a failed unwrap is a failed test
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_defaults_and_validation() {
+        let c: VmConfig = serde_json::from_str(r#"{"kernel":"/k"}"#).unwrap();
+        assert_eq!(c, VmConfig::new("/k"));
+        assert_eq!(c.validate(), Ok(()));
+        assert_eq!(c.mem_bytes(), 256 << 20);
+        let c: VmConfig =
+            serde_json::from_str(r#"{"kernel":"/k","vsock":{"uds_path":"/s"},"vcpus":0}"#).unwrap();
+        assert_eq!(c.vsock.as_ref().unwrap().guest_cid, 3);
+        assert_eq!(c.validate(), Err(ConfigError::Vcpus(0)));
+        let mut c = VmConfig::new("/k");
+        c.mem_mib = 63;
+        assert_eq!(c.validate(), Err(ConfigError::Memory(63)));
+        c.mem_mib = 64;
+        c.vsock = Some(VsockConfig {
+            uds_path: "/s".into(),
+            guest_cid: 2,
+        });
+        assert_eq!(c.validate(), Err(ConfigError::GuestCid(2)));
+        assert!(serde_json::from_str::<VmConfig>(r#"{"kernel":"/k","bogus":1}"#).is_err());
+    }
+}

@@ -1,0 +1,265 @@
+//! Wiring virtio devices into a VM and running their event loop.
+//!
+//! ```ignore
+//! let mut virtio = VirtioDevices::new(mem.clone());
+//! cmdline.push(virtio.attach(vm, &mut mmio_bus, 0, Rng::new()?)?);
+//! cmdline.push(virtio.attach(vm, &mut mmio_bus, 1, Vsock::new(3, uds_path)?)?);
+//! let event_loop = virtio.spawn()?;   // before the vCPUs start
+//! // ... run the VM ...
+//! event_loop.stop()?;
+//! ```
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use event_manager::{EventManager, EventOps, Events, MutEventSubscriber, SubscriberOps};
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use crate::devices::bus::Bus;
+use crate::devices::virtio::transport::mmio::{MmioTransport, QUEUE_NOTIFY};
+use crate::devices::virtio::{VirtioDevice, VirtioError};
+use crate::hypervisor::{IoEventAddress, Vm};
+use crate::layout::{
+    IRQ_MAX, MMIO_SIZE, MMIO_START, VIRTIO_IRQ_BASE, VIRTIO_MMIO_BASE, VIRTIO_MMIO_SIZE,
+};
+
+/// The virtio devices of one VM, before their event loop starts.
+pub struct VirtioDevices {
+    mem: GuestMemoryMmap,
+    devices: Vec<Arc<Mutex<dyn VirtioDevice>>>,
+}
+
+/// Where device window `index` lives: (MMIO base, IRQ line).
+pub fn window(index: usize) -> Result<(u64, u32), VirtioError> {
+    let irq = u32::try_from(index)
+        .ok()
+        .and_then(|i| VIRTIO_IRQ_BASE.checked_add(i))
+        .filter(|&irq| irq <= IRQ_MAX)
+        .ok_or(VirtioError::InvalidIndex(index))?;
+    let base = VIRTIO_MMIO_BASE + index as u64 * VIRTIO_MMIO_SIZE;
+    if base + VIRTIO_MMIO_SIZE > MMIO_START + MMIO_SIZE {
+        return Err(VirtioError::InvalidIndex(index));
+    }
+    Ok((base, irq))
+}
+
+/// The kernel command-line fragment that declares a virtio-mmio device
+/// (needs CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES).
+pub fn cmdline_fragment(base: u64, irq: u32) -> String {
+    format!("virtio_mmio.device=4K@{base:#x}:{irq}")
+}
+
+impl VirtioDevices {
+    /// No devices yet; `mem` is the guest RAM their queues live in.
+    pub fn new(mem: GuestMemoryMmap) -> Self {
+        VirtioDevices {
+            mem,
+            devices: Vec::new(),
+        }
+    }
+
+    /// Places `device` in virtio-mmio window `index` (base
+    /// `VIRTIO_MMIO_BASE + index * 0x1000`, IRQ `VIRTIO_IRQ_BASE + index`),
+    /// registers its irqfd and one ioeventfd per queue, and returns the
+    /// kernel command-line fragment that declares it.
+    pub fn attach<D: VirtioDevice + 'static>(
+        &mut self,
+        vm: &dyn Vm,
+        bus: &mut Bus,
+        index: usize,
+        device: D,
+    ) -> Result<String, VirtioError> {
+        let (base, irq) = window(index)?;
+        let device: Arc<Mutex<dyn VirtioDevice>> = Arc::new(Mutex::new(device));
+        let transport = MmioTransport::new(self.mem.clone(), device.clone())?;
+        vm.register_irqfd(transport.interrupt().eventfd(), irq)?;
+        for (i, evt) in transport.queue_evts().iter().enumerate() {
+            let datamatch = u32::try_from(i).map_err(|_| VirtioError::InvalidIndex(index))?;
+            vm.register_ioevent(evt, IoEventAddress::Mmio(base + QUEUE_NOTIFY), datamatch)?;
+        }
+        bus.insert(Arc::new(Mutex::new(transport)), base, VIRTIO_MMIO_SIZE)?;
+        self.devices.push(device);
+        Ok(cmdline_fragment(base, irq))
+    }
+
+    /// Starts the event loop thread that serves every attached device.
+    pub fn spawn(self) -> Result<EventLoop, VirtioError> {
+        let mut manager = EventManager::<Box<dyn MutEventSubscriber + Send>>::new()
+            .map_err(VirtioError::EventManager)?;
+        for device in self.devices {
+            manager.add_subscriber(Box::new(DeviceSubscriber(device)));
+        }
+        let exit = EventFd::new(EFD_NONBLOCK).map_err(VirtioError::EventFd)?;
+        let stop = Arc::new(AtomicBool::new(false));
+        manager.add_subscriber(Box::new(ExitSubscriber {
+            evt: exit.try_clone().map_err(VirtioError::EventFd)?,
+            stop: stop.clone(),
+        }));
+        let thread = std::thread::Builder::new()
+            .name("kiln-virtio".into())
+            .spawn(move || {
+                while !stop.load(Ordering::SeqCst) {
+                    manager.run().map_err(VirtioError::EventManager)?;
+                }
+                Ok(())
+            })
+            .map_err(VirtioError::Thread)?;
+        Ok(EventLoop {
+            exit,
+            thread: Some(thread),
+        })
+    }
+}
+
+/// The running device event loop. Dropping it stops the loop too.
+pub struct EventLoop {
+    exit: EventFd,
+    thread: Option<JoinHandle<Result<(), VirtioError>>>,
+}
+
+impl EventLoop {
+    /// Stops the loop and waits for its thread; returns the loop's error, if any.
+    pub fn stop(mut self) -> Result<(), VirtioError> {
+        self.stop_inner()
+    }
+
+    fn stop_inner(&mut self) -> Result<(), VirtioError> {
+        let Some(thread) = self.thread.take() else {
+            return Ok(());
+        };
+        // A failed write leaves the loop running; join would hang, so report it.
+        self.exit.write(1).map_err(VirtioError::EventFd)?;
+        thread.join().map_err(|_| VirtioError::ThreadPanicked)?
+    }
+}
+
+impl Drop for EventLoop {
+    fn drop(&mut self) {
+        if let Err(e) = self.stop_inner() {
+            tracing::error!("virtio event loop: {e}");
+        }
+    }
+}
+
+/// Runs a shared device's event handling under its lock.
+struct DeviceSubscriber(Arc<Mutex<dyn VirtioDevice>>);
+
+impl MutEventSubscriber for DeviceSubscriber {
+    fn process(&mut self, events: Events, ops: &mut EventOps) {
+        self.0
+            .lock()
+            .expect("virtio device lock poisoned")
+            .process(events, ops);
+    }
+
+    fn init(&mut self, ops: &mut EventOps) {
+        self.0
+            .lock()
+            .expect("virtio device lock poisoned")
+            .init(ops);
+    }
+}
+
+struct ExitSubscriber {
+    evt: EventFd,
+    stop: Arc<AtomicBool>,
+}
+
+impl MutEventSubscriber for ExitSubscriber {
+    fn process(&mut self, _events: Events, _ops: &mut EventOps) {
+        let _ = self.evt.read();
+        self.stop.store(true, Ordering::SeqCst);
+    }
+
+    fn init(&mut self, ops: &mut EventOps) {
+        if let Err(e) = ops.add(Events::new(&self.evt, EventSet::IN)) {
+            tracing::error!("virtio event loop: cannot watch the exit eventfd: {e}");
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // in tests a failed unwrap is a failed test
+mod tests {
+    use std::sync::Mutex as StdMutex;
+
+    use super::*;
+    use crate::devices::virtio::rng::Rng;
+    use crate::devices::virtio::test_utils::guest_memory;
+    use crate::hypervisor::{Result as HvResult, Vcpu};
+
+    #[derive(Default)]
+    struct FakeVm {
+        irqfds: StdMutex<Vec<u32>>,
+        ioevents: StdMutex<Vec<(IoEventAddress, u32)>>,
+    }
+
+    impl Vm for FakeVm {
+        unsafe fn map_memory(&self, _: u32, _: u64, _: u64, _: u64) -> HvResult<()> {
+            Ok(())
+        }
+        fn create_irq_controller(&self) -> HvResult<()> {
+            Ok(())
+        }
+        fn create_vcpu(&self, _: u8) -> HvResult<Box<dyn Vcpu>> {
+            unimplemented!("not needed by these tests")
+        }
+        fn register_irqfd(&self, _: &EventFd, gsi: u32) -> HvResult<()> {
+            self.irqfds.lock().unwrap().push(gsi);
+            Ok(())
+        }
+        fn register_ioevent(
+            &self,
+            _: &EventFd,
+            addr: IoEventAddress,
+            datamatch: u32,
+        ) -> HvResult<()> {
+            self.ioevents.lock().unwrap().push((addr, datamatch));
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn windows_and_cmdline() {
+        assert_eq!(window(0).unwrap(), (0xd000_1000, 5));
+        assert_eq!(window(2).unwrap(), (0xd000_3000, 7));
+        assert_eq!(window(18).unwrap().1, 23);
+        assert!(matches!(window(19), Err(VirtioError::InvalidIndex(19))));
+        assert!(matches!(
+            window(usize::MAX),
+            Err(VirtioError::InvalidIndex(_))
+        ));
+        assert_eq!(
+            cmdline_fragment(0xd000_1000, 5),
+            "virtio_mmio.device=4K@0xd0001000:5"
+        );
+    }
+
+    #[test]
+    fn attach_wires_irqfd_ioeventfds_and_bus() {
+        let vm = FakeVm::default();
+        let mut bus = Bus::new();
+        let mut devs = VirtioDevices::new(guest_memory());
+        let frag = devs.attach(&vm, &mut bus, 1, Rng::new().unwrap()).unwrap();
+        assert_eq!(frag, "virtio_mmio.device=4K@0xd0002000:6");
+        assert_eq!(*vm.irqfds.lock().unwrap(), vec![6]);
+        assert_eq!(
+            *vm.ioevents.lock().unwrap(),
+            vec![(IoEventAddress::Mmio(0xd000_2050), 0)]
+        );
+        let mut magic = [0u8; 4];
+        assert!(bus.read(0xd000_2000, &mut magic));
+        assert_eq!(u32::from_le_bytes(magic), 0x7472_6976);
+        // The same window twice is refused by the bus.
+        assert!(matches!(
+            devs.attach(&vm, &mut bus, 1, Rng::new().unwrap()),
+            Err(VirtioError::Bus(_))
+        ));
+        // The loop starts and stops promptly.
+        let el = devs.spawn().unwrap();
+        el.stop().unwrap();
+    }
+}

@@ -1,0 +1,261 @@
+//! virtio-rng device state: one queue of device-writable buffers.
+
+use std::io::Write;
+
+use virtio_queue::QueueT;
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use super::{RngError, MAX_REQUEST_BYTES, QUEUE_SIZE};
+use crate::devices::virtio::{
+    pop_chain, warn_limited, ActivateContext, ActivateError, VirtioDevice, VirtioError, INT_VRING,
+    TYPE_RNG, VIRTIO_F_VERSION_1,
+};
+
+/// A virtio entropy device.
+pub struct Rng {
+    pub(super) queue_evts: Vec<EventFd>,
+    /// Signalled on activation so the event loop serves requests queued before it.
+    pub(super) activate_evt: EventFd,
+    pub(super) active: Option<ActivateContext>,
+    broken: bool,
+    buf: Vec<u8>,
+}
+
+impl Rng {
+    /// A new, inactive device.
+    pub fn new() -> Result<Self, VirtioError> {
+        let evt = || EventFd::new(EFD_NONBLOCK).map_err(VirtioError::EventFd);
+        Ok(Rng {
+            queue_evts: vec![evt()?],
+            activate_evt: evt()?,
+            active: None,
+            broken: false,
+            buf: vec![0; MAX_REQUEST_BYTES],
+        })
+    }
+
+    /// Serves the available requests (at most one queue's worth per call;
+    /// the rest are picked up on the next turn of the event loop).
+    pub(super) fn process_queue(&mut self) {
+        let Some(ctx) = self.active.as_mut() else {
+            return;
+        };
+        if self.broken {
+            return;
+        }
+        let queue = &mut ctx.queues[0];
+        let mut used = false;
+        let mut budget = queue.size();
+        loop {
+            if budget == 0 {
+                // More may be waiting: come back after other devices had a turn.
+                let _ = self.queue_evts[0].write(1);
+                break;
+            }
+            budget -= 1;
+            let chain = match pop_chain(queue, &ctx.mem) {
+                Ok(Some(chain)) => chain,
+                Ok(None) => break,
+                Err(e) => {
+                    warn_limited!("virtio-rng: {e}; device needs reset");
+                    self.broken = true;
+                    ctx.interrupt.signal_needs_reset();
+                    break;
+                }
+            };
+            let head = chain.head_index();
+            let len = match fill(chain, &ctx.mem, &mut self.buf) {
+                Ok(n) => n,
+                Err(e) => {
+                    warn_limited!("virtio-rng: bad request: {e}");
+                    0
+                }
+            };
+            if queue.add_used(&ctx.mem, head, len).is_err() {
+                warn_limited!("virtio-rng: cannot update used ring; device needs reset");
+                self.broken = true;
+                ctx.interrupt.signal_needs_reset();
+                break;
+            }
+            used = true;
+        }
+        if used {
+            ctx.interrupt.trigger(INT_VRING);
+        }
+    }
+}
+
+/// Fills the writable part of `chain` (up to [`MAX_REQUEST_BYTES`]) with
+/// random bytes; returns how many were written.
+fn fill(
+    chain: virtio_queue::DescriptorChain<&GuestMemoryMmap>,
+    mem: &GuestMemoryMmap,
+    buf: &mut [u8],
+) -> Result<u32, Box<dyn std::error::Error>> {
+    let mut writer = chain.writer(mem)?;
+    let n = writer
+        .available_bytes()
+        .min(buf.len())
+        .min(MAX_REQUEST_BYTES);
+    getrandom(&mut buf[..n])?;
+    writer.write_all(&buf[..n])?;
+    Ok(u32::try_from(n)?)
+}
+
+/// Fills `buf` from the kernel's CSPRNG.
+fn getrandom(buf: &mut [u8]) -> Result<(), RngError> {
+    let mut done = 0;
+    while done < buf.len() {
+        let rest = &mut buf[done..];
+        // SAFETY: `rest` is a valid, writable buffer of `rest.len()` bytes that
+        // outlives the call; getrandom writes at most that many bytes.
+        let n = unsafe { libc::getrandom(rest.as_mut_ptr().cast(), rest.len(), 0) };
+        if n < 0 {
+            let err = std::io::Error::last_os_error();
+            if err.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(RngError::GetRandom(err));
+        }
+        done += n as usize;
+    }
+    Ok(())
+}
+
+impl VirtioDevice for Rng {
+    fn device_type(&self) -> u32 {
+        TYPE_RNG
+    }
+
+    fn avail_features(&self) -> u64 {
+        1 << VIRTIO_F_VERSION_1
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        &[QUEUE_SIZE]
+    }
+
+    fn queue_events(&self) -> &[EventFd] {
+        &self.queue_evts
+    }
+
+    fn read_config(&self, _offset: u64, data: &mut [u8]) {
+        data.fill(0);
+    }
+
+    fn write_config(&mut self, _offset: u64, _data: &[u8]) {}
+
+    fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError> {
+        if self.active.is_some() {
+            return Err(ActivateError::AlreadyActive);
+        }
+        if ctx.queues.len() != 1 {
+            return Err(ActivateError::QueueCount {
+                expected: 1,
+                got: ctx.queues.len(),
+            });
+        }
+        self.active = Some(ctx);
+        self.broken = false;
+        let _ = self.activate_evt.write(1);
+        Ok(())
+    }
+
+    fn reset(&mut self) {
+        self.active = None;
+        self.broken = false;
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // in tests a failed unwrap is a failed test
+mod tests {
+    use std::sync::Arc;
+
+    use vm_memory::{Bytes, GuestAddress};
+
+    use super::*;
+    use crate::devices::virtio::test_utils::{guest_memory, TestQueue};
+    use crate::devices::virtio::{Interrupt, INT_CONFIG};
+
+    fn active_rng(mem: &GuestMemoryMmap, tq: &TestQueue) -> (Rng, Arc<Interrupt>) {
+        let mut rng = Rng::new().unwrap();
+        let irq = Arc::new(Interrupt::new().unwrap());
+        rng.activate(ActivateContext {
+            mem: mem.clone(),
+            queues: vec![tq.queue()],
+            interrupt: irq.clone(),
+            acked_features: 1 << VIRTIO_F_VERSION_1,
+        })
+        .unwrap();
+        (rng, irq)
+    }
+
+    #[test]
+    fn fills_buffers_and_bounds_requests() {
+        let mem = guest_memory();
+        let mut tq = TestQueue::new(&mem, 0x1000, 16);
+        let (mut rng, irq) = active_rng(&mem, &tq);
+        mem.write_slice(&[0u8; 64], GuestAddress(0x10_0000))
+            .unwrap();
+        let a = tq.add_chain(&mem, &[(0x10_0000, 32, true), (0x10_0020, 32, true)]);
+        // A read-only buffer gets nothing.
+        let b = tq.add_chain(&mem, &[(0x20_0000, 32, false)]);
+        // A huge buffer gets at most MAX_REQUEST_BYTES.
+        let c = tq.add_chain(&mem, &[(0x40_0000, 1 << 20, true)]);
+        // A buffer outside guest memory is skipped, not fatal.
+        let d = tq.add_chain(&mem, &[(0x1_0000_0000, 32, true)]);
+        rng.process_queue();
+        let used = tq.take_used(&mem);
+        assert_eq!(
+            used,
+            vec![(a, 64), (b, 0), (c, MAX_REQUEST_BYTES as u32), (d, 0)]
+        );
+        let mut got = [0u8; 64];
+        mem.read_slice(&mut got, GuestAddress(0x10_0000)).unwrap();
+        assert_ne!(got, [0u8; 64]);
+        assert_eq!(irq.status(), INT_VRING);
+    }
+
+    #[test]
+    fn hostile_avail_index_marks_needs_reset() {
+        let mem = guest_memory();
+        let tq = TestQueue::new(&mem, 0x1000, 16);
+        let (mut rng, irq) = active_rng(&mem, &tq);
+        tq.set_avail_idx(&mem, 1000);
+        rng.process_queue();
+        assert!(irq.needs_reset());
+        assert_ne!(irq.status() & INT_CONFIG, 0);
+        // Reset brings it back.
+        rng.reset();
+        assert!(rng.active.is_none());
+    }
+
+    #[test]
+    fn inactive_or_double_activation() {
+        let mut rng = Rng::new().unwrap();
+        rng.process_queue(); // no-op, no panic
+        let mem = guest_memory();
+        let tq = TestQueue::new(&mem, 0x1000, 16);
+        let irq = Arc::new(Interrupt::new().unwrap());
+        let ctx = |queues| ActivateContext {
+            mem: mem.clone(),
+            queues,
+            interrupt: irq.clone(),
+            acked_features: 0,
+        };
+        assert_eq!(
+            rng.activate(ctx(vec![])),
+            Err(ActivateError::QueueCount {
+                expected: 1,
+                got: 0
+            })
+        );
+        rng.activate(ctx(vec![tq.queue()])).unwrap();
+        assert_eq!(
+            rng.activate(ctx(vec![tq.queue()])),
+            Err(ActivateError::AlreadyActive)
+        );
+    }
+}

@@ -1,0 +1,894 @@
+//! One vsock stream connection between the guest and a host unix stream.
+//!
+//! "local" is the host end, "peer" the guest end. The state machine:
+//!
+//! ```text
+//! host CONNECT  -> LocalInit --guest RESPONSE--> Established
+//! guest REQUEST ->               (RESPONSE sent) Established
+//! Established --SHUTDOWN both ways / errors / timeouts--> Closing (RST queued) -> Dead
+//! any --guest RST--> Dead
+//! ```
+//!
+//! Flow control, guest -> host: we advertise `buf_alloc` = the size of our
+//! per-connection buffer and count delivered bytes in `fwd_cnt`; a guest
+//! that sends beyond that credit is reset, so the buffer never grows past
+//! [`CONN_BUF_SIZE`]. Host -> guest: we never send more than the guest's
+//! `buf_alloc - (rx_cnt - fwd_cnt)`, and ask for credit when it runs out.
+//!
+//! Time is passed in (`now`) so the state machine is testable.
+
+use std::collections::VecDeque;
+use std::io::{ErrorKind, Read, Write};
+use std::net::Shutdown;
+use std::num::Wrapping;
+use std::os::unix::net::UnixStream;
+use std::time::{Duration, Instant};
+
+use vmm_sys_util::epoll::EventSet;
+
+use super::packet::VsockHeader;
+use super::unix::ok_line;
+use super::{
+    op, CLOSE_TIMEOUT, CONN_BUF_SIZE, HOST_CID, SHUTDOWN_BOTH, SHUTDOWN_RCV, SHUTDOWN_SEND,
+    TYPE_STREAM,
+};
+
+/// Connection state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    /// Host-initiated; REQUEST queued or sent, waiting for RESPONSE.
+    LocalInit,
+    /// Data may flow.
+    Established,
+    /// Aborted; an RST still has to reach the guest.
+    Closing,
+    /// Finished; the muxer drops it.
+    Dead,
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct Pending {
+    request: bool,
+    response: bool,
+    credit_update: bool,
+    credit_request: bool,
+    shutdown: bool,
+    rst: bool,
+}
+
+/// A vsock connection and its host stream.
+pub struct Connection {
+    stream: UnixStream,
+    peer_cid: u64,
+    local_port: u32,
+    peer_port: u32,
+    /// Whether the host opened it (its local port came from the muxer's pool).
+    host_initiated: bool,
+    state: State,
+    deadline: Option<Instant>,
+    pending: Pending,
+
+    // guest -> host
+    tx_buf: VecDeque<u8>,
+    buf_alloc: u32,
+    fwd_cnt: Wrapping<u32>,
+    last_fwd_cnt_sent: Wrapping<u32>,
+
+    // host -> guest
+    peer_buf_alloc: u32,
+    peer_fwd_cnt: Wrapping<u32>,
+    rx_cnt: Wrapping<u32>,
+    /// The host stream may have bytes for the guest.
+    rw_pending: bool,
+    credit_request_sent: bool,
+
+    /// SHUTDOWN flags the guest sent.
+    peer_shut: u32,
+    /// SHUTDOWN flags we decided on (sent or queued).
+    local_shut: u32,
+    /// The host closed its end entirely.
+    host_hup: bool,
+}
+
+impl Connection {
+    fn new(stream: UnixStream, peer_cid: u64, local_port: u32, peer_port: u32) -> Self {
+        Connection {
+            stream,
+            peer_cid,
+            local_port,
+            peer_port,
+            host_initiated: false,
+            state: State::LocalInit,
+            deadline: None,
+            pending: Pending::default(),
+            tx_buf: VecDeque::new(),
+            buf_alloc: CONN_BUF_SIZE,
+            fwd_cnt: Wrapping(0),
+            last_fwd_cnt_sent: Wrapping(0),
+            peer_buf_alloc: 0,
+            peer_fwd_cnt: Wrapping(0),
+            rx_cnt: Wrapping(0),
+            rw_pending: false,
+            credit_request_sent: false,
+            peer_shut: 0,
+            local_shut: 0,
+            host_hup: false,
+        }
+    }
+
+    /// A host client asked for guest port `peer_port`; REQUEST is queued.
+    pub fn new_local(
+        stream: UnixStream,
+        peer_cid: u64,
+        local_port: u32,
+        peer_port: u32,
+        now: Instant,
+        timeout: Duration,
+    ) -> Self {
+        let mut c = Self::new(stream, peer_cid, local_port, peer_port);
+        c.host_initiated = true;
+        c.pending.request = true;
+        c.deadline = Some(now + timeout);
+        c
+    }
+
+    /// The guest's REQUEST `hdr` reached a host listener; RESPONSE is queued.
+    pub fn new_peer(stream: UnixStream, hdr: &VsockHeader) -> Self {
+        let mut c = Self::new(stream, hdr.src_cid, hdr.dst_port, hdr.src_port);
+        c.state = State::Established;
+        c.pending.response = true;
+        c.peer_buf_alloc = hdr.buf_alloc;
+        c.peer_fwd_cnt = Wrapping(hdr.fwd_cnt);
+        c
+    }
+
+    /// The host stream.
+    pub fn stream(&self) -> &UnixStream {
+        &self.stream
+    }
+
+    /// Takes the host stream out of a dead connection (to close it later).
+    pub fn into_stream(self) -> UnixStream {
+        self.stream
+    }
+
+    /// Current state.
+    #[cfg(test)]
+    pub fn state(&self) -> State {
+        self.state
+    }
+
+    /// Whether the muxer should drop it.
+    pub fn is_dead(&self) -> bool {
+        self.state == State::Dead
+    }
+
+    /// Whether the host opened it.
+    pub fn host_initiated(&self) -> bool {
+        self.host_initiated
+    }
+
+    /// When [`Connection::on_timer`] next has something to do.
+    pub fn deadline(&self) -> Option<Instant> {
+        self.deadline
+    }
+
+    /// Bytes of the guest's credit we may still use.
+    fn peer_credit(&self) -> u32 {
+        let in_flight = (self.rx_cnt - self.peer_fwd_cnt).0;
+        self.peer_buf_alloc.saturating_sub(in_flight)
+    }
+
+    /// Whether host bytes may still flow to the guest.
+    fn can_read(&self) -> bool {
+        self.state == State::Established
+            && self.peer_shut & SHUTDOWN_RCV == 0
+            && self.local_shut & SHUTDOWN_SEND == 0
+    }
+
+    /// Aborts: the host sees its stream close now; an RST goes to the guest.
+    pub fn reset(&mut self) {
+        let _ = self.stream.shutdown(Shutdown::Both);
+        self.tx_buf = VecDeque::new();
+        self.rw_pending = false;
+        self.deadline = None;
+        if self.state == State::LocalInit && self.pending.request {
+            // The guest never heard of it.
+            self.state = State::Dead;
+            return;
+        }
+        self.pending = Pending {
+            rst: true,
+            ..Pending::default()
+        };
+        self.state = State::Closing;
+    }
+
+    /// A packet from the guest for this connection (already validated and
+    /// matched by CIDs and ports).
+    pub fn on_packet(&mut self, hdr: &VsockHeader, payload: &[u8], now: Instant) {
+        if matches!(self.state, State::Closing | State::Dead) {
+            if hdr.op == op::RST {
+                self.state = State::Dead;
+            }
+            return;
+        }
+        self.peer_buf_alloc = hdr.buf_alloc;
+        self.peer_fwd_cnt = Wrapping(hdr.fwd_cnt);
+        match (self.state, hdr.op) {
+            (_, op::RST) => {
+                // Best effort: deliver what the guest already sent.
+                let _ = self.flush();
+                let _ = self.stream.shutdown(Shutdown::Both);
+                self.state = State::Dead;
+                return;
+            }
+            (State::LocalInit, op::RESPONSE) if !self.pending.request => {
+                self.state = State::Established;
+                self.deadline = None;
+                // A fresh socket's send buffer is empty: a short write means
+                // the host client is gone.
+                let line = ok_line(self.local_port);
+                if !matches!(self.stream.write(line.as_bytes()), Ok(n) if n == line.len()) {
+                    self.reset();
+                }
+            }
+            (State::Established, op::RW) => self.recv_data(payload),
+            (State::Established, op::CREDIT_UPDATE) => {}
+            (State::Established, op::CREDIT_REQUEST) => self.pending.credit_update = true,
+            (State::Established, op::SHUTDOWN) => self.recv_shutdown(hdr.flags, now),
+            // REQUEST on a live connection, RESPONSE out of turn, data
+            // before RESPONSE, anything else: protocol violation.
+            _ => self.reset(),
+        }
+        if self.peer_credit() > 0 {
+            self.credit_request_sent = false;
+        }
+    }
+
+    fn recv_data(&mut self, payload: &[u8]) {
+        if self.peer_shut & SHUTDOWN_SEND != 0 || self.host_hup {
+            self.reset();
+            return;
+        }
+        if self.tx_buf.len() + payload.len() > self.buf_alloc as usize {
+            // The guest ignored our credit.
+            self.reset();
+            return;
+        }
+        let mut rest = payload;
+        if self.tx_buf.is_empty() {
+            match write_some(&mut self.stream, rest) {
+                Ok(n) => {
+                    self.fwd_cnt += Wrapping(n as u32);
+                    rest = &rest[n..];
+                }
+                Err(_) => {
+                    self.reset();
+                    return;
+                }
+            }
+        }
+        self.tx_buf.extend(rest);
+        self.maybe_credit_update();
+    }
+
+    /// Writes buffered guest bytes to the host stream.
+    fn flush(&mut self) -> Result<(), ()> {
+        while !self.tx_buf.is_empty() {
+            let (front, _) = self.tx_buf.as_slices();
+            let n = write_some(&mut self.stream, front).map_err(|_| ())?;
+            if n == 0 {
+                break;
+            }
+            self.tx_buf.drain(..n);
+            self.fwd_cnt += Wrapping(n as u32);
+        }
+        Ok(())
+    }
+
+    /// Queues a CREDIT_UPDATE when the guest's view of our free space is
+    /// low and we have freed some since we last told it.
+    fn maybe_credit_update(&mut self) {
+        let guest_tx_cnt = self.fwd_cnt + Wrapping(self.tx_buf.len() as u32);
+        let used_in_guest_view = (guest_tx_cnt - self.last_fwd_cnt_sent).0;
+        let free_in_guest_view = self.buf_alloc.saturating_sub(used_in_guest_view);
+        if self.fwd_cnt != self.last_fwd_cnt_sent && free_in_guest_view < self.buf_alloc / 2 {
+            self.pending.credit_update = true;
+        }
+    }
+
+    fn recv_shutdown(&mut self, flags: u32, now: Instant) {
+        self.peer_shut |= flags & SHUTDOWN_BOTH;
+        if self.peer_shut & SHUTDOWN_RCV != 0 {
+            self.rw_pending = false;
+        }
+        if self.peer_shut & SHUTDOWN_SEND != 0 && self.tx_buf.is_empty() {
+            let _ = self.stream.shutdown(Shutdown::Write);
+        }
+        self.maybe_finish(now);
+    }
+
+    /// After both sides are done (or the guest fully closed and its data is
+    /// delivered), the connection ends with an RST from us.
+    fn maybe_finish(&mut self, now: Instant) {
+        if self.state != State::Established {
+            return;
+        }
+        if self.peer_shut == SHUTDOWN_BOTH {
+            if self.tx_buf.is_empty() {
+                self.reset();
+            } else if self.deadline.is_none() {
+                self.deadline = Some(now + CLOSE_TIMEOUT);
+            }
+        }
+    }
+
+    /// Readiness of the host stream.
+    pub fn on_stream_event(&mut self, set: EventSet, now: Instant) {
+        match self.state {
+            State::LocalInit => {
+                // The host client gave up before the guest answered.
+                if set.intersects(EventSet::HANG_UP | EventSet::ERROR | EventSet::READ_HANG_UP) {
+                    self.reset();
+                }
+            }
+            State::Established => {
+                if set.contains(EventSet::ERROR) {
+                    self.reset();
+                    return;
+                }
+                if set.contains(EventSet::OUT) {
+                    if self.flush().is_err() {
+                        self.reset();
+                        return;
+                    }
+                    if self.tx_buf.is_empty() && self.peer_shut & SHUTDOWN_SEND != 0 {
+                        let _ = self.stream.shutdown(Shutdown::Write);
+                    }
+                    self.maybe_credit_update();
+                    self.maybe_finish(now);
+                }
+                if set.contains(EventSet::IN) && self.can_read() {
+                    self.rw_pending = true;
+                }
+                if set.contains(EventSet::HANG_UP) {
+                    // The host can't read anymore; drain what it wrote.
+                    self.host_hup = true;
+                    self.tx_buf = VecDeque::new();
+                    if self.can_read() {
+                        self.rw_pending = true;
+                    } else {
+                        self.local_shut = SHUTDOWN_BOTH;
+                        self.pending.shutdown = true;
+                    }
+                }
+            }
+            State::Closing | State::Dead => {}
+        }
+    }
+
+    /// Deadlines: connect timeout, close timeout.
+    pub fn on_timer(&mut self, now: Instant) {
+        if self.deadline.is_some_and(|d| now >= d) {
+            self.deadline = None;
+            if matches!(self.state, State::LocalInit | State::Established) {
+                self.reset();
+            }
+        }
+    }
+
+    /// Whether [`Connection::next_rx`] has something for the guest.
+    pub fn has_rx(&self) -> bool {
+        if self.is_dead() {
+            return false;
+        }
+        let p = self.pending;
+        p.rst
+            || p.request
+            || p.response
+            || p.credit_update
+            || p.credit_request
+            || p.shutdown
+            || (self.rw_pending
+                && self.can_read()
+                && (self.peer_credit() > 0 || !self.credit_request_sent))
+    }
+
+    /// The epoll interest for the host stream; `None` = not watched.
+    /// (HANG_UP and ERROR are always reported while watched.)
+    pub fn interest(&self) -> Option<EventSet> {
+        match self.state {
+            State::LocalInit => Some(EventSet::empty()),
+            State::Established if !self.host_hup => {
+                let mut set = EventSet::empty();
+                if self.can_read() && !self.rw_pending {
+                    set |= EventSet::IN;
+                }
+                if !self.tx_buf.is_empty() {
+                    set |= EventSet::OUT;
+                }
+                Some(set)
+            }
+            _ => None,
+        }
+    }
+
+    fn header(&self, op: u16) -> VsockHeader {
+        VsockHeader {
+            src_cid: HOST_CID,
+            dst_cid: self.peer_cid,
+            src_port: self.local_port,
+            dst_port: self.peer_port,
+            len: 0,
+            type_: TYPE_STREAM,
+            op,
+            flags: 0,
+            buf_alloc: self.buf_alloc,
+            fwd_cnt: self.fwd_cnt.0,
+        }
+    }
+
+    /// The next packet for the guest; RW payload is read into `buf` (whose
+    /// length is the room in the guest's buffer). Returns the header and the
+    /// payload length.
+    pub fn next_rx(&mut self, buf: &mut [u8], now: Instant) -> Option<(VsockHeader, usize)> {
+        let hdr = self.next_rx_inner(buf, now)?;
+        self.last_fwd_cnt_sent = self.fwd_cnt;
+        // Every header carries our credit.
+        self.pending.credit_update = false;
+        Some(hdr)
+    }
+
+    fn next_rx_inner(&mut self, buf: &mut [u8], now: Instant) -> Option<(VsockHeader, usize)> {
+        if self.pending.rst {
+            self.pending = Pending::default();
+            self.state = State::Dead;
+            return Some((self.header(op::RST), 0));
+        }
+        if self.is_dead() {
+            return None;
+        }
+        if self.pending.request {
+            self.pending.request = false;
+            return Some((self.header(op::REQUEST), 0));
+        }
+        if self.pending.response {
+            self.pending.response = false;
+            return Some((self.header(op::RESPONSE), 0));
+        }
+        if self.pending.credit_update {
+            return Some((self.header(op::CREDIT_UPDATE), 0));
+        }
+        if self.rw_pending && self.can_read() && !buf.is_empty() {
+            let credit = self.peer_credit() as usize;
+            if credit == 0 {
+                if !self.credit_request_sent {
+                    self.credit_request_sent = true;
+                    return Some((self.header(op::CREDIT_REQUEST), 0));
+                }
+            } else {
+                let n = credit.min(buf.len());
+                match self.stream.read(&mut buf[..n]) {
+                    Ok(0) => {
+                        self.rw_pending = false;
+                        self.local_shut |= if self.host_hup {
+                            SHUTDOWN_BOTH
+                        } else {
+                            SHUTDOWN_SEND
+                        };
+                        self.pending.shutdown = true;
+                    }
+                    Ok(k) => {
+                        self.rx_cnt += Wrapping(k as u32);
+                        let mut h = self.header(op::RW);
+                        h.len = k as u32;
+                        return Some((h, k));
+                    }
+                    Err(e) if e.kind() == ErrorKind::WouldBlock && !self.host_hup => {
+                        self.rw_pending = false;
+                    }
+                    Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                    Err(_) => {
+                        self.reset();
+                        return self.next_rx_inner(buf, now);
+                    }
+                }
+            }
+        }
+        if self.pending.shutdown {
+            self.pending.shutdown = false;
+            if self.local_shut == SHUTDOWN_BOTH {
+                // Wait for the guest's RST, but not forever.
+                self.deadline = Some(now + CLOSE_TIMEOUT);
+            }
+            let mut h = self.header(op::SHUTDOWN);
+            h.flags = self.local_shut;
+            return Some((h, 0));
+        }
+        if self.pending.credit_request {
+            self.pending.credit_request = false;
+            return Some((self.header(op::CREDIT_REQUEST), 0));
+        }
+        None
+    }
+}
+
+/// Writes as much as the non-blocking stream takes; `Ok(0)` when full.
+fn write_some(stream: &mut UnixStream, data: &[u8]) -> std::io::Result<usize> {
+    if data.is_empty() {
+        return Ok(0);
+    }
+    loop {
+        match stream.write(data) {
+            Ok(n) => return Ok(n),
+            Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(0),
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // in tests a failed unwrap is a failed test
+mod tests {
+    use std::io::Read;
+
+    use super::*;
+
+    const GUEST: u64 = 3;
+
+    fn pair() -> (UnixStream, UnixStream) {
+        let (a, b) = UnixStream::pair().unwrap();
+        a.set_nonblocking(true).unwrap();
+        b.set_nonblocking(true).unwrap();
+        (a, b)
+    }
+
+    fn guest(op: u16, buf_alloc: u32, fwd_cnt: u32) -> VsockHeader {
+        VsockHeader {
+            src_cid: GUEST,
+            dst_cid: HOST_CID,
+            src_port: 1234,
+            dst_port: 52,
+            len: 0,
+            type_: TYPE_STREAM,
+            op,
+            flags: 0,
+            buf_alloc,
+            fwd_cnt,
+        }
+    }
+
+    fn rx(c: &mut Connection, cap: usize) -> Option<(VsockHeader, Vec<u8>)> {
+        let mut buf = vec![0u8; cap];
+        c.next_rx(&mut buf, Instant::now())
+            .map(|(h, n)| (h, buf[..n].to_vec()))
+    }
+
+    fn read_all(s: &mut UnixStream) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut b = [0u8; 4096];
+        loop {
+            match s.read(&mut b) {
+                Ok(0) => break,
+                Ok(n) => out.extend_from_slice(&b[..n]),
+                Err(_) => break,
+            }
+        }
+        out
+    }
+
+    /// A guest-initiated, established connection with the given guest credit.
+    fn established(buf_alloc: u32) -> (Connection, UnixStream) {
+        let (host_end, mut client) = pair();
+        let mut req = guest(op::REQUEST, buf_alloc, 0);
+        req.src_port = 1234;
+        let mut c = Connection::new_peer(host_end, &req);
+        assert_eq!(rx(&mut c, 0).unwrap().0.op, op::RESPONSE);
+        assert_eq!(read_all(&mut client), b"");
+        (c, client)
+    }
+
+    #[test]
+    fn local_connect_then_response_sends_ok_line() {
+        let (host_end, mut client) = pair();
+        let now = Instant::now();
+        let mut c =
+            Connection::new_local(host_end, GUEST, 1 << 30, 52, now, Duration::from_secs(1));
+        assert_eq!(c.interest(), Some(EventSet::empty()));
+        let (h, _) = rx(&mut c, 100).unwrap();
+        assert_eq!(
+            (h.op, h.src_port, h.dst_port, h.dst_cid),
+            (op::REQUEST, 1 << 30, 52, GUEST)
+        );
+        assert_eq!(h.buf_alloc, CONN_BUF_SIZE);
+        assert!(!c.has_rx());
+        let mut resp = guest(op::RESPONSE, 4096, 0);
+        (resp.src_port, resp.dst_port) = (52, 1 << 30);
+        c.on_packet(&resp, &[], now);
+        assert_eq!(c.state(), State::Established);
+        assert_eq!(read_all(&mut client), b"OK 1073741824\n");
+        assert_eq!(c.interest(), Some(EventSet::IN));
+    }
+
+    #[test]
+    fn rw_before_response_resets() {
+        let (host_end, mut client) = pair();
+        let now = Instant::now();
+        let mut c = Connection::new_local(host_end, GUEST, 7, 52, now, Duration::from_secs(1));
+        rx(&mut c, 0).unwrap();
+        c.on_packet(&guest(op::RW, 4096, 0), b"sneaky", now);
+        assert_eq!(c.state(), State::Closing);
+        let (h, _) = rx(&mut c, 100).unwrap();
+        assert_eq!(h.op, op::RST);
+        assert!(c.is_dead());
+        // The host client sees EOF and none of the data.
+        assert_eq!(read_all(&mut client), b"");
+    }
+
+    #[test]
+    fn guest_rst_during_connect_closes_host_without_ok() {
+        let (host_end, mut client) = pair();
+        let now = Instant::now();
+        let mut c = Connection::new_local(host_end, GUEST, 7, 52, now, Duration::from_secs(1));
+        rx(&mut c, 0).unwrap();
+        c.on_packet(&guest(op::RST, 0, 0), &[], now);
+        assert!(c.is_dead());
+        assert!(!c.has_rx());
+        assert_eq!(read_all(&mut client), b"");
+    }
+
+    #[test]
+    fn connect_timeout() {
+        let (host_end, _client) = pair();
+        let now = Instant::now();
+        let mut c = Connection::new_local(host_end, GUEST, 7, 52, now, Duration::from_secs(1));
+        // Not yet sent to the guest: dies silently.
+        c.on_timer(now + Duration::from_secs(2));
+        assert!(c.is_dead());
+        let (host_end, _client) = pair();
+        let mut c = Connection::new_local(host_end, GUEST, 7, 52, now, Duration::from_secs(1));
+        rx(&mut c, 0).unwrap();
+        c.on_timer(now + Duration::from_millis(500));
+        assert_eq!(c.state(), State::LocalInit);
+        c.on_timer(now + Duration::from_secs(2));
+        assert_eq!(rx(&mut c, 0).unwrap().0.op, op::RST);
+        assert!(c.is_dead());
+    }
+
+    #[test]
+    fn response_before_request_was_sent_is_a_violation() {
+        let (host_end, _client) = pair();
+        let now = Instant::now();
+        let mut c = Connection::new_local(host_end, GUEST, 7, 52, now, Duration::from_secs(1));
+        c.on_packet(&guest(op::RESPONSE, 4096, 0), &[], now);
+        assert!(c.is_dead());
+    }
+
+    #[test]
+    fn data_flows_both_ways_with_credit() {
+        let (mut c, mut client) = established(10);
+        let now = Instant::now();
+        // guest -> host
+        c.on_packet(&guest(op::RW, 10, 0), b"ping", now);
+        assert_eq!(read_all(&mut client), b"ping");
+        // host -> guest, bounded by the guest's credit of 10 bytes.
+        client.write_all(b"0123456789abcdef").unwrap();
+        c.on_stream_event(EventSet::IN, now);
+        assert_eq!(c.interest(), Some(EventSet::empty()));
+        let (h, data) = rx(&mut c, 1000).unwrap();
+        assert_eq!((h.op, h.len, h.fwd_cnt), (op::RW, 10, 4));
+        assert_eq!(data, b"0123456789");
+        // Credit exhausted: one CREDIT_REQUEST, then nothing.
+        let (h, _) = rx(&mut c, 1000).unwrap();
+        assert_eq!(h.op, op::CREDIT_REQUEST);
+        assert!(!c.has_rx());
+        assert!(rx(&mut c, 1000).is_none());
+        // The guest consumed 6 of them: exactly 6 more may go.
+        c.on_packet(&guest(op::CREDIT_UPDATE, 10, 6), &[], now);
+        assert!(c.has_rx());
+        let (h, data) = rx(&mut c, 1000).unwrap();
+        assert_eq!(data, b"abcdef");
+        assert_eq!(h.len, 6);
+        // The guest grows its buffer and consumed everything.
+        c.on_packet(&guest(op::CREDIT_UPDATE, 100, 16), &[], now);
+        // Nothing left in the stream: back to watching it.
+        assert!(rx(&mut c, 1000).is_none());
+        assert_eq!(c.interest(), Some(EventSet::IN));
+    }
+
+    #[test]
+    fn rx_respects_guest_buffer_size() {
+        let (mut c, mut client) = established(1 << 20);
+        client.write_all(&[7u8; 100]).unwrap();
+        c.on_stream_event(EventSet::IN, Instant::now());
+        let (h, data) = rx(&mut c, 30).unwrap();
+        assert_eq!((h.len, data.len()), (30, 30));
+        // Zero-capacity buffers only get control packets.
+        assert!(rx(&mut c, 0).is_none());
+    }
+
+    #[test]
+    fn guest_exceeding_credit_is_reset_and_buffer_is_bounded() {
+        let (mut c, client) = established(4096);
+        let now = Instant::now();
+        // Nobody reads `client`: fill the socket, then our buffer.
+        let chunk = vec![1u8; 64 * 1024];
+        let mut sent = 0usize;
+        while c.state() == State::Established && sent < 64 << 20 {
+            c.on_packet(&guest(op::RW, 4096, 0), &chunk, now);
+            sent += chunk.len();
+            assert!(c.tx_buf.len() <= CONN_BUF_SIZE as usize);
+        }
+        assert_eq!(
+            c.state(),
+            State::Closing,
+            "a guest ignoring credit must be reset"
+        );
+        assert!(c.tx_buf.is_empty());
+        assert_eq!(rx(&mut c, 0).unwrap().0.op, op::RST);
+        drop(client);
+    }
+
+    #[test]
+    fn credit_update_after_draining_a_full_buffer() {
+        let (mut c, mut client) = established(4096);
+        let now = Instant::now();
+        let chunk = vec![1u8; 32 * 1024];
+        // Fill our buffer up to (but not past) the advertised credit.
+        let mut total = 0usize;
+        loop {
+            let room = CONN_BUF_SIZE as usize - c.tx_buf.len();
+            if room < chunk.len() {
+                break;
+            }
+            c.on_packet(&guest(op::RW, 4096, 0), &chunk, now);
+            total += chunk.len();
+            assert_eq!(c.state(), State::Established);
+        }
+        assert!(!c.tx_buf.is_empty());
+        assert_eq!(c.interest(), Some(EventSet::IN | EventSet::OUT));
+        // The host drains; we flush and tell the guest.
+        let mut got = 0usize;
+        while got < total {
+            got += read_all(&mut client).len();
+            c.on_stream_event(EventSet::OUT, now);
+        }
+        assert_eq!(got, total);
+        let (h, _) = rx(&mut c, 0).unwrap();
+        assert_eq!(h.op, op::CREDIT_UPDATE);
+        assert_eq!(h.fwd_cnt as usize, total);
+        assert_eq!(c.interest(), Some(EventSet::IN));
+    }
+
+    #[test]
+    fn credit_request_gets_credit_update() {
+        let (mut c, _client) = established(4096);
+        c.on_packet(&guest(op::CREDIT_REQUEST, 4096, 0), &[], Instant::now());
+        let (h, _) = rx(&mut c, 0).unwrap();
+        assert_eq!((h.op, h.buf_alloc), (op::CREDIT_UPDATE, CONN_BUF_SIZE));
+    }
+
+    #[test]
+    fn guest_shutdown_both_ways_ends_with_rst() {
+        let (mut c, mut client) = established(4096);
+        let now = Instant::now();
+        c.on_packet(&guest(op::RW, 4096, 0), b"last words", now);
+        let mut sd = guest(op::SHUTDOWN, 4096, 0);
+        sd.flags = SHUTDOWN_SEND;
+        c.on_packet(&sd, &[], now);
+        // Host sees the data then EOF, but the connection lives on.
+        assert_eq!(read_all(&mut client), b"last words");
+        assert_eq!(c.state(), State::Established);
+        // More data after SHUTDOWN(SEND) is a violation... on a fresh one:
+        sd.flags = SHUTDOWN_RCV;
+        c.on_packet(&sd, &[], now);
+        assert_eq!(c.state(), State::Closing);
+        assert_eq!(rx(&mut c, 0).unwrap().0.op, op::RST);
+        assert!(c.is_dead());
+    }
+
+    #[test]
+    fn rw_after_guest_shutdown_send_resets() {
+        let (mut c, _client) = established(4096);
+        let now = Instant::now();
+        let mut sd = guest(op::SHUTDOWN, 4096, 0);
+        sd.flags = SHUTDOWN_SEND;
+        c.on_packet(&sd, &[], now);
+        c.on_packet(&guest(op::RW, 4096, 0), b"x", now);
+        assert_eq!(c.state(), State::Closing);
+    }
+
+    #[test]
+    fn guest_shutdown_rcv_stops_host_to_guest() {
+        let (mut c, mut client) = established(4096);
+        let now = Instant::now();
+        client.write_all(b"unwanted").unwrap();
+        c.on_stream_event(EventSet::IN, now);
+        let mut sd = guest(op::SHUTDOWN, 4096, 0);
+        sd.flags = SHUTDOWN_RCV;
+        c.on_packet(&sd, &[], now);
+        assert!(!c.has_rx());
+        assert_eq!(c.interest(), Some(EventSet::empty()));
+        // The guest can still send.
+        c.on_packet(&guest(op::RW, 4096, 0), b"still here", now);
+        assert_eq!(read_all(&mut client), b"still here");
+    }
+
+    #[test]
+    fn host_half_close_and_full_close() {
+        // Half close: SHUTDOWN(SEND) after the remaining data.
+        let (mut c, client) = established(4096);
+        let now = Instant::now();
+        (&client).write_all(b"bye").unwrap();
+        client.shutdown(Shutdown::Write).unwrap();
+        c.on_stream_event(EventSet::IN, now);
+        assert_eq!(rx(&mut c, 100).unwrap().1, b"bye");
+        let (h, _) = rx(&mut c, 100).unwrap();
+        assert_eq!((h.op, h.flags), (op::SHUTDOWN, SHUTDOWN_SEND));
+        assert_eq!(c.interest(), Some(EventSet::empty()));
+        // The guest can still talk to the host.
+        c.on_packet(&guest(op::RW, 4096, 0), b"ack", now);
+        let mut got = [0u8; 3];
+        (&client).read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"ack");
+        // Full close: data drained, then SHUTDOWN(both), RST after the timeout.
+        let (mut c, client) = established(4096);
+        (&client).write_all(b"end").unwrap();
+        drop(client);
+        c.on_stream_event(EventSet::IN | EventSet::HANG_UP, now);
+        assert_eq!(c.interest(), None);
+        assert_eq!(rx(&mut c, 100).unwrap().1, b"end");
+        let (h, _) = rx(&mut c, 100).unwrap();
+        assert_eq!((h.op, h.flags), (op::SHUTDOWN, SHUTDOWN_BOTH));
+        assert!(c.deadline().is_some());
+        c.on_timer(now + CLOSE_TIMEOUT + Duration::from_secs(1));
+        assert_eq!(rx(&mut c, 0).unwrap().0.op, op::RST);
+        assert!(c.is_dead());
+        // Or the guest answers with its RST first.
+        let (mut c, client) = established(4096);
+        drop(client);
+        c.on_stream_event(EventSet::HANG_UP, now);
+        rx(&mut c, 100).unwrap();
+        c.on_packet(&guest(op::RST, 0, 0), &[], now);
+        assert!(c.is_dead());
+    }
+
+    #[test]
+    fn guest_rst_on_established() {
+        let (mut c, mut client) = established(4096);
+        c.on_packet(&guest(op::RST, 0, 0), &[], Instant::now());
+        assert!(c.is_dead());
+        assert!(!c.has_rx());
+        assert_eq!(c.interest(), None);
+        assert_eq!(read_all(&mut client), b"");
+    }
+
+    #[test]
+    fn unexpected_ops_reset() {
+        for bad in [op::REQUEST, op::RESPONSE] {
+            let (mut c, _client) = established(4096);
+            c.on_packet(&guest(bad, 4096, 0), &[], Instant::now());
+            assert_eq!(c.state(), State::Closing, "op {bad}");
+        }
+    }
+
+    #[test]
+    fn hostile_credit_values_do_not_overflow() {
+        let (mut c, mut client) = established(0);
+        let now = Instant::now();
+        // fwd_cnt ahead of what we ever sent, huge buf_alloc.
+        c.on_packet(&guest(op::CREDIT_UPDATE, u32::MAX, u32::MAX), &[], now);
+        client.write_all(b"xyz").unwrap();
+        c.on_stream_event(EventSet::IN, now);
+        let (h, data) = rx(&mut c, 100).unwrap();
+        assert_eq!((h.op, data.as_slice()), (op::RW, &b"xyz"[..]));
+        // buf_alloc shrinks below what is in flight: no credit, no panic.
+        c.on_packet(&guest(op::CREDIT_UPDATE, 1, 0), &[], now);
+        client.write_all(b"more").unwrap();
+        c.on_stream_event(EventSet::IN, now);
+        assert_eq!(rx(&mut c, 100).unwrap().0.op, op::CREDIT_REQUEST);
+        assert!(rx(&mut c, 100).is_none());
+    }
+}
