@@ -214,10 +214,10 @@ fn boot_expect_failure(initramfs: PathBuf, timeout: Duration) -> VmProcessError 
     let mut s = spec();
     s.initramfs = initramfs;
     let mut vm = VmProcess::spawn(&s).expect("spawn");
-    let err = vm
-        .wait_ready(timeout)
-        .err()
-        .expect("a broken guest must not become ready");
+    let err = match vm.wait_ready(timeout) {
+        Ok(pong) => panic!("a broken guest must not become ready, got {pong:?}"),
+        Err(e) => e,
+    };
     let pid = vm.pid();
     drop(vm);
     if let Some(pid) = pid {
