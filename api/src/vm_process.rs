@@ -32,6 +32,8 @@ pub struct VmSpec {
     pub mem_mib: u32,
     /// Write the guest's serial console here (slower boots: every byte exits).
     pub serial_log: Option<PathBuf>,
+    /// Extra guest kernel command-line arguments (e.g. `loglevel=7`).
+    pub kernel_args: Option<String>,
 }
 
 /// Errors from running a VM process.
@@ -147,6 +149,9 @@ impl VmProcess {
             .arg(&uds);
         if let Some(serial) = &spec.serial_log {
             cmd.arg("--serial-log").arg(serial);
+        }
+        if let Some(extra) = &spec.kernel_args {
+            cmd.arg("--cmdline-extra").arg(extra);
         }
         cmd.stdin(Stdio::null())
             .stdout(Stdio::null())

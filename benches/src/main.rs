@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 
-use peer::{qemu::QemuMicrovm, Peer};
+use peer::{kiln::KilnVmm, qemu::QemuMicrovm, Peer};
 
 /// kiln benchmark harness.
 #[derive(Parser)]
@@ -46,6 +46,9 @@ struct BootArgs {
     /// Memory per VM, MiB.
     #[arg(long, default_value_t = 256)]
     mem_mib: u32,
+    /// kiln-vmm binary (omit to skip kiln).
+    #[arg(long)]
+    kiln_vmm: Option<PathBuf>,
     /// QEMU binary for the microvm peer (omit to skip the peer).
     #[arg(long)]
     qemu: Option<PathBuf>,
@@ -56,6 +59,18 @@ struct BootArgs {
 
 fn boot(args: BootArgs) -> Result<()> {
     let mut peers: Vec<Box<dyn Peer>> = Vec::new();
+    let scratch = std::env::temp_dir().join(format!("kiln-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&scratch).with_context(|| format!("creating {}", scratch.display()))?;
+    if let Some(vmm) = args.kiln_vmm {
+        peers.push(Box::new(KilnVmm {
+            vmm,
+            kernel: args.kernel.clone(),
+            initramfs: args.initramfs.clone(),
+            vcpus: args.vcpus,
+            mem_mib: args.mem_mib,
+            scratch: scratch.clone(),
+        }));
+    }
     if let Some(qemu) = args.qemu {
         peers.push(Box::new(QemuMicrovm {
             qemu,
@@ -69,10 +84,12 @@ fn boot(args: BootArgs) -> Result<()> {
     if peers.is_empty() {
         bail!("nothing to measure: give at least one VMM");
     }
-    let mut results = Vec::new();
-    for peer in &peers {
-        let mut samples = Vec::new();
-        for i in 0..args.n {
+    // Interleave the VMMs run by run, so drift in the machine's speed hits
+    // them alike.
+    let mut results: Vec<(String, Vec<peer::BootSample>)> =
+        peers.iter().map(|p| (p.name(), Vec::new())).collect();
+    for i in 0..args.n {
+        for (peer, (_, samples)) in peers.iter().zip(results.iter_mut()) {
             let s = peer
                 .boot_once(i)
                 .with_context(|| format!("{} boot {i}", peer.name()))?;
@@ -84,8 +101,12 @@ fn boot(args: BootArgs) -> Result<()> {
             );
             samples.push(s);
         }
-        results.push((peer.name(), samples));
     }
+    let _ = std::fs::remove_dir_all(&scratch);
+    println!(
+        "cold boot, {} runs per VMM, {} vCPU, {} MiB; ratios are p50 against the first row of each metric",
+        args.n, args.vcpus, args.mem_mib
+    );
     print!("{}", report::boot_table(&results));
     Ok(())
 }

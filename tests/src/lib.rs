@@ -61,6 +61,7 @@ pub mod vm {
             vcpus: 1,
             mem_mib: 256,
             serial_log: None,
+            kernel_args: None,
         }
     }
 

@@ -38,8 +38,22 @@ fn ping_exec_exit_codes_stdin_env_cwd() {
     );
     assert_eq!(String::from_utf8_lossy(&out.stdout), "bar baz\n/tmp\n");
 
-    let out = exec(&vm, &["/no/such/program"], None);
-    assert_ne!(out.status.code, Some(0));
+    let missing = ExecRequest {
+        argv: vec!["/no/such/program".into()],
+        env: Vec::new(),
+        cwd: None,
+        stdin: false,
+        timeout_ms: Some(60_000),
+    };
+    let err = vm
+        .exec(&missing, std::io::empty(), |_| {}, |_| {})
+        .expect_err("a missing program is an error, not an exit status");
+    assert!(
+        err.to_string().contains("cannot start"),
+        "unexpected error: {err}"
+    );
+    // The agent keeps serving after the failed spawn.
+    assert_eq!(sh(&vm, "echo still-here").stdout, b"still-here\n");
 
     let exit = vm.shutdown(SHUTDOWN).expect("shutdown");
     assert!(

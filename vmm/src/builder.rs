@@ -183,7 +183,7 @@ fn attach_legacy(
         I8042_PORT_LEN,
     )?;
     if config.boot_timer {
-        let timer = BootTimer::new(Arc::clone(clock));
+        let timer = BootTimer::new(Arc::clone(clock), Arc::clone(exit));
         mmio.insert(
             Arc::new(Mutex::new(timer)),
             BOOT_TIMER_ADDR,

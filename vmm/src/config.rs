@@ -19,7 +19,7 @@ pub enum ConfigError {
     #[error("vcpus must be between 1 and {MAX_VCPUS}, got {0}")]
     Vcpus(u8),
     /// Memory size out of range.
-    #[error("mem_mib must be between {MIN_MEM_MIB} and {MAX_MEM_MIB}, got {0}")]
+    #[error("guest memory must be between {MIN_MEM_MIB} and {MAX_MEM_MIB} MiB, got {0} MiB")]
     Memory(u64),
     /// The vsock CID is reserved.
     #[error("vsock guest cid must be at least 3, got {0}")]

@@ -21,6 +21,9 @@ pub const BOOT_TIMER_ADDR: u64 = 0xd000_0000;
 pub const BOOT_TIMER_SIZE: u64 = 0x1000;
 /// The value the guest writes to mark "userspace started".
 pub const BOOT_TIMER_MAGIC: u8 = 123;
+/// The value the guest writes right before an intended reboot, so the VMM can
+/// tell a requested shutdown from a kernel panic (both reset the machine).
+pub const BOOT_TIMER_SHUTDOWN_MAGIC: u8 = 124;
 
 /// First virtio-mmio device window; device `i` sits at
 /// `VIRTIO_MMIO_BASE + i * VIRTIO_MMIO_SIZE`.

@@ -62,6 +62,7 @@ static STOP_SIGNAL: AtomicI32 = AtomicI32::new(0);
 
 fn main() {
     let start = Instant::now();
+    let start_wall = std::time::SystemTime::now();
     let args = Args::parse();
     init_logging();
     let stop = Arc::new(OnceLock::<StopHandle>::new());
@@ -84,7 +85,7 @@ fn main() {
     let timings = vm.timings();
     drop(vm);
     if let Some(path) = &args.timings_json {
-        if let Err(e) = write_timings(path, &timings, &reason) {
+        if let Err(e) = write_timings(path, start_wall, &timings, &reason) {
             eprintln!("kiln-vmm: cannot write {}: {e}", path.display());
         }
     }
@@ -184,8 +185,19 @@ fn micros(d: Option<Duration>) -> serde_json::Value {
     })
 }
 
-fn write_timings(path: &PathBuf, t: &Timings, reason: &ExitReason) -> std::io::Result<()> {
+fn write_timings(
+    path: &PathBuf,
+    start_wall: std::time::SystemTime,
+    t: &Timings,
+    reason: &ExitReason,
+) -> std::io::Result<()> {
+    // Wall-clock anchor of the other (monotonic, relative) times, so callers
+    // can measure from their own spawn instant.
+    let start_unix_us = start_wall
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64);
     let json = serde_json::json!({
+        "start_unix_us": start_unix_us,
         "built_us": micros(t.built),
         "kernel_entry_us": micros(t.kernel_entry),
         "userspace_start_us": micros(t.userspace_start),

@@ -48,3 +48,15 @@ fn boot_timer_absent_when_disabled() {
     assert_eq!(wait(&vm), ExitReason::Reset);
     assert_eq!(vm.timings().userspace_start, None);
 }
+
+#[test]
+fn reset_without_shutdown_announcement_is_unexpected() {
+    // What a panicking guest kernel (panic=-1, reboot=k) looks like.
+    let dir = temp_dir("panic-reset");
+    let kernel = write_file(&dir, "vmlinux", &elf_kernel(&UNANNOUNCED_RESET, true, 0));
+    let vm = start(&config(&kernel));
+    let reason = wait(&vm);
+    assert_eq!(reason, ExitReason::UnexpectedReset);
+    assert!(!reason.is_clean());
+    assert!(reason.to_string().contains("kernel panic"));
+}

@@ -51,6 +51,9 @@ pub struct RunArgs {
     /// Write the guest's serial console to this file (slows the boot).
     #[arg(long)]
     serial_log: Option<PathBuf>,
+    /// Extra guest kernel arguments, e.g. `loglevel=7` with --serial-log.
+    #[arg(long)]
+    kernel_args: Option<String>,
     /// The command and its arguments.
     #[arg(last = true, required = true)]
     command: Vec<String>,
@@ -80,6 +83,7 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
         vcpus: args.vcpus,
         mem_mib: args.mem_mib,
         serial_log: args.serial_log,
+        kernel_args: args.kernel_args,
     };
     let mut vm = VmProcess::spawn(&spec)?;
     vm.wait_ready(BOOT_TIMEOUT).context("booting the sandbox")?;

@@ -1,5 +1,6 @@
 //! The VMMs a benchmark compares, each booting the same kernel + initramfs.
 
+pub mod kiln;
 pub mod qemu;
 
 use std::time::Duration;

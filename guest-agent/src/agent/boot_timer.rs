@@ -15,6 +15,9 @@ use thiserror::Error;
 pub const BOOT_TIMER_ADDR: u64 = 0xD000_0000;
 /// Value that means "userspace started".
 pub const USERSPACE_STARTED: u8 = 123;
+/// Value that means "the reset that follows is an intended shutdown" (without
+/// it the VMM reports the reset as a kernel panic or unrequested reboot).
+pub const SHUTDOWN_REQUESTED: u8 = 124;
 
 /// Inode number of the initial pid namespace (`PROC_PID_INIT_INO`).
 const INIT_PID_NS_INODE: u64 = 0xEFFF_FFFC;
@@ -25,6 +28,9 @@ pub enum BootTimerError {
     /// PID 1 of a container, not of a VM: `/dev/mem` is the host's memory.
     #[error("not in the initial pid namespace (container?), not touching /dev/mem")]
     NotAVm,
+    /// The pid namespace could not be checked (is /proc mounted?).
+    #[error("cannot check the pid namespace")]
+    Namespace(#[source] io::Error),
     /// `/dev/mem` could not be opened.
     #[error("cannot open /dev/mem")]
     Open(#[source] io::Error),
@@ -35,11 +41,29 @@ pub enum BootTimerError {
 
 /// Writes the "userspace started" marker.
 pub fn mark_userspace_started() -> Result<(), BootTimerError> {
-    // Needs /proc. Running as PID 1 of a container would otherwise poke
-    // physical memory of the real machine.
-    let ns = std::fs::metadata("/proc/self/ns/pid").map_err(BootTimerError::Open)?;
-    if std::os::unix::fs::MetadataExt::ino(&ns) != INIT_PID_NS_INODE {
-        return Err(BootTimerError::NotAVm);
+    write_marker(USERSPACE_STARTED)
+}
+
+/// Announces that the next reset is an intended shutdown.
+pub fn mark_shutdown_requested() -> Result<(), BootTimerError> {
+    write_marker(SHUTDOWN_REQUESTED)
+}
+
+/// Writes `value` to the boot-timer device.
+fn write_marker(value: u8) -> Result<(), BootTimerError> {
+    // Running as PID 1 of a container would poke physical memory of the real
+    // machine: only write when in the initial pid namespace. A kernel built
+    // without namespaces (kiln's own) has no /proc/self/ns at all, and then
+    // there are no containers to be in.
+    match std::fs::metadata("/proc/self/ns/pid") {
+        Ok(ns) if std::os::unix::fs::MetadataExt::ino(&ns) != INIT_PID_NS_INODE => {
+            return Err(BootTimerError::NotAVm);
+        }
+        Ok(_) => {}
+        Err(e)
+            if e.kind() == io::ErrorKind::NotFound
+                && std::path::Path::new("/proc/self").exists() => {}
+        Err(e) => return Err(BootTimerError::Namespace(e)),
     }
     let mem = OpenOptions::new()
         .read(true)
@@ -67,7 +91,7 @@ pub fn mark_userspace_started() -> Result<(), BootTimerError> {
     }
     // SAFETY: `ptr` is a live writable mapping of at least one byte; a
     // volatile write makes sure the MMIO store is actually issued.
-    unsafe { std::ptr::write_volatile(ptr.cast::<u8>(), USERSPACE_STARTED) };
+    unsafe { std::ptr::write_volatile(ptr.cast::<u8>(), value) };
     // SAFETY: `ptr`/`page` are exactly the mapping created above, and no
     // reference into it outlives this call.
     unsafe { libc::munmap(ptr, page) };

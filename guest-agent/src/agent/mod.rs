@@ -47,7 +47,7 @@ pub fn main() -> ExitCode {
             klog!("fatal: {}", chain(&e));
             if pid1 {
                 // PID 1 must not exit (kernel panic); end the VM cleanly.
-                power::reboot();
+                power::reboot(false);
             }
             if matches!(e, AgentError::Args(_)) {
                 eprint!("{}", args::USAGE);

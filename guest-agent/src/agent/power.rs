@@ -25,10 +25,18 @@ pub fn wait_for_host_close(conn: &mut Conn) {
 }
 
 /// Syncs file systems and resets the machine. The guest kernel runs with
-/// `reboot=k`, and the VMM turns the keyboard-controller reset into a clean
-/// VM exit (power-off would only halt without ACPI). Never returns.
-pub fn reboot() -> ! {
+/// `reboot=k`, and the VMM turns the keyboard-controller reset into a VM
+/// exit (power-off would only halt without ACPI). An `intended` shutdown is
+/// announced on the boot-timer device first, so the VMM reports a clean exit;
+/// otherwise (the agent failed) the VMM reports an unexpected reset. Never
+/// returns.
+pub fn reboot(intended: bool) -> ! {
     klog!("powering off");
+    if intended {
+        if let Err(e) = super::boot_timer::mark_shutdown_requested() {
+            klog!("boot timer: {}", super::klog::chain(&e));
+        }
+    }
     // SAFETY: sync(2) takes no arguments and cannot fail.
     unsafe { libc::sync() };
     loop {

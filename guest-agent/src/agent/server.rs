@@ -136,7 +136,7 @@ impl Server {
             power::wait_for_host_close(conn);
         }
         match &self.mode {
-            Mode::Guest => power::reboot(),
+            Mode::Guest => power::reboot(true),
             Mode::Host(path) => {
                 klog!("shutdown requested, exiting");
                 if let Some(path) = path {

@@ -13,8 +13,14 @@ use std::time::Duration;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ExitReason {
     /// The guest reset the machine (keyboard-controller reset or a KVM reset
-    /// event); kiln guests reboot to exit. A clean exit.
+    /// event) after announcing its shutdown on the boot-timer device, or with
+    /// no boot-timer device to announce on. kiln guests reboot to exit. A
+    /// clean exit.
     Reset,
+    /// The guest reset the machine without announcing a shutdown first: a
+    /// kernel panic (the guest kernel runs with `panic=-1`) or a reboot from
+    /// inside the guest that the agent did not ask for.
+    UnexpectedReset,
     /// The guest powered off. A clean exit.
     PowerOff,
     /// The host stopped the VM ([`crate::vm::MicroVm::shutdown`] or a signal).
@@ -78,6 +84,10 @@ impl std::fmt::Display for ExitReason {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             ExitReason::Reset => write!(f, "guest reset"),
+            ExitReason::UnexpectedReset => write!(
+                f,
+                "guest reset without announcing a shutdown (kernel panic or unrequested reboot; see the serial log)"
+            ),
             ExitReason::PowerOff => write!(f, "guest powered off"),
             ExitReason::Stopped => write!(f, "stopped by the host"),
             ExitReason::Halted { vcpu } => write!(f, "vcpu {vcpu} halted"),
@@ -111,6 +121,9 @@ impl std::fmt::Display for ExitReason {
 #[derive(Debug, Default)]
 pub struct ExitState {
     stopping: AtomicBool,
+    /// Resets count as clean only after the guest announced its shutdown.
+    strict_reset: AtomicBool,
+    shutdown_announced: AtomicBool,
     reason: Mutex<Option<ExitReason>>,
     changed: Condvar,
 }
@@ -121,9 +134,31 @@ impl ExitState {
         Self::default()
     }
 
+    /// From now on a guest reset is clean only after
+    /// [`ExitState::announce_shutdown`]; otherwise it is recorded as
+    /// [`ExitReason::UnexpectedReset`]. Enabled when the guest has a device to
+    /// announce on (the boot timer).
+    pub fn require_shutdown_announcement(&self) {
+        self.strict_reset.store(true, Ordering::SeqCst);
+    }
+
+    /// The guest announced that its next reset is an intended shutdown.
+    pub fn announce_shutdown(&self) {
+        self.shutdown_announced.store(true, Ordering::SeqCst);
+    }
+
     /// Records `reason` if none was recorded yet and asks every vCPU to stop.
     /// Returns whether this call recorded the reason.
     pub fn request(&self, reason: ExitReason) -> bool {
+        let reason = match reason {
+            ExitReason::Reset
+                if self.strict_reset.load(Ordering::SeqCst)
+                    && !self.shutdown_announced.load(Ordering::SeqCst) =>
+            {
+                ExitReason::UnexpectedReset
+            }
+            other => other,
+        };
         let mut slot = self.reason.lock().expect("exit state lock poisoned");
         self.stopping.store(true, Ordering::SeqCst);
         let first = slot.is_none();
@@ -173,6 +208,24 @@ mod tests {
     use std::sync::Arc;
 
     #[test]
+    fn reset_without_announcement_is_unexpected_when_required() {
+        let lax = ExitState::new();
+        lax.request(ExitReason::Reset);
+        assert_eq!(lax.reason(), Some(ExitReason::Reset));
+
+        let strict = ExitState::new();
+        strict.require_shutdown_announcement();
+        strict.request(ExitReason::Reset);
+        assert_eq!(strict.reason(), Some(ExitReason::UnexpectedReset));
+
+        let announced = ExitState::new();
+        announced.require_shutdown_announcement();
+        announced.announce_shutdown();
+        announced.request(ExitReason::Reset);
+        assert_eq!(announced.reason(), Some(ExitReason::Reset));
+    }
+
+    #[test]
     fn first_reason_wins_and_wakes_waiters() {
         let state = Arc::new(ExitState::new());
         assert!(!state.stopping());
@@ -184,6 +237,7 @@ mod tests {
         assert_eq!(waiter.join().unwrap(), Some(ExitReason::Reset));
         assert!(state.stopping());
         assert!(ExitReason::Reset.is_clean());
+        assert!(!ExitReason::UnexpectedReset.is_clean());
         assert!(!ExitReason::TripleFault { vcpu: 1 }.is_clean());
         assert_eq!(
             ExitReason::TripleFault { vcpu: 1 }.to_string(),

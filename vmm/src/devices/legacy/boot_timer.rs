@@ -1,22 +1,29 @@
 //! The boot-timer pseudo device: the guest writes
 //! [`BOOT_TIMER_MAGIC`](crate::layout::BOOT_TIMER_MAGIC) at offset 0 when its
-//! userspace starts, and the VMM records the time since it started.
+//! userspace starts, and the VMM records the time since it started. Right
+//! before an intended reboot the guest writes
+//! [`BOOT_TIMER_SHUTDOWN_MAGIC`](crate::layout::BOOT_TIMER_SHUTDOWN_MAGIC), so
+//! the reset that follows counts as a clean shutdown and not as a panic.
 
 use std::sync::Arc;
 
 use crate::devices::bus::BusDevice;
-use crate::layout::BOOT_TIMER_MAGIC;
+use crate::layout::{BOOT_TIMER_MAGIC, BOOT_TIMER_SHUTDOWN_MAGIC};
+use crate::vm::exit::ExitState;
 use crate::vm::timings::BootClock;
 
 /// The boot-timer device (MMIO, one page).
 pub struct BootTimer {
     clock: Arc<BootClock>,
+    exit: Arc<ExitState>,
 }
 
 impl BootTimer {
-    /// A device that records into `clock`.
-    pub fn new(clock: Arc<BootClock>) -> Self {
-        BootTimer { clock }
+    /// A device that records into `clock` and announces shutdowns to `exit`
+    /// (which from now on requires that announcement for a clean reset).
+    pub fn new(clock: Arc<BootClock>, exit: Arc<ExitState>) -> Self {
+        exit.require_shutdown_announcement();
+        BootTimer { clock, exit }
     }
 }
 
@@ -26,6 +33,10 @@ impl BusDevice for BootTimer {
     }
 
     fn write(&mut self, offset: u64, data: &[u8]) {
+        if offset == 0 && data.first() == Some(&BOOT_TIMER_SHUTDOWN_MAGIC) {
+            self.exit.announce_shutdown();
+            return;
+        }
         if offset == 0 && data.first() == Some(&BOOT_TIMER_MAGIC) {
             if let Some(t) = self.clock.mark_userspace() {
                 tracing::info!(
@@ -46,7 +57,7 @@ mod tests {
     #[test]
     fn records_only_the_magic_at_offset_zero() {
         let clock = Arc::new(BootClock::new(Instant::now()));
-        let mut dev = BootTimer::new(Arc::clone(&clock));
+        let mut dev = BootTimer::new(Arc::clone(&clock), Arc::new(ExitState::new()));
         dev.write(0, &[BOOT_TIMER_MAGIC - 1]);
         dev.write(1, &[BOOT_TIMER_MAGIC]);
         dev.write(0, &[]);
@@ -58,5 +69,16 @@ mod tests {
         let mut buf = [0xffu8; 4];
         dev.read(0, &mut buf);
         assert_eq!(buf, [0; 4]);
+    }
+
+    #[test]
+    fn shutdown_magic_makes_the_next_reset_clean() {
+        use crate::vm::exit::ExitReason;
+        let exit = Arc::new(ExitState::new());
+        let mut dev = BootTimer::new(Arc::new(BootClock::new(Instant::now())), Arc::clone(&exit));
+        dev.write(1, &[BOOT_TIMER_SHUTDOWN_MAGIC]);
+        dev.write(0, &[BOOT_TIMER_SHUTDOWN_MAGIC]);
+        exit.request(ExitReason::Reset);
+        assert_eq!(exit.reason(), Some(ExitReason::Reset));
     }
 }

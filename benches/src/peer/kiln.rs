@@ -1,0 +1,129 @@
+//! kiln-vmm, with its userspace vsock on a unix socket.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use kiln_agent::client;
+use kiln_agent::protocol::AGENT_VSOCK_PORT;
+use kiln_vmm::vm::hybrid_vsock;
+
+use super::{BootError, BootSample, Peer, BOOT_TIMEOUT};
+use crate::child::ChildGuard;
+
+/// A kiln-vmm configuration.
+pub struct KilnVmm {
+    /// `kiln-vmm` binary.
+    pub vmm: PathBuf,
+    /// Guest kernel.
+    pub kernel: PathBuf,
+    /// Guest initramfs.
+    pub initramfs: PathBuf,
+    /// vCPUs.
+    pub vcpus: u8,
+    /// Guest memory in MiB.
+    pub mem_mib: u32,
+    /// Scratch directory for sockets and timings.
+    pub scratch: PathBuf,
+}
+
+fn unix_us(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
+/// Guest userspace start relative to `spawn_us`, from kiln-vmm's timings file.
+fn userspace_from_timings(path: &Path, spawn_us: u64) -> Result<Duration, String> {
+    let text =
+        std::fs::read_to_string(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
+    let json: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| format!("timings json: {e}"))?;
+    let start = json["start_unix_us"]
+        .as_u64()
+        .ok_or("timings: no start_unix_us")?;
+    let user = json["userspace_start_us"]
+        .as_u64()
+        .ok_or("timings: the guest never wrote the boot timer")?;
+    Ok(Duration::from_micros(
+        (start + user).saturating_sub(spawn_us),
+    ))
+}
+
+impl Peer for KilnVmm {
+    fn name(&self) -> String {
+        "kiln".into()
+    }
+
+    fn boot_once(&self, i: usize) -> Result<BootSample, BootError> {
+        let what = "kiln";
+        let uds = self.scratch.join(format!("kiln-{i}.sock"));
+        let timings = self.scratch.join(format!("kiln-{i}.json"));
+        let _ = std::fs::remove_file(&uds);
+        let spawn_wall = SystemTime::now();
+        let start = Instant::now();
+        let child = Command::new(&self.vmm)
+            .arg("--kernel")
+            .arg(&self.kernel)
+            .arg("--initramfs")
+            .arg(&self.initramfs)
+            .args([
+                "--vcpus",
+                &self.vcpus.to_string(),
+                "--mem-mib",
+                &self.mem_mib.to_string(),
+            ])
+            .arg("--vsock-uds")
+            .arg(&uds)
+            .arg("--timings-json")
+            .arg(&timings)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .map_err(|source| BootError::Spawn { what, source })?;
+        let mut guard = ChildGuard::new(child);
+        let deadline = start + BOOT_TIMEOUT;
+        let ping = loop {
+            if Instant::now() > deadline {
+                return Err(BootError::Guest {
+                    what,
+                    detail: format!("agent did not answer a ping within {BOOT_TIMEOUT:?}"),
+                });
+            }
+            if let Ok(Some(status)) = guard.child_mut().try_wait() {
+                return Err(BootError::Guest {
+                    what,
+                    detail: format!("kiln-vmm exited early: {status}"),
+                });
+            }
+            match hybrid_vsock::connect(&uds, AGENT_VSOCK_PORT, Duration::from_secs(5)) {
+                Ok(mut stream) => {
+                    let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+                    if client::ping(&mut stream).is_ok() {
+                        break start.elapsed();
+                    }
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(1)),
+            }
+        };
+        if let Ok(mut stream) =
+            hybrid_vsock::connect(&uds, AGENT_VSOCK_PORT, Duration::from_secs(5))
+        {
+            let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+            let _ = client::shutdown(&mut stream);
+        }
+        let status = guard
+            .wait_or_kill(Duration::from_secs(30))
+            .map_err(|source| BootError::Spawn { what, source })?;
+        if !status.is_some_and(|s| s.success()) {
+            return Err(BootError::Guest {
+                what,
+                detail: format!("kiln-vmm did not exit cleanly: {status:?}"),
+            });
+        }
+        let userspace = userspace_from_timings(&timings, unix_us(spawn_wall))
+            .map_err(|detail| BootError::Guest { what, detail })?;
+        let _ = std::fs::remove_file(&timings);
+        Ok(BootSample { userspace, ping })
+    }
+}
