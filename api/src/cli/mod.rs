@@ -19,7 +19,7 @@ enum Command {
     /// Check what this host offers for running kiln's VMs (KVM speed, MSHV).
     Doctor,
     /// Boot a microVM, run one command in it, stream its output, exit with its code.
-    Run(run::RunArgs),
+    Run(Box<run::RunArgs>),
 }
 
 /// Parses the command line and runs the chosen command.
@@ -35,7 +35,7 @@ pub fn main() -> ExitCode {
                 ExitCode::from(1)
             }
         }
-        Command::Run(args) => match run::run(args) {
+        Command::Run(args) => match run::run(*args) {
             Ok(code) => code,
             Err(e) => {
                 eprintln!("kiln: {e:#}");
