@@ -60,7 +60,9 @@ fn hold() -> io::Result<()> {
     // VM 1: no in-kernel irqchip, one vCPU without a local APIC.
     // SAFETY: KVM_CREATE_VM/KVM_CREATE_VCPU take integer arguments and
     // return new fds; no memory of ours is read or written.
-    let plain = check("KVM_CREATE_VM", unsafe { libc::ioctl(kvm, KVM_CREATE_VM, 0) })?;
+    let plain = check("KVM_CREATE_VM", unsafe {
+        libc::ioctl(kvm, KVM_CREATE_VM, 0)
+    })?;
     // SAFETY: as above.
     check("KVM_CREATE_VCPU (no apic)", unsafe {
         libc::ioctl(plain, KVM_CREATE_VCPU, 0)
@@ -69,7 +71,9 @@ fn hold() -> io::Result<()> {
     // VM 2: in-kernel irqchip, one vCPU whose APIC stays software-disabled
     // (it never runs) and is made hardware-disabled.
     // SAFETY: as above.
-    let apic = check("KVM_CREATE_VM", unsafe { libc::ioctl(kvm, KVM_CREATE_VM, 0) })?;
+    let apic = check("KVM_CREATE_VM", unsafe {
+        libc::ioctl(kvm, KVM_CREATE_VM, 0)
+    })?;
     // SAFETY: KVM_CREATE_IRQCHIP takes no argument.
     check("KVM_CREATE_IRQCHIP", unsafe {
         libc::ioctl(apic, KVM_CREATE_IRQCHIP, 0)
