@@ -86,6 +86,35 @@ pub struct VmmExit {
     pub status: Option<ExitStatus>,
     /// Last line of the VMM's stderr, for error messages.
     pub last_log_line: String,
+    /// Boot milestones the VMM recorded, when it exited on its own.
+    pub timings: Option<VmmTimings>,
+}
+
+/// Boot milestones from `kiln-vmm --timings-json`, each measured from the
+/// VMM process's start.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct VmmTimings {
+    /// First entry into the guest kernel.
+    pub kernel_entry: Option<Duration>,
+    /// Guest userspace start (the agent's boot-timer write).
+    pub userspace_start: Option<Duration>,
+}
+
+impl VmmTimings {
+    /// Kernel boot: first guest entry to userspace start.
+    pub fn kernel_boot(&self) -> Option<Duration> {
+        Some(self.userspace_start?.saturating_sub(self.kernel_entry?))
+    }
+}
+
+fn read_timings(path: &Path) -> Option<VmmTimings> {
+    let text = fs::read_to_string(path).ok()?;
+    let json: serde_json::Value = serde_json::from_str(&text).ok()?;
+    let us = |k: &str| json[k].as_u64().map(Duration::from_micros);
+    Some(VmmTimings {
+        kernel_entry: us("kernel_entry_us"),
+        userspace_start: us("userspace_start_us"),
+    })
 }
 
 /// Timeout for the vsock handshake on one connection attempt.
@@ -99,6 +128,7 @@ pub struct VmProcess {
     dir: PathBuf,
     uds: PathBuf,
     log: PathBuf,
+    timings: PathBuf,
     spawned_at: Instant,
 }
 
@@ -132,6 +162,7 @@ impl VmProcess {
             })?;
         let uds = dir.join("vsock.sock");
         let log = dir.join("vmm.log");
+        let timings = dir.join("timings.json");
         let log_file = File::create(&log).map_err(|source| VmProcessError::RunDir {
             path: log.clone(),
             source,
@@ -146,7 +177,9 @@ impl VmProcess {
             .arg("--mem-mib")
             .arg(spec.mem_mib.to_string())
             .arg("--vsock-uds")
-            .arg(&uds);
+            .arg(&uds)
+            .arg("--timings-json")
+            .arg(&timings);
         if let Some(serial) = &spec.serial_log {
             cmd.arg("--serial-log").arg(serial);
         }
@@ -172,6 +205,7 @@ impl VmProcess {
             dir,
             uds,
             log,
+            timings,
             spawned_at,
         })
     }
@@ -288,6 +322,7 @@ impl VmProcess {
         Ok(VmmExit {
             status,
             last_log_line: last_line(&self.log),
+            timings: read_timings(&self.timings),
         })
     }
 }

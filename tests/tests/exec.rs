@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use kiln_agent::protocol::ExecRequest;
-use kiln_e2e::vm::{boot, exec, exec_req, sh};
+use kiln_e2e::vm::{boot, boot_spec, exec, exec_req, sh, spec};
 use sha2::{Digest, Sha256};
 
 const SHUTDOWN: Duration = Duration::from_secs(30);
@@ -134,5 +134,30 @@ fn ten_mib_of_random_bytes_through_stdout() {
         .map(|b| format!("{b:02x}"))
         .collect();
     assert_eq!(String::from_utf8_lossy(&out.stderr).trim(), host_sum);
+    vm.shutdown(SHUTDOWN).expect("shutdown");
+}
+
+#[test]
+fn two_vcpus_and_a_gibibyte() {
+    let mut s = spec();
+    s.vcpus = 2;
+    s.mem_mib = 1024;
+    let vm = boot_spec(&s);
+    let out = sh(
+        &vm,
+        "grep -c ^processor /proc/cpuinfo; grep MemTotal /proc/meminfo",
+    );
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let mut lines = text.lines();
+    assert_eq!(lines.next(), Some("2"), "cpus: {text}");
+    let kib: u64 = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no MemTotal in {text}"));
+    assert!(
+        kib > 900 * 1024 && kib <= 1024 * 1024,
+        "MemTotal {kib} KiB for a 1 GiB guest"
+    );
     vm.shutdown(SHUTDOWN).expect("shutdown");
 }

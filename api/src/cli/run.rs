@@ -123,8 +123,12 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
     }
 
     if args.timings {
+        let boot = vmm_exit
+            .timings
+            .and_then(|t| t.kernel_boot())
+            .map_or_else(|| "unknown".to_string(), ms);
         eprintln!(
-            "kiln timings: spawn -> agent ready {}, exec round trip {} (in guest {} ms)",
+            "kiln timings: spawn -> agent ready {}, kernel boot (entry -> userspace) {boot}, exec round trip {} (in guest {} ms)",
             ms(ready),
             ms(exec_time),
             status.duration_ms
