@@ -68,3 +68,8 @@ pub fn kernel(explicit: Option<&Path>) -> Result<PathBuf, NotFound> {
 pub fn initramfs(explicit: Option<&Path>) -> Result<PathBuf, NotFound> {
     find("guest initramfs", explicit, "guest/initramfs.cpio")
 }
+
+/// The `python-node` runtime image (erofs).
+pub fn runtime_image(explicit: Option<&Path>) -> Result<PathBuf, NotFound> {
+    find("runtime image", explicit, "guest/python-node.erofs")
+}

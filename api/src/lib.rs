@@ -8,4 +8,6 @@
 pub mod artifacts;
 pub mod doctor;
 pub mod kvm_check;
+pub mod lang;
+pub mod template;
 pub mod vm_process;

@@ -34,6 +34,8 @@ pub struct VmSpec {
     pub serial_log: Option<PathBuf>,
     /// Extra guest kernel command-line arguments (e.g. `loglevel=7`).
     pub kernel_args: Option<String>,
+    /// Read-only disks (virtio-blk), in order: /dev/vda, /dev/vdb, ...
+    pub drives: Vec<PathBuf>,
 }
 
 /// Errors from running a VM process.
@@ -182,6 +184,9 @@ impl VmProcess {
             .arg(&timings);
         if let Some(serial) = &spec.serial_log {
             cmd.arg("--serial-log").arg(serial);
+        }
+        for drive in &spec.drives {
+            cmd.arg("--drive").arg(drive);
         }
         if let Some(extra) = &spec.kernel_args {
             cmd.arg("--cmdline-extra").arg(extra);

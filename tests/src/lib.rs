@@ -62,6 +62,7 @@ pub mod vm {
             mem_mib: 256,
             serial_log: None,
             kernel_args: None,
+            drives: Vec::new(),
         }
     }
 

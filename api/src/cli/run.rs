@@ -1,5 +1,6 @@
-//! `kiln run -- CMD ARGS...`: boot a microVM, run one command in it, stream
-//! its output, exit with its exit code, tear the VM down.
+//! `kiln run -- CMD ARGS...` and `kiln run --lang L (-c CODE | FILE | -)`:
+//! boot a microVM, run one program in it, stream its output, exit with its
+//! exit code, tear the VM down.
 
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
@@ -8,6 +9,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use kiln::artifacts;
+use kiln::lang::{Lang, Source};
+use kiln::template::{self, Overrides};
 use kiln::vm_process::{VmProcess, VmSpec};
 use kiln_agent::protocol::ExecRequest;
 
@@ -17,6 +20,9 @@ const EXIT_TIMED_OUT: u8 = 124;
 const BOOT_TIMEOUT: Duration = Duration::from_secs(120);
 /// How long a clean guest poweroff may take before the VMM is killed.
 const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest program passed inline on the interpreter's command line (Linux
+/// caps one argument at 128 KiB).
+const MAX_INLINE_PROGRAM: u64 = 96 * 1024;
 
 /// Arguments of `kiln run`.
 #[derive(clap::Args)]
@@ -27,12 +33,26 @@ pub struct RunArgs {
     /// Print boot and exec timings to stderr.
     #[arg(long)]
     timings: bool,
-    /// vCPUs.
-    #[arg(long, default_value_t = 1)]
-    vcpus: u8,
-    /// Guest memory in MiB.
-    #[arg(long, default_value_t = 256)]
-    mem_mib: u32,
+    /// Template: python-node (CPython, Node.js, bash on the runtime image) or
+    /// minimal (busybox only).
+    #[arg(long, default_value = template::DEFAULT_TEMPLATE)]
+    template: String,
+    /// Run source code in this language: python, node or bash. The program is
+    /// `-c CODE`, or the first argument: a host file, or `-` for stdin.
+    #[arg(long)]
+    lang: Option<Lang>,
+    /// The program's source code (with --lang).
+    #[arg(short = 'c', long = "code", requires = "lang")]
+    code: Option<String>,
+    /// vCPUs (default: the template's).
+    #[arg(long)]
+    vcpus: Option<u8>,
+    /// Guest memory in MiB (default: the template's).
+    #[arg(long)]
+    mem_mib: Option<u32>,
+    /// Runtime image (default: the template's).
+    #[arg(long)]
+    image: Option<PathBuf>,
     /// Environment variable for the command (repeatable), KEY=VALUE.
     #[arg(long = "env", short = 'e', value_parser = parse_env)]
     env: Vec<(String, String)>,
@@ -54,9 +74,42 @@ pub struct RunArgs {
     /// Extra guest kernel arguments, e.g. `loglevel=7` with --serial-log.
     #[arg(long)]
     kernel_args: Option<String>,
-    /// The command and its arguments.
-    #[arg(last = true, required = true)]
+    /// The command and its arguments; with --lang, the program file (or `-`)
+    /// unless -c is given, then the program's arguments.
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
     command: Vec<String>,
+}
+
+/// The argv to run, and whether the host's stdin carries the program.
+fn program_argv(args: &RunArgs) -> Result<(Vec<String>, bool)> {
+    let Some(lang) = args.lang else {
+        anyhow::ensure!(
+            !args.command.is_empty(),
+            "nothing to run: give a command after --, or --lang"
+        );
+        return Ok((args.command.clone(), false));
+    };
+    let (source, rest) = match (&args.code, args.command.split_first()) {
+        (Some(code), _) => (Source::Code(code.clone()), &args.command[..]),
+        (None, Some((first, rest))) if first == "-" => (Source::Stdin, rest),
+        (None, Some((file, rest))) => {
+            let len = std::fs::metadata(file)
+                .with_context(|| format!("reading program {file}"))?
+                .len();
+            anyhow::ensure!(
+                len <= MAX_INLINE_PROGRAM,
+                "program {file} is {len} bytes; programs over {MAX_INLINE_PROGRAM} bytes must be copied into the sandbox first"
+            );
+            let code =
+                std::fs::read_to_string(file).with_context(|| format!("reading program {file}"))?;
+            (Source::Code(code), rest)
+        }
+        (None, None) => {
+            anyhow::bail!("--lang {lang} needs -c CODE, a program file, or - for stdin")
+        }
+    };
+    let from_stdin = source == Source::Stdin;
+    Ok((lang.argv(&source, rest), from_stdin))
 }
 
 fn parse_env(s: &str) -> Result<(String, String), String> {
@@ -75,23 +128,33 @@ fn ms(d: Duration) -> String {
 
 /// Runs the command; returns the process exit code.
 pub fn run(args: RunArgs) -> Result<ExitCode> {
+    let (argv, program_on_stdin) = program_argv(&args)?;
     kiln::kvm_check::ensure_hardware_kvm()?;
+    let t = template::resolve(
+        &args.template,
+        &Overrides {
+            kernel: args.kernel.as_deref(),
+            initramfs: args.initramfs.as_deref(),
+            image: args.image.as_deref(),
+        },
+    )?;
     let spec = VmSpec {
         vmm: artifacts::vmm_binary(args.vmm.as_deref())?,
-        kernel: artifacts::kernel(args.kernel.as_deref())?,
-        initramfs: artifacts::initramfs(args.initramfs.as_deref())?,
-        vcpus: args.vcpus,
-        mem_mib: args.mem_mib,
+        kernel: t.kernel,
+        initramfs: t.initramfs,
+        vcpus: args.vcpus.unwrap_or(t.vcpus),
+        mem_mib: args.mem_mib.unwrap_or(t.mem_mib),
         serial_log: args.serial_log,
         kernel_args: args.kernel_args,
+        drives: t.image.into_iter().collect(),
     };
     let mut vm = VmProcess::spawn(&spec)?;
     vm.wait_ready(BOOT_TIMEOUT).context("booting the sandbox")?;
     let ready = vm.spawned_at().elapsed();
 
-    let with_stdin = !std::io::stdin().is_terminal();
+    let with_stdin = program_on_stdin || !std::io::stdin().is_terminal();
     let request = ExecRequest {
-        argv: args.command,
+        argv,
         env: args.env,
         cwd: args.cwd,
         stdin: with_stdin,

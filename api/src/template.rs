@@ -1,0 +1,74 @@
+//! Templates: a named kernel + initramfs + runtime image + vCPUs + memory.
+
+use std::path::{Path, PathBuf};
+
+use crate::artifacts::{self, NotFound};
+
+/// The template `kiln run` uses unless told otherwise.
+pub const DEFAULT_TEMPLATE: &str = "minimal";
+
+/// A resolved template: everything needed to boot a sandbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Template {
+    /// Template name.
+    pub name: &'static str,
+    /// Guest kernel.
+    pub kernel: PathBuf,
+    /// Guest initramfs (the agent).
+    pub initramfs: PathBuf,
+    /// Read-only runtime image attached as the first virtio-blk disk.
+    pub image: Option<PathBuf>,
+    /// vCPUs.
+    pub vcpus: u8,
+    /// Guest memory, MiB.
+    pub mem_mib: u32,
+}
+
+/// Errors resolving a template.
+#[derive(Debug, thiserror::Error)]
+pub enum TemplateError {
+    /// No such template.
+    #[error("unknown template {0:?} (known: python-node, minimal)")]
+    Unknown(String),
+    /// One of its files is missing.
+    #[error(transparent)]
+    NotFound(#[from] NotFound),
+}
+
+/// Paths that override what the template would pick.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides<'a> {
+    /// Kernel path.
+    pub kernel: Option<&'a Path>,
+    /// Initramfs path.
+    pub initramfs: Option<&'a Path>,
+    /// Runtime image path.
+    pub image: Option<&'a Path>,
+}
+
+/// Resolves template `name`: `python-node` (CPython 3, Node.js, bash on a
+/// read-only erofs image, 512 MiB) or `minimal` (the initramfs's busybox only,
+/// 256 MiB).
+pub fn resolve(name: &str, o: &Overrides<'_>) -> Result<Template, TemplateError> {
+    let kernel = artifacts::kernel(o.kernel)?;
+    let initramfs = artifacts::initramfs(o.initramfs)?;
+    match name {
+        "python-node" => Ok(Template {
+            name: "python-node",
+            kernel,
+            initramfs,
+            image: Some(artifacts::runtime_image(o.image)?),
+            vcpus: 1,
+            mem_mib: 512,
+        }),
+        "minimal" => Ok(Template {
+            name: "minimal",
+            kernel,
+            initramfs,
+            image: o.image.map(Path::to_path_buf),
+            vcpus: 1,
+            mem_mib: 256,
+        }),
+        other => Err(TemplateError::Unknown(other.to_string())),
+    }
+}
