@@ -3,6 +3,7 @@
 //! hardware KVM (`tools/bench`).
 
 mod child;
+mod exec;
 mod peer;
 mod report;
 mod stats;
@@ -27,6 +28,48 @@ struct Cli {
 enum Command {
     /// Cold boots: VMM start to guest userspace, and to the agent's first pong.
     Boot(BootArgs),
+    /// Exec latency of tiny Python / Node / shell programs on a booted VM.
+    Exec(ExecArgs),
+}
+
+#[derive(clap::Args)]
+struct ExecArgs {
+    /// Runs per case.
+    #[arg(long, default_value_t = 30)]
+    n: usize,
+    /// Guest kernel (vmlinux).
+    #[arg(long)]
+    kernel: PathBuf,
+    /// Guest initramfs.
+    #[arg(long)]
+    initramfs: PathBuf,
+    /// Runtime image (python-node); without it only the shell case runs.
+    #[arg(long)]
+    image: Option<PathBuf>,
+    /// kiln-vmm binary.
+    #[arg(long)]
+    kiln_vmm: PathBuf,
+    /// Memory per VM, MiB.
+    #[arg(long, default_value_t = 512)]
+    mem_mib: u32,
+}
+
+fn exec(args: ExecArgs) -> Result<()> {
+    let results = exec::ExecBench {
+        vmm: args.kiln_vmm,
+        kernel: args.kernel,
+        initramfs: args.initramfs,
+        image: args.image,
+        mem_mib: args.mem_mib,
+        n: args.n,
+    }
+    .run()?;
+    println!(
+        "exec latency on one booted VM, {} runs per case after a warm-up",
+        args.n
+    );
+    print!("{}", report::exec_table(&results));
+    Ok(())
 }
 
 #[derive(clap::Args)]
@@ -114,5 +157,6 @@ fn boot(args: BootArgs) -> Result<()> {
 fn main() -> Result<()> {
     match Cli::parse().command {
         Command::Boot(args) => boot(args),
+        Command::Exec(args) => exec(args),
     }
 }

@@ -56,3 +56,25 @@ pub fn boot_table(results: &[(String, Vec<BootSample>)]) -> String {
     }
     out
 }
+
+/// Exec latency table: one row per case.
+pub fn exec_table(results: &[crate::exec::CaseResult]) -> String {
+    let mut out = String::new();
+    out.push_str("| exec (request -> result) | n | min ms | p50 ms | p95 ms | p99 ms | max ms |\n");
+    out.push_str("|---|---|---|---|---|---|---|\n");
+    for r in results {
+        let s = &r.summary;
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} | {} | {} | {} |",
+            r.name,
+            s.n,
+            ms(s.min),
+            ms(s.p50),
+            ms(s.p95),
+            ms(s.p99),
+            ms(s.max)
+        );
+    }
+    out
+}

@@ -1,0 +1,97 @@
+//! Exec latency on an already-booted sandbox: request sent to result
+//! received, for tiny Python, Node and shell programs.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use kiln::vm_process::{VmProcess, VmSpec};
+use kiln_agent::protocol::ExecRequest;
+
+use crate::stats::{summarize, Summary};
+
+/// What to boot for the exec benchmark.
+pub struct ExecBench {
+    /// `kiln-vmm` binary.
+    pub vmm: PathBuf,
+    /// Guest kernel.
+    pub kernel: PathBuf,
+    /// Guest initramfs.
+    pub initramfs: PathBuf,
+    /// Runtime image (python-node); without it only the shell case runs.
+    pub image: Option<PathBuf>,
+    /// Guest memory, MiB.
+    pub mem_mib: u32,
+    /// Runs per case.
+    pub n: usize,
+}
+
+/// One measured case.
+pub struct CaseResult {
+    /// Case name (the command).
+    pub name: String,
+    /// Latency summary.
+    pub summary: Summary,
+}
+
+fn run_once(vm: &VmProcess, argv: &[&str]) -> Result<Duration> {
+    let req = ExecRequest {
+        argv: argv.iter().map(|s| s.to_string()).collect(),
+        timeout_ms: Some(120_000),
+        ..Default::default()
+    };
+    let mut out = Vec::new();
+    let start = Instant::now();
+    let status = vm.exec(&req, std::io::empty(), |b| out.extend_from_slice(b), |_| {})?;
+    let took = start.elapsed();
+    if status.code != Some(0) || out != b"1\n" {
+        bail!(
+            "{argv:?} gave {status:?} with output {:?}",
+            String::from_utf8_lossy(&out)
+        );
+    }
+    Ok(took)
+}
+
+impl ExecBench {
+    /// Boots one VM and measures every case `n` times (after one warm-up).
+    pub fn run(&self) -> Result<Vec<CaseResult>> {
+        let spec = VmSpec {
+            vmm: self.vmm.clone(),
+            kernel: self.kernel.clone(),
+            initramfs: self.initramfs.clone(),
+            vcpus: 1,
+            mem_mib: self.mem_mib,
+            serial_log: None,
+            kernel_args: None,
+            drives: self.image.iter().cloned().collect(),
+        };
+        let mut vm = VmProcess::spawn(&spec)?;
+        vm.wait_ready(Duration::from_secs(120)).context("booting")?;
+        let mut cases: Vec<(&str, Vec<&str>)> =
+            vec![("sh -c 'echo 1'", vec!["sh", "-c", "echo 1"])];
+        if self.image.is_some() {
+            cases.push(("python3 -c 'print(1)'", vec!["python3", "-c", "print(1)"]));
+            cases.push((
+                "node -e 'console.log(1)'",
+                vec!["node", "-e", "console.log(1)"],
+            ));
+        }
+        let mut results = Vec::new();
+        for (name, argv) in cases {
+            run_once(&vm, &argv).with_context(|| format!("warm-up of {name}"))?;
+            let mut samples = Vec::with_capacity(self.n);
+            for i in 0..self.n {
+                samples.push(run_once(&vm, &argv).with_context(|| format!("{name} run {i}"))?);
+            }
+            if let Some(summary) = summarize(&samples) {
+                results.push(CaseResult {
+                    name: name.to_string(),
+                    summary,
+                });
+            }
+        }
+        vm.shutdown(Duration::from_secs(30))?;
+        Ok(results)
+    }
+}
