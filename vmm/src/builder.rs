@@ -15,6 +15,7 @@ use crate::boot::{self, cmdline, BootSpec};
 use crate::config::{ConfigError, VmConfig};
 use crate::devices::bus::{Bus, BusError};
 use crate::devices::legacy::{BootTimer, Serial, SerialError, I8042};
+use crate::devices::virtio::blk::{Blk, BlkError};
 use crate::devices::virtio::rng::Rng;
 use crate::devices::virtio::vsock::{Vsock, VsockError};
 use crate::devices::virtio::{VirtioDevices, VirtioError};
@@ -62,6 +63,9 @@ pub enum BuildError {
     /// The vsock device could not be set up.
     #[error("vsock: {0}")]
     Vsock(#[from] VsockError),
+    /// A drive could not be opened (missing, unreadable, too small, locked).
+    #[error(transparent)]
+    Drive(#[from] BlkError),
     /// Another process is serving on the vsock socket path.
     #[error("vsock socket {0} is in use by another process")]
     SocketInUse(PathBuf),
@@ -114,6 +118,11 @@ pub fn start_at(config: &VmConfig, vmm_start: Instant) -> Result<MicroVm, BuildE
         fragments.push(virtio.attach(vm.as_ref(), &mut mmio, fragments.len(), device)?);
     }
     fragments.push(virtio.attach(vm.as_ref(), &mut mmio, fragments.len(), Rng::new()?)?);
+    // Drives come last so the guest names them /dev/vda, /dev/vdb, ... in order.
+    for drive in &config.drives {
+        let device = Blk::open(&drive.path, drive.read_only)?;
+        fragments.push(virtio.attach(vm.as_ref(), &mut mmio, fragments.len(), device)?);
+    }
 
     let cmdline = cmdline::build(
         config.serial_log.is_some(),

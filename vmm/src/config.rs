@@ -24,6 +24,24 @@ pub enum ConfigError {
     /// The vsock CID is reserved.
     #[error("vsock guest cid must be at least 3, got {0}")]
     GuestCid(u32),
+    /// More drives than virtio-mmio windows.
+    #[error("at most {MAX_DRIVES} drives, got {0}")]
+    Drives(usize),
+}
+
+/// Most virtio-blk drives per VM (the virtio-mmio windows after vsock and rng).
+pub const MAX_DRIVES: usize = 16;
+
+/// A virtio-blk disk backed by a host file; the guest sees drives in order
+/// as /dev/vda, /dev/vdb, ...
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DriveConfig {
+    /// Backing file (or block device); its size is rounded down to 512-byte sectors.
+    pub path: PathBuf,
+    /// Open the file read-only and tell the guest the disk is read-only.
+    #[serde(default)]
+    pub read_only: bool,
 }
 
 /// Host side of the guest's virtio-vsock device.
@@ -81,6 +99,9 @@ pub struct VmConfig {
     /// Whether the boot-timer device is present.
     #[serde(default = "default_true")]
     pub boot_timer: bool,
+    /// virtio-blk disks, attached after vsock and rng.
+    #[serde(default)]
+    pub drives: Vec<DriveConfig>,
 }
 
 impl VmConfig {
@@ -95,6 +116,7 @@ impl VmConfig {
             serial_log: None,
             vsock: None,
             boot_timer: true,
+            drives: Vec::new(),
         }
     }
 
@@ -110,6 +132,9 @@ impl VmConfig {
             if v.guest_cid < 3 {
                 return Err(ConfigError::GuestCid(v.guest_cid));
             }
+        }
+        if self.drives.len() > MAX_DRIVES {
+            return Err(ConfigError::Drives(self.drives.len()));
         }
         Ok(())
     }
@@ -145,5 +170,39 @@ mod tests {
         });
         assert_eq!(c.validate(), Err(ConfigError::GuestCid(2)));
         assert!(serde_json::from_str::<VmConfig>(r#"{"kernel":"/k","bogus":1}"#).is_err());
+    }
+
+    #[test]
+    fn drives_default_empty_and_are_bounded() {
+        let c: VmConfig = serde_json::from_str(
+            r#"{"kernel":"/k","drives":[{"path":"/a","read_only":true},{"path":"/b"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            c.drives,
+            vec![
+                DriveConfig {
+                    path: "/a".into(),
+                    read_only: true
+                },
+                DriveConfig {
+                    path: "/b".into(),
+                    read_only: false
+                }
+            ]
+        );
+        let mut c = VmConfig::new("/k");
+        let drive = DriveConfig {
+            path: "/a".into(),
+            read_only: true,
+        };
+        c.drives = vec![drive; MAX_DRIVES];
+        assert_eq!(c.validate(), Ok(()));
+        c.drives.push(c.drives[0].clone());
+        assert_eq!(c.validate(), Err(ConfigError::Drives(MAX_DRIVES + 1)));
+        assert!(serde_json::from_str::<VmConfig>(
+            r#"{"kernel":"/k","drives":[{"path":"/a","ro":true}]}"#
+        )
+        .is_err());
     }
 }

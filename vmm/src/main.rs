@@ -11,9 +11,9 @@ use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use clap::Parser;
+use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser};
 use kiln_vmm::builder;
-use kiln_vmm::config::{VmConfig, VsockConfig};
+use kiln_vmm::config::{DriveConfig, VmConfig, VsockConfig};
 use kiln_vmm::vm::exit::ExitReason;
 use kiln_vmm::vm::timings::Timings;
 use kiln_vmm::vm::StopHandle;
@@ -55,6 +55,14 @@ struct Args {
     /// Write boot timings and the exit reason as JSON to PATH on exit.
     #[arg(long, value_name = "PATH")]
     timings_json: Option<PathBuf>,
+    /// Attach a read-only virtio-blk disk backed by PATH (repeatable; the
+    /// guest sees /dev/vda, /dev/vdb, ... in command-line order, after the
+    /// config file's drives).
+    #[arg(long, value_name = "PATH")]
+    drive: Vec<PathBuf>,
+    /// Attach a read-write virtio-blk disk backed by PATH (repeatable).
+    #[arg(long, value_name = "PATH")]
+    drive_rw: Vec<PathBuf>,
 }
 
 /// The signal that stopped the VM, if any.
@@ -63,13 +71,14 @@ static STOP_SIGNAL: AtomicI32 = AtomicI32::new(0);
 fn main() {
     let start = Instant::now();
     let start_wall = std::time::SystemTime::now();
-    let args = Args::parse();
+    let matches = Args::command().get_matches();
+    let args = Args::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     init_logging();
     let stop = Arc::new(OnceLock::<StopHandle>::new());
     if let Err(e) = install_signal_thread(Arc::clone(&stop)) {
         fail(2, &format!("cannot set up signal handling: {e}"));
     }
-    let config = match build_config(&args) {
+    let config = match build_config(&args, &matches) {
         Ok(c) => c,
         Err(e) => fail(2, &e),
     };
@@ -100,7 +109,7 @@ fn main() {
 }
 
 /// The config file (if any) with the flags applied over it.
-fn build_config(a: &Args) -> Result<VmConfig, String> {
+fn build_config(a: &Args, matches: &ArgMatches) -> Result<VmConfig, String> {
     let mut config = match &a.config {
         Some(path) => {
             let text = std::fs::read_to_string(path)
@@ -137,8 +146,37 @@ fn build_config(a: &Args) -> Result<VmConfig, String> {
     if a.no_boot_timer {
         config.boot_timer = false;
     }
+    config.drives.extend(drives_in_order(a, matches));
     config.validate().map_err(|e| e.to_string())?;
     Ok(config)
+}
+
+/// `--drive` and `--drive-rw` in the order they were given.
+fn drives_in_order(a: &Args, matches: &ArgMatches) -> Vec<DriveConfig> {
+    let indexed = |id: &str, paths: &[PathBuf], read_only: bool| {
+        let indices: Vec<usize> = matches
+            .indices_of(id)
+            .map(Iterator::collect)
+            .unwrap_or_default();
+        paths
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                let at = indices.get(i).copied().unwrap_or(usize::MAX);
+                (
+                    at,
+                    DriveConfig {
+                        path: p.clone(),
+                        read_only,
+                    },
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    let mut all = indexed("drive", &a.drive, true);
+    all.extend(indexed("drive_rw", &a.drive_rw, false));
+    all.sort_by_key(|(at, _)| *at);
+    all.into_iter().map(|(_, d)| d).collect()
 }
 
 fn init_logging() {
@@ -227,4 +265,34 @@ fn error_chain(err: &dyn std::error::Error) -> String {
 fn fail(code: i32, message: &str) -> ! {
     eprintln!("kiln-vmm: {message}");
     std::process::exit(code)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // in tests a failed unwrap is a failed test
+mod tests {
+    use super::*;
+
+    #[test]
+    fn drives_keep_command_line_order() {
+        let argv = [
+            "kiln-vmm",
+            "--kernel",
+            "/k",
+            "--drive",
+            "/a",
+            "--drive-rw",
+            "/b",
+            "--drive",
+            "/c",
+        ];
+        let matches = Args::command().try_get_matches_from(argv).unwrap();
+        let args = Args::from_arg_matches(&matches).unwrap();
+        let config = build_config(&args, &matches).unwrap();
+        let got: Vec<_> = config
+            .drives
+            .iter()
+            .map(|d| (d.path.to_str().unwrap(), d.read_only))
+            .collect();
+        assert_eq!(got, vec![("/a", true), ("/b", false), ("/c", true)]);
+    }
 }

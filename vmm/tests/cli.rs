@@ -97,6 +97,53 @@ fn startup_errors_are_status_two_with_one_line() {
 }
 
 #[test]
+fn drive_errors_are_one_line_and_good_drives_attach() {
+    let dir = temp_dir("cli-drives");
+    let kernel = write_file(&dir, "vmlinux", &elf_kernel(&pvh_check_guest(), true, 0));
+    let tiny = write_file(&dir, "tiny.img", &[0u8; 100]);
+    let disk = write_file(&dir, "disk.img", &[0u8; 4096]);
+    for (flag, path, want) in [
+        ("--drive", dir.join("missing.img"), "cannot open drive"),
+        (
+            "--drive-rw",
+            tiny.clone(),
+            "smaller than one 512-byte sector",
+        ),
+        ("--drive", dir.to_path_buf(), "not a regular file"),
+    ] {
+        let out = run(kiln_vmm().arg("--kernel").arg(&kernel).arg(flag).arg(&path));
+        assert_eq!(out.status.code(), Some(2));
+        let err = stderr(&out);
+        assert!(
+            err.starts_with("kiln-vmm: ") && err.contains(want) && err.lines().count() == 1,
+            "{err}"
+        );
+    }
+    // The same file read-write twice: the second open finds it locked.
+    let out = run(kiln_vmm()
+        .arg("--kernel")
+        .arg(&kernel)
+        .arg("--drive-rw")
+        .arg(&disk)
+        .arg("--drive-rw")
+        .arg(&disk));
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("locked"), "{}", stderr(&out));
+    // Valid drives (read-only twice, one read-write) attach and the guest runs.
+    let other = write_file(&dir, "other.img", &[0u8; 1024]);
+    let out = run(kiln_vmm()
+        .arg("--kernel")
+        .arg(&kernel)
+        .arg("--drive")
+        .arg(&disk)
+        .arg("--drive")
+        .arg(&disk)
+        .arg("--drive-rw")
+        .arg(&other));
+    assert!(out.status.success(), "stderr: {}", stderr(&out));
+}
+
+#[test]
 fn config_file_with_flag_overrides() {
     let dir = temp_dir("cli-config");
     let kernel = write_file(&dir, "vmlinux", &elf_kernel(&serial_guest(), true, 0));

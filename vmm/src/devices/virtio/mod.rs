@@ -3,7 +3,7 @@
 //! - [`transport::mmio`]: the virtio-mmio (version 2) register window a guest
 //!   driver programs; it owns feature negotiation and queue setup and hands
 //!   ready queues to a device on DRIVER_OK.
-//! - one folder per device ([`rng`], [`vsock`]) with the same file roles:
+//! - one folder per device ([`blk`], [`rng`], [`vsock`]) with the same file roles:
 //!   `device.rs` (virtio state), `event_handler.rs` (event loop side), parsers
 //!   for guest data, `mod.rs` (constants, error enum).
 //! - [`manager`]: places devices on the MMIO bus (irqfd + ioeventfds) and runs
@@ -14,6 +14,7 @@
 //! the event-loop thread only ever takes the device mutex. Queue notifications
 //! arrive on ioeventfds (no vCPU exit) and interrupts leave through irqfds.
 
+pub mod blk;
 pub mod manager;
 pub mod rng;
 pub mod transport;
@@ -31,6 +32,8 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 pub use manager::{EventLoop, VirtioDevices};
 
+/// Device type of a virtio block device.
+pub const TYPE_BLOCK: u32 = 2;
 /// Device type of a virtio entropy source.
 pub const TYPE_RNG: u32 = 4;
 /// Device type of a virtio socket device.

@@ -24,7 +24,7 @@ mod connection;
 mod device;
 mod event_handler;
 mod muxer;
-mod packet;
+pub mod packet;
 mod unix;
 
 use std::path::PathBuf;

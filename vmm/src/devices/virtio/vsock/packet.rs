@@ -4,6 +4,8 @@
 //! Every length and address is checked against guest memory by
 //! virtio-queue's `Reader`/`Writer`; lengths are bounded by
 //! [`MAX_PKT_PAYLOAD`] before anything is copied.
+//!
+//! The module is public so the fuzz target can drive [`read_tx`].
 
 use std::io::{Read, Write};
 
