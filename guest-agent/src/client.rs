@@ -7,6 +7,8 @@
 //! Bounding waits is the caller's job: set read/write timeouts on the
 //! stream (`UnixStream::set_read_timeout`) before calling.
 
+pub mod files;
+
 use std::io::{self, Read, Write};
 use std::thread;
 
@@ -280,6 +282,7 @@ mod tests {
         let pong = Pong {
             agent_version: "1".into(),
             uptime_ms: 5,
+            sandbox: "root=/".into(),
         };
         let mut s = Scripted::new(&[Message::Pong(pong.clone())]);
         assert_eq!(ping(&mut s).expect("ping"), pong);

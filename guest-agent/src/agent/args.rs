@@ -9,14 +9,23 @@ use kiln_agent::protocol::AGENT_VSOCK_PORT;
 
 /// Usage text for `--help`.
 pub const USAGE: &str = "\
-usage: kiln-agent [--listen-unix PATH | --vsock-port PORT]
+usage: kiln-agent [--listen-unix PATH | --vsock-port PORT] [--sandbox-root DIR]
 
 As PID 1 (inside a kiln microVM) the agent mounts /proc, /sys, /dev, /tmp,
-marks the boot timer, reaps orphans and serves on vsock port 1024; unknown
-arguments from the kernel command line are ignored.
+builds the sandbox (runtime image from /dev/vda under a tmpfs overlay,
+cgroup limits; kiln.overlay_mib=, kiln.sandbox_mem_mib=, kiln.pids_max= on
+the kernel command line), marks the boot timer, reaps orphans and serves on
+vsock port 1024; unknown arguments from the kernel command line are ignored.
+Programs run chrooted into the sandbox as uid/gid 1000.
 
   --listen-unix PATH   serve on a unix socket instead (host testing)
   --vsock-port PORT    serve on another vsock port
+  --sandbox-root DIR   off PID 1: run programs chrooted into DIR as uid 1000
+                       (no mounts, no cgroups; host testing); file requests
+                       are confined to DIR as uid 1000 too
+  --files-root DIR     confine file requests to DIR, as the agent's own user
+                       (host testing; without it or --sandbox-root a host
+                       agent refuses file requests)
   --version            print the version
   --help               print this help
 ";
@@ -30,11 +39,23 @@ pub enum Transport {
     Unix(PathBuf),
 }
 
+/// How to serve.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Serve {
+    /// Where.
+    pub transport: Transport,
+    /// `--sandbox-root`: confine programs to this directory (host testing).
+    pub sandbox_root: Option<PathBuf>,
+    /// `--files-root`: confine the files API to this directory, with the
+    /// agent's own credentials (host testing).
+    pub files_root: Option<PathBuf>,
+}
+
 /// What the command line asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Invocation {
     /// Serve the protocol.
-    Serve(Transport),
+    Serve(Serve),
     /// Print usage.
     Help,
     /// Print the version.
@@ -63,6 +84,8 @@ pub fn parse(
     lenient: bool,
 ) -> Result<Invocation, ArgsError> {
     let mut transport = Transport::Vsock(AGENT_VSOCK_PORT);
+    let mut sandbox_root = None;
+    let mut files_root = None;
     let mut args = args.into_iter();
     while let Some(arg) = args.next() {
         match arg.to_str() {
@@ -74,6 +97,16 @@ pub fn parse(
                     .ok_or(ArgsError::MissingValue("--listen-unix"))?;
                 transport = Transport::Unix(PathBuf::from(path));
             }
+            Some("--sandbox-root") => {
+                let dir = args
+                    .next()
+                    .ok_or(ArgsError::MissingValue("--sandbox-root"))?;
+                sandbox_root = Some(PathBuf::from(dir));
+            }
+            Some("--files-root") => {
+                let dir = args.next().ok_or(ArgsError::MissingValue("--files-root"))?;
+                files_root = Some(PathBuf::from(dir));
+            }
             Some("--vsock-port") => {
                 let raw = args.next().ok_or(ArgsError::MissingValue("--vsock-port"))?;
                 let raw = raw.to_string_lossy().into_owned();
@@ -84,7 +117,11 @@ pub fn parse(
             _ => return Err(ArgsError::Unknown(arg.to_string_lossy().into_owned())),
         }
     }
-    Ok(Invocation::Serve(transport))
+    Ok(Invocation::Serve(Serve {
+        transport,
+        sandbox_root,
+        files_root,
+    }))
 }
 
 #[cfg(test)]
@@ -95,18 +132,50 @@ mod tests {
         parse(args.iter().map(OsString::from), lenient)
     }
 
+    fn serve_on(transport: Transport) -> Invocation {
+        Invocation::Serve(super::Serve {
+            transport,
+            sandbox_root: None,
+            files_root: None,
+        })
+    }
+
     #[test]
     fn parses_transports() {
-        assert_eq!(p(&[], false), Ok(Invocation::Serve(Transport::Vsock(1024))));
+        assert_eq!(p(&[], false), Ok(serve_on(Transport::Vsock(1024))));
         assert_eq!(
             p(&["--listen-unix", "/tmp/s"], false),
-            Ok(Invocation::Serve(Transport::Unix("/tmp/s".into())))
+            Ok(serve_on(Transport::Unix("/tmp/s".into())))
         );
         assert_eq!(
             p(&["--vsock-port", "77"], false),
-            Ok(Invocation::Serve(Transport::Vsock(77)))
+            Ok(serve_on(Transport::Vsock(77)))
         );
         assert_eq!(p(&["--help"], false), Ok(Invocation::Help));
+        assert_eq!(
+            p(&["--listen-unix", "/s", "--sandbox-root", "/r"], false),
+            Ok(Invocation::Serve(super::Serve {
+                transport: Transport::Unix("/s".into()),
+                sandbox_root: Some("/r".into()),
+                files_root: None,
+            }))
+        );
+        assert_eq!(
+            p(&["--sandbox-root"], false),
+            Err(ArgsError::MissingValue("--sandbox-root"))
+        );
+        assert_eq!(
+            p(&["--files-root", "/f"], false),
+            Ok(Invocation::Serve(super::Serve {
+                transport: Transport::Vsock(1024),
+                sandbox_root: None,
+                files_root: Some("/f".into()),
+            }))
+        );
+        assert_eq!(
+            p(&["--files-root"], false),
+            Err(ArgsError::MissingValue("--files-root"))
+        );
     }
 
     #[test]
@@ -125,7 +194,7 @@ mod tests {
         );
         assert_eq!(
             p(&["quiet", "splash"], true),
-            Ok(Invocation::Serve(Transport::Vsock(1024)))
+            Ok(serve_on(Transport::Vsock(1024)))
         );
     }
 }

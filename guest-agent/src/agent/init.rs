@@ -11,6 +11,7 @@ use std::os::fd::{AsRawFd, IntoRawFd};
 use thiserror::Error;
 
 use super::klog::{chain, klog};
+use super::sandbox::Sandbox;
 
 /// Why one init step failed.
 #[derive(Debug, Error)]
@@ -89,6 +90,12 @@ const MOUNTS: &[MountSpec] = &[
         data: "mode=1777",
     },
 ];
+
+/// Builds the sandbox (image root, home, cgroups) once the kernel file
+/// systems are mounted: call after [`setup`].
+pub fn sandbox() -> Sandbox {
+    Sandbox::guest()
+}
 
 /// Runs every init step, logging failures.
 pub fn setup() {

@@ -4,11 +4,13 @@ mod args;
 mod boot_timer;
 mod conn;
 mod exec;
+mod files;
 mod init;
 pub mod klog;
 mod listener;
 mod power;
 mod reaper;
+mod sandbox;
 mod server;
 
 use std::process::ExitCode;
@@ -20,6 +22,7 @@ use args::{Invocation, Transport};
 use klog::{chain, klog};
 use listener::{ListenError, Listener};
 use reaper::Reaper;
+use sandbox::Sandbox;
 use server::{Mode, Server};
 
 /// Why the agent could not start serving.
@@ -59,7 +62,7 @@ pub fn main() -> ExitCode {
 }
 
 fn run(started: Instant, pid1: bool) -> Result<ExitCode, AgentError> {
-    let transport = match args::parse(std::env::args_os().skip(1), pid1)? {
+    let serve = match args::parse(std::env::args_os().skip(1), pid1)? {
         Invocation::Help => {
             print!("{}", args::USAGE);
             return Ok(ExitCode::SUCCESS);
@@ -68,8 +71,9 @@ fn run(started: Instant, pid1: bool) -> Result<ExitCode, AgentError> {
             println!("kiln-agent {}", env!("CARGO_PKG_VERSION"));
             return Ok(ExitCode::SUCCESS);
         }
-        Invocation::Serve(t) => t,
+        Invocation::Serve(s) => s,
     };
+    let transport = serve.transport;
 
     if pid1 {
         init::setup();
@@ -80,7 +84,15 @@ fn run(started: Instant, pid1: bool) -> Result<ExitCode, AgentError> {
         if let Err(e) = boot_timer::mark_on_console_if_asked() {
             klog!("console mark: {e}");
         }
+    }
+    let sandbox = if pid1 {
+        init::sandbox()
+    } else if let Some(dir) = &serve.sandbox_root {
+        Sandbox::host_dir(dir)
     } else {
+        Sandbox::unconfined()
+    };
+    if !pid1 {
         // Orphaned grandchildren come back to us (and our reaper) as they
         // would to PID 1.
         // SAFETY: prctl with integer arguments only.
@@ -103,5 +115,10 @@ fn run(started: Instant, pid1: bool) -> Result<ExitCode, AgentError> {
         },
         started.elapsed().as_millis()
     );
-    Server::new(reaper, started, mode).serve(&listener)
+    let files = match (&serve.files_root, sandbox.root()) {
+        (Some(dir), _) => Some(files::Config::host_dir(dir)),
+        (None, Some(root)) => Some(files::Config::sandbox(root)),
+        (None, None) => None,
+    };
+    Server::new(reaper, started, mode, sandbox, files).serve(&listener)
 }

@@ -13,10 +13,12 @@ use kiln_agent::protocol::{
 
 use super::conn::Conn;
 use super::exec;
+use super::files;
 use super::klog::{chain, klog};
 use super::listener::Listener;
 use super::power;
 use super::reaper::Reaper;
+use super::sandbox::Sandbox;
 
 /// Most connections served at once; more get a `Busy` error.
 const MAX_CONNECTIONS: usize = 64;
@@ -46,16 +48,28 @@ pub struct Server {
     pub started: Instant,
     /// What `Shutdown` does.
     pub mode: Mode,
+    /// Where programs run (and where request paths are resolved).
+    pub sandbox: Sandbox,
+    /// Where file requests are confined (`None`: refused).
+    pub files: Option<files::Config>,
     active: AtomicUsize,
 }
 
 impl Server {
     /// Creates the shared state.
-    pub fn new(reaper: Reaper, started: Instant, mode: Mode) -> Arc<Self> {
+    pub fn new(
+        reaper: Reaper,
+        started: Instant,
+        mode: Mode,
+        sandbox: Sandbox,
+        files: Option<files::Config>,
+    ) -> Arc<Self> {
         Arc::new(Self {
             reaper,
             started,
             mode,
+            sandbox,
+            files,
             active: AtomicUsize::new(0),
         })
     }
@@ -119,11 +133,19 @@ impl Server {
                     agent_version: env!("CARGO_PKG_VERSION").to_owned(),
                     uptime_ms: u64::try_from(self.started.elapsed().as_millis())
                         .unwrap_or(u64::MAX),
+                    sandbox: self.sandbox.description().to_owned(),
                 };
                 let _ = write_message(conn, &Message::Pong(pong));
             }
-            Message::Exec(req) => exec::run(conn, req, &self.reaper),
+            Message::Exec(req) => exec::run(conn, req, &self.reaper, &self.sandbox),
             Message::Shutdown => self.shutdown(conn),
+            request @ (Message::FileWrite(_)
+            | Message::FileRead(_)
+            | Message::ListDir(_)
+            | Message::Stat(_)
+            | Message::Remove(_)
+            | Message::Mkdir(_)
+            | Message::Rename(_)) => files::serve(conn, request, self.files.as_ref()),
             other => {
                 let detail = format!("{:?} is not a request", other.kind());
                 let _ = write_message(conn, &Message::error(ErrorCode::BadRequest, detail));

@@ -3,6 +3,10 @@
 //! Requests (host -> agent) have kinds below 0x80, responses (agent -> host)
 //! have kinds from 0x80. Field encoding is described in `wire`.
 
+use super::files::{
+    decode_entries, encode_entries, Entry, FileDigest, FileRead, FileWrite, ListDir, Mkdir, Remove,
+    Rename, Stat,
+};
 use super::wire::{DecodeError, Decoder, Encoder};
 
 /// Most argv entries an exec request may carry.
@@ -39,6 +43,32 @@ pub enum MessageKind {
     Ok = 0x85,
     /// [`Message::Error`].
     Error = 0x86,
+    /// [`Message::FileWrite`].
+    FileWrite = 0x10,
+    /// [`Message::FileRead`].
+    FileRead = 0x11,
+    /// [`Message::ListDir`].
+    ListDir = 0x12,
+    /// [`Message::Stat`].
+    Stat = 0x13,
+    /// [`Message::Remove`].
+    Remove = 0x14,
+    /// [`Message::Mkdir`].
+    Mkdir = 0x15,
+    /// [`Message::Rename`].
+    Rename = 0x16,
+    /// [`Message::FileChunk`] (both directions).
+    FileChunk = 0x17,
+    /// [`Message::FileEnd`] (both directions).
+    FileEnd = 0x18,
+    /// [`Message::FileWritten`].
+    FileWritten = 0x90,
+    /// [`Message::DirEntries`].
+    DirEntries = 0x91,
+    /// [`Message::ListEnd`].
+    ListEnd = 0x92,
+    /// [`Message::Entry`].
+    Entry = 0x93,
 }
 
 impl TryFrom<u8> for MessageKind {
@@ -57,6 +87,19 @@ impl TryFrom<u8> for MessageKind {
             0x84 => Self::Exit,
             0x85 => Self::Ok,
             0x86 => Self::Error,
+            0x10 => Self::FileWrite,
+            0x11 => Self::FileRead,
+            0x12 => Self::ListDir,
+            0x13 => Self::Stat,
+            0x14 => Self::Remove,
+            0x15 => Self::Mkdir,
+            0x16 => Self::Rename,
+            0x17 => Self::FileChunk,
+            0x18 => Self::FileEnd,
+            0x90 => Self::FileWritten,
+            0x91 => Self::DirEntries,
+            0x92 => Self::ListEnd,
+            0x93 => Self::Entry,
             other => return Err(DecodeError::UnknownKind(other)),
         })
     }
@@ -77,7 +120,14 @@ pub struct ExecRequest {
     pub stdin: bool,
     /// Kill the program's whole process group after this many milliseconds.
     pub timeout_ms: Option<u64>,
+    /// Most stdout + stderr bytes sent back; `None` means
+    /// [`DEFAULT_MAX_OUTPUT_BYTES`]. Output beyond it is read and dropped
+    /// (the program keeps running) and the exit says `truncated`.
+    pub max_output_bytes: Option<u64>,
 }
+
+/// Output cap of an exec whose request sets no `max_output_bytes` (16 MiB).
+pub const DEFAULT_MAX_OUTPUT_BYTES: u64 = 16 << 20;
 
 /// How an exec'd program ended.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -90,6 +140,11 @@ pub struct ExitStatus {
     pub timed_out: bool,
     /// Wall time from spawn to exit, measured in the agent.
     pub duration_ms: u64,
+    /// Output went over the request's `max_output_bytes`; the rest was
+    /// dropped.
+    pub truncated: bool,
+    /// The kernel's OOM killer killed a process of this exec.
+    pub oom_killed: bool,
 }
 
 /// Reply to [`Message::Ping`].
@@ -99,6 +154,9 @@ pub struct Pong {
     pub agent_version: String,
     /// Milliseconds since the agent started.
     pub uptime_ms: u64,
+    /// Where programs run: the sandbox root and its setup, or why setting
+    /// it up failed (human-readable, for diagnostics).
+    pub sandbox: String,
 }
 
 /// Machine-readable class of an [`Message::Error`].
@@ -114,6 +172,27 @@ pub enum ErrorCode {
     Busy,
     /// Something failed inside the agent.
     Internal,
+    /// Files: no such file or directory (`ENOENT`).
+    NotFound,
+    /// Files: the sandbox user may not do this (`EACCES`, `EPERM`).
+    PermissionDenied,
+    /// Files: the sandbox's disk is full (`ENOSPC`, `EDQUOT`).
+    NoSpace,
+    /// Files: the path exists (`EEXIST`, or a write without `overwrite`).
+    Exists,
+    /// Files: a path component is not a directory (`ENOTDIR`).
+    NotADirectory,
+    /// Files: the path is a directory (`EISDIR`).
+    IsADirectory,
+    /// Files: the directory is not empty (`ENOTEMPTY`).
+    NotEmpty,
+    /// Files: the file system is read-only (`EROFS`).
+    ReadOnly,
+    /// Files: the uploaded bytes do not match the size/SHA-256 the host
+    /// announced in `FileEnd`.
+    Mismatch,
+    /// Files: another I/O error (`EIO`, ...); the message has the details.
+    Io,
     /// A code this side does not know (from a newer peer).
     Other(u16),
 }
@@ -127,6 +206,16 @@ impl ErrorCode {
             Self::SpawnFailed => 3,
             Self::Busy => 4,
             Self::Internal => 5,
+            Self::NotFound => 16,
+            Self::PermissionDenied => 17,
+            Self::NoSpace => 18,
+            Self::Exists => 19,
+            Self::NotADirectory => 20,
+            Self::IsADirectory => 21,
+            Self::NotEmpty => 22,
+            Self::ReadOnly => 23,
+            Self::Mismatch => 24,
+            Self::Io => 25,
             Self::Other(v) => v,
         }
     }
@@ -139,6 +228,16 @@ impl ErrorCode {
             3 => Self::SpawnFailed,
             4 => Self::Busy,
             5 => Self::Internal,
+            16 => Self::NotFound,
+            17 => Self::PermissionDenied,
+            18 => Self::NoSpace,
+            19 => Self::Exists,
+            20 => Self::NotADirectory,
+            21 => Self::IsADirectory,
+            22 => Self::NotEmpty,
+            23 => Self::ReadOnly,
+            24 => Self::Mismatch,
+            25 => Self::Io,
             v => Self::Other(v),
         }
     }
@@ -176,6 +275,35 @@ pub enum Message {
         /// Human-readable detail.
         message: String,
     },
+    /// Host -> agent: write a file atomically; `FileChunk`* and `FileEnd`
+    /// follow, answered with [`Message::FileWritten`].
+    FileWrite(FileWrite),
+    /// Host -> agent: read a file, answered with `FileChunk`* and
+    /// `FileEnd`.
+    FileRead(FileRead),
+    /// Host -> agent: list a directory, answered with
+    /// [`Message::DirEntries`]* and [`Message::ListEnd`].
+    ListDir(ListDir),
+    /// Host -> agent: describe a path, answered with [`Message::Entry`].
+    Stat(Stat),
+    /// Host -> agent: remove a path, answered with [`Message::Ok`].
+    Remove(Remove),
+    /// Host -> agent: make a directory, answered with [`Message::Ok`].
+    Mkdir(Mkdir),
+    /// Host -> agent: move a path, answered with [`Message::Ok`].
+    Rename(Rename),
+    /// Both ways: up to [`super::MAX_CHUNK`] bytes of a file.
+    FileChunk(Vec<u8>),
+    /// Both ways: end of a file's contents, with their size and SHA-256.
+    FileEnd(FileDigest),
+    /// Agent -> host: the upload is in place.
+    FileWritten(FileDigest),
+    /// Agent -> host: some entries of a listed directory.
+    DirEntries(Vec<Entry>),
+    /// Agent -> host: the listing is complete.
+    ListEnd,
+    /// Agent -> host: reply to [`Message::Stat`].
+    Entry(Entry),
 }
 
 impl Message {
@@ -193,6 +321,19 @@ impl Message {
             Self::Exit(_) => MessageKind::Exit,
             Self::Ok => MessageKind::Ok,
             Self::Error { .. } => MessageKind::Error,
+            Self::FileWrite(_) => MessageKind::FileWrite,
+            Self::FileRead(_) => MessageKind::FileRead,
+            Self::ListDir(_) => MessageKind::ListDir,
+            Self::Stat(_) => MessageKind::Stat,
+            Self::Remove(_) => MessageKind::Remove,
+            Self::Mkdir(_) => MessageKind::Mkdir,
+            Self::Rename(_) => MessageKind::Rename,
+            Self::FileChunk(_) => MessageKind::FileChunk,
+            Self::FileEnd(_) => MessageKind::FileEnd,
+            Self::FileWritten(_) => MessageKind::FileWritten,
+            Self::DirEntries(_) => MessageKind::DirEntries,
+            Self::ListEnd => MessageKind::ListEnd,
+            Self::Entry(_) => MessageKind::Entry,
         }
     }
 
@@ -226,23 +367,40 @@ impl Message {
                 }
                 e.opt_str(req.cwd.as_deref())
                     .bool(req.stdin)
-                    .opt_u64(req.timeout_ms);
+                    .opt_u64(req.timeout_ms)
+                    .opt_u64(req.max_output_bytes);
             }
             Self::StdinChunk(data) | Self::Stdout(data) | Self::Stderr(data) => {
                 e.bytes(data);
             }
             Self::Pong(p) => {
-                e.str(&p.agent_version).u64(p.uptime_ms);
+                e.str(&p.agent_version).u64(p.uptime_ms).str(&p.sandbox);
             }
             Self::Exit(s) => {
                 e.opt_i32(s.code)
                     .opt_i32(s.signal)
                     .bool(s.timed_out)
-                    .u64(s.duration_ms);
+                    .u64(s.duration_ms)
+                    .bool(s.truncated)
+                    .bool(s.oom_killed);
             }
             Self::Error { code, message } => {
                 e.u16(code.to_u16()).str(message);
             }
+            Self::ListEnd => {}
+            Self::FileWrite(r) => r.encode(&mut e),
+            Self::FileRead(r) => r.encode(&mut e),
+            Self::ListDir(r) => r.encode(&mut e),
+            Self::Stat(r) => r.encode(&mut e),
+            Self::Remove(r) => r.encode(&mut e),
+            Self::Mkdir(r) => r.encode(&mut e),
+            Self::Rename(r) => r.encode(&mut e),
+            Self::FileChunk(data) => {
+                e.bytes(data);
+            }
+            Self::FileEnd(d) | Self::FileWritten(d) => d.encode(&mut e),
+            Self::DirEntries(entries) => encode_entries(entries, &mut e),
+            Self::Entry(entry) => entry.encode(&mut e),
         }
         e.finish()
     }
@@ -264,17 +422,33 @@ impl Message {
             MessageKind::Pong => Self::Pong(Pong {
                 agent_version: d.string("agent_version")?,
                 uptime_ms: d.u64("uptime_ms")?,
+                sandbox: d.string("sandbox")?,
             }),
             MessageKind::Exit => Self::Exit(ExitStatus {
                 code: d.opt_i32("code")?,
                 signal: d.opt_i32("signal")?,
                 timed_out: d.bool("timed_out")?,
                 duration_ms: d.u64("duration_ms")?,
+                truncated: d.bool("truncated")?,
+                oom_killed: d.bool("oom_killed")?,
             }),
             MessageKind::Error => Self::Error {
                 code: ErrorCode::from_u16(d.u16("code")?),
                 message: d.string("message")?,
             },
+            MessageKind::FileWrite => Self::FileWrite(FileWrite::decode(&mut d)?),
+            MessageKind::FileRead => Self::FileRead(FileRead::decode(&mut d)?),
+            MessageKind::ListDir => Self::ListDir(ListDir::decode(&mut d)?),
+            MessageKind::Stat => Self::Stat(Stat::decode(&mut d)?),
+            MessageKind::Remove => Self::Remove(Remove::decode(&mut d)?),
+            MessageKind::Mkdir => Self::Mkdir(Mkdir::decode(&mut d)?),
+            MessageKind::Rename => Self::Rename(Rename::decode(&mut d)?),
+            MessageKind::FileChunk => Self::FileChunk(d.bytes("chunk")?.to_vec()),
+            MessageKind::FileEnd => Self::FileEnd(FileDigest::decode(&mut d)?),
+            MessageKind::FileWritten => Self::FileWritten(FileDigest::decode(&mut d)?),
+            MessageKind::DirEntries => Self::DirEntries(decode_entries(&mut d)?),
+            MessageKind::ListEnd => Self::ListEnd,
+            MessageKind::Entry => Self::Entry(Entry::decode(&mut d)?),
         };
         d.finish()?;
         Ok(msg)
@@ -299,6 +473,7 @@ fn decode_exec(d: &mut Decoder<'_>) -> Result<ExecRequest, DecodeError> {
         cwd: d.opt_string("cwd")?,
         stdin: d.bool("stdin")?,
         timeout_ms: d.opt_u64("timeout_ms")?,
+        max_output_bytes: d.opt_u64("max_output_bytes")?,
     })
 }
 
@@ -324,6 +499,12 @@ mod tests {
                 cwd: Some("/tmp".into()),
                 stdin: true,
                 timeout_ms: Some(500),
+                max_output_bytes: Some(1_000_000),
+            }),
+            Message::Exec(ExecRequest {
+                argv: vec!["x".into()],
+                max_output_bytes: Some(u64::MAX),
+                ..ExecRequest::default()
             }),
             Message::Exec(ExecRequest {
                 argv: vec!["true".into()],
@@ -336,6 +517,7 @@ mod tests {
             Message::Pong(Pong {
                 agent_version: "0.1.0".into(),
                 uptime_ms: 12345,
+                sandbox: "overlay on /run/kiln/root".into(),
             }),
             Message::Stdout(binary()),
             Message::Stderr(binary()),
@@ -344,12 +526,16 @@ mod tests {
                 signal: None,
                 timed_out: false,
                 duration_ms: 7,
+                truncated: true,
+                oom_killed: false,
             }),
             Message::Exit(ExitStatus {
                 code: None,
                 signal: Some(9),
                 timed_out: true,
                 duration_ms: u64::MAX,
+                truncated: false,
+                oom_killed: true,
             }),
             Message::Ok,
             Message::error(ErrorCode::SpawnFailed, "no such file"),

@@ -9,6 +9,7 @@
 //! Each message travels in one frame (see [`frame`] for the header layout);
 //! its body uses the little-endian field encoding described in `wire`.
 
+pub mod files;
 pub mod frame;
 pub mod message;
 mod wire;
@@ -18,14 +19,16 @@ use std::io::{Read, Write};
 use thiserror::Error;
 
 pub use frame::{read_frame, write_frame, Frame, FrameError, FrameHeader};
-pub use message::{ErrorCode, ExecRequest, ExitStatus, Message, MessageKind, Pong};
+pub use message::{
+    ErrorCode, ExecRequest, ExitStatus, Message, MessageKind, Pong, DEFAULT_MAX_OUTPUT_BYTES,
+};
 pub use wire::DecodeError;
 
 /// The vsock port the agent listens on inside the guest.
 pub const AGENT_VSOCK_PORT: u32 = 1024;
 
 /// Protocol version carried in every frame header.
-pub const PROTOCOL_VERSION: u8 = 1;
+pub const PROTOCOL_VERSION: u8 = 2;
 
 /// Largest frame payload either side accepts (1 MiB).
 pub const MAX_FRAME_PAYLOAD: u32 = 1 << 20;

@@ -87,6 +87,17 @@ impl Encoder {
         self
     }
 
+    pub(crate) fn i64(&mut self, v: i64) -> &mut Self {
+        self.buf.extend_from_slice(&v.to_le_bytes());
+        self
+    }
+
+    /// Fixed-size bytes, no length prefix (e.g. a digest).
+    pub(crate) fn fixed(&mut self, v: &[u8]) -> &mut Self {
+        self.buf.extend_from_slice(v);
+        self
+    }
+
     /// Lengths are bounded by the frame size checked at write time, so a
     /// length above `u32::MAX` only happens for a frame that is rejected
     /// anyway; it saturates instead of wrapping.
@@ -155,7 +166,11 @@ impl<'a> Decoder<'a> {
         Ok(head)
     }
 
-    fn array<const N: usize>(&mut self, field: &'static str) -> Result<[u8; N], DecodeError> {
+    /// Fixed-size bytes, no length prefix.
+    pub(crate) fn array<const N: usize>(
+        &mut self,
+        field: &'static str,
+    ) -> Result<[u8; N], DecodeError> {
         let mut out = [0u8; N];
         out.copy_from_slice(self.take(N, field)?);
         Ok(out)
@@ -187,6 +202,10 @@ impl<'a> Decoder<'a> {
 
     pub(crate) fn u64(&mut self, field: &'static str) -> Result<u64, DecodeError> {
         Ok(u64::from_le_bytes(self.array(field)?))
+    }
+
+    pub(crate) fn i64(&mut self, field: &'static str) -> Result<i64, DecodeError> {
+        Ok(i64::from_le_bytes(self.array(field)?))
     }
 
     pub(crate) fn bytes(&mut self, field: &'static str) -> Result<&'a [u8], DecodeError> {

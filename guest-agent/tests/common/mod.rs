@@ -58,11 +58,17 @@ pub struct Agent {
 
 impl Agent {
     pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// Starts the agent with extra arguments after `--listen-unix PATH`.
+    pub fn start_with(extra: &[&std::ffi::OsStr]) -> Self {
         let dir = TempDir::new("agent");
         let socket = dir.path().join("agent.sock");
         let child = Command::new(agent_binary())
             .arg("--listen-unix")
             .arg(&socket)
+            .args(extra)
             .env("KILN_TEST_SECRET", "agent-env-must-not-leak")
             .stdin(Stdio::null())
             .spawn()

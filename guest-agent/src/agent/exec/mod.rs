@@ -4,6 +4,10 @@
 //! (the only writer of frames on the connection), a stdin thread reads the
 //! rest of the request (stdin frames, or the host hanging up), and the
 //! shared reaper thread reports the exit. See `pump` for the state machine.
+//!
+//! When the agent runs a sandbox (see `sandbox`), the child enters it
+//! between fork and exec: its own cgroup, `chroot`, the sandbox user, home
+//! directory; `HOME` is set unless the request sets it.
 
 mod pump;
 mod stdin;
@@ -16,15 +20,18 @@ use std::thread;
 
 use thiserror::Error;
 
-use kiln_agent::protocol::{write_message, ErrorCode, ExecRequest, Message};
+use kiln_agent::protocol::{
+    write_message, ErrorCode, ExecRequest, Message, DEFAULT_MAX_OUTPUT_BYTES,
+};
 
 use super::conn::Conn;
 use super::klog::{chain, klog};
 use super::reaper::Reaper;
+use super::sandbox::{Entry, ExecSandbox, Sandbox, SandboxError, SANDBOX_HOME};
 use pump::Shared;
 
 /// `PATH` given to programs whose environment has none.
-pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+pub const DEFAULT_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
 
 /// Why an exec could not start.
 #[derive(Debug, Error)]
@@ -50,6 +57,9 @@ pub enum ExecError {
     /// Agent-side resources (pipe, thread, socket clone) ran out.
     #[error("agent resources exhausted")]
     Resources(#[source] io::Error),
+    /// The exec's sandbox (cgroup) could not be prepared.
+    #[error("cannot prepare the sandbox")]
+    Sandbox(#[from] SandboxError),
 }
 
 impl ExecError {
@@ -58,25 +68,35 @@ impl ExecError {
             Self::EmptyArgv | Self::Nul(_) | Self::BadEnvName(_) => ErrorCode::BadRequest,
             Self::Spawn { .. } => ErrorCode::SpawnFailed,
             Self::Resources(_) => ErrorCode::Internal,
+            Self::Sandbox(SandboxError::Nul(_)) => ErrorCode::BadRequest,
+            Self::Sandbox(_) => ErrorCode::Internal,
         }
     }
 }
 
 /// Runs `req` and streams the result over `conn`; always ends with an
 /// `Exit` or `Error` frame unless the host hung up first.
-pub fn run(conn: &mut Conn, req: ExecRequest, reaper: &Reaper) {
-    if let Err(err) = start_and_pump(conn, req, reaper) {
+pub fn run(conn: &mut Conn, req: ExecRequest, reaper: &Reaper, sandbox: &Sandbox) {
+    if let Err(err) = start_and_pump(conn, req, reaper, sandbox) {
         let msg = chain(&err);
-        if matches!(err, ExecError::Resources(_)) {
+        if err.code() == ErrorCode::Internal {
             klog!("exec: {msg}");
         }
         let _ = write_message(conn, &Message::error(err.code(), msg));
     }
 }
 
-fn start_and_pump(conn: &mut Conn, req: ExecRequest, reaper: &Reaper) -> Result<(), ExecError> {
+fn start_and_pump(
+    conn: &mut Conn,
+    req: ExecRequest,
+    reaper: &Reaper,
+    sandbox: &Sandbox,
+) -> Result<(), ExecError> {
     validate(&req)?;
-    let mut cmd = build_command(&req);
+    // Dropped at the end of this function, on every path: kills whatever
+    // is left in the exec's cgroup and removes it.
+    let confined = sandbox.prepare_exec(req.cwd.as_deref())?;
+    let mut cmd = build_command(&req, &confined);
     let shared = Arc::new(Shared::new().map_err(ExecError::Resources)?);
     let reader = conn.try_clone().map_err(ExecError::Resources)?;
     // Stdin frames may be far apart; only the host hanging up ends them.
@@ -106,6 +126,9 @@ fn start_and_pump(conn: &mut Conn, req: ExecRequest, reaper: &Reaper) -> Result<
         .spawn(move || stdin::feed(reader, stdin_pipe, expect_stdin, &feeder_shared));
     if let Err(e) = feeder {
         reaper.kill_group(pgid);
+        if let Some(cg) = &confined.cgroup {
+            cg.kill();
+        }
         return Err(ExecError::Resources(e));
     }
 
@@ -124,6 +147,8 @@ fn start_and_pump(conn: &mut Conn, req: ExecRequest, reaper: &Reaper) -> Result<
         started,
         timeout: req.timeout_ms.map(std::time::Duration::from_millis),
         outputs,
+        max_output: req.max_output_bytes.unwrap_or(DEFAULT_MAX_OUTPUT_BYTES),
+        cgroup: confined.cgroup.as_ref(),
     }
     .run();
     Ok(())
@@ -150,14 +175,20 @@ fn validate(req: &ExecRequest) -> Result<(), ExecError> {
     Ok(())
 }
 
-fn build_command(req: &ExecRequest) -> Command {
+fn build_command(req: &ExecRequest, confined: &ExecSandbox) -> Command {
     let mut cmd = Command::new(&req.argv[0]);
     cmd.args(&req.argv[1..]).env_clear();
     cmd.envs(req.env.iter().map(|(k, v)| (k, v)));
-    if !req.env.iter().any(|(k, _)| k == "PATH") {
+    let has = |name: &str| req.env.iter().any(|(k, _)| k == name);
+    if !has("PATH") {
         cmd.env("PATH", DEFAULT_PATH);
     }
-    if let Some(cwd) = &req.cwd {
+    if confined.entry.is_some() && !has("HOME") {
+        cmd.env("HOME", SANDBOX_HOME);
+    }
+    // Confined, the entry changes directory after chroot; std's
+    // current_dir would run before it, outside the sandbox.
+    if let (None, Some(cwd)) = (&confined.entry, &req.cwd) {
         cmd.current_dir(cwd);
     }
     cmd.stdin(if req.stdin {
@@ -176,7 +207,22 @@ fn build_command(req: &ExecRequest) -> Command {
             Ok(())
         });
     }
+    if let Some(entry) = &confined.entry {
+        add_entry(&mut cmd, entry);
+    }
     cmd
+}
+
+/// Adds the sandbox entry as a second `pre_exec` hook (after `setsid`).
+fn add_entry(cmd: &mut Command, entry: &Entry) {
+    let entry = entry.clone();
+    // SAFETY: the closure runs in the forked child before exec and only
+    // calls `Entry::enter`, which makes async-signal-safe system calls on
+    // data prepared before the fork (the cgroup fd stays open in the
+    // parent until after spawn returns).
+    unsafe {
+        cmd.pre_exec(move || entry.enter());
+    }
 }
 
 #[cfg(test)]
@@ -226,7 +272,7 @@ mod tests {
             argv: vec!["x".into()],
             ..ExecRequest::default()
         };
-        let cmd = build_command(&req);
+        let cmd = build_command(&req, &ExecSandbox::default());
         let path: Vec<_> = cmd.get_envs().filter(|(k, _)| *k == "PATH").collect();
         assert_eq!(path.len(), 1);
         assert_eq!(path[0].1, Some(std::ffi::OsStr::new(DEFAULT_PATH)));
@@ -234,7 +280,7 @@ mod tests {
             env: vec![("PATH".into(), "/x".into())],
             ..req
         };
-        let cmd = build_command(&req);
+        let cmd = build_command(&req, &ExecSandbox::default());
         let path: Vec<_> = cmd.get_envs().filter(|(k, _)| *k == "PATH").collect();
         assert_eq!(
             path,

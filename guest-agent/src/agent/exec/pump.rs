@@ -14,6 +14,12 @@
 //!   `Exit` without code or signal.
 //! - host gone (stdin thread saw end of stream, or a write failed): kill the
 //!   group and stop; host sent garbage: kill, reply `Error`, stop.
+//!
+//! "Kill" means SIGKILL to the process group and, when the exec has a
+//! cgroup, `cgroup.kill` on it (which also reaches processes that left the
+//! group). Output past `max_output` bytes (stdout + stderr together) is
+//! still read, so the program never blocks on a full pipe, but dropped;
+//! the exit then says `truncated`.
 
 use std::fs::File;
 use std::io::{self, Read};
@@ -26,6 +32,7 @@ use kiln_agent::protocol::{write_message, ErrorCode, ExitStatus, Message, MAX_CH
 
 use super::super::conn::Conn;
 use super::super::reaper::{Reaper, WaitStatus};
+use super::super::sandbox::ExecCgroup;
 
 /// How long output is still forwarded after the program exits.
 const DRAIN_GRACE: Duration = Duration::from_millis(500);
@@ -144,6 +151,10 @@ pub struct Pump<'a> {
     pub timeout: Option<Duration>,
     /// stdout and stderr pipes.
     pub outputs: [Option<Output>; 2],
+    /// Most output bytes sent to the host.
+    pub max_output: u64,
+    /// The exec's cgroup, if the sandbox has limits.
+    pub cgroup: Option<&'a ExecCgroup>,
 }
 
 enum Step {
@@ -160,6 +171,8 @@ impl Pump<'_> {
         let mut timed_out = false;
         let mut give_up_at: Option<Instant> = None;
         let mut buf = vec![0u8; MAX_CHUNK];
+        let mut sent: u64 = 0;
+        let mut truncated = false;
 
         loop {
             let now = Instant::now();
@@ -167,7 +180,7 @@ impl Pump<'_> {
                 break;
             }
             if exit.is_none() && !timed_out && deadline.is_some_and(|d| now >= d) {
-                self.reaper.kill_group(self.pgid);
+                self.kill();
                 timed_out = true;
                 give_up_at = Some(now + KILL_GRACE);
             }
@@ -186,20 +199,20 @@ impl Pump<'_> {
                 if exit.is_none() {
                     exit = Some((status, self.started.elapsed()));
                     // Background jobs do not outlive the exec.
-                    self.reaper.kill_group(self.pgid);
+                    self.kill();
                     give_up_at = Some(Instant::now() + DRAIN_GRACE);
                 }
             }
             if let Some(event) = events.host {
-                self.reaper.kill_group(self.pgid);
+                self.kill();
                 if let HostEvent::Bad(code, message) = event {
                     let _ = write_message(self.conn, &Message::error(code, message));
                 }
                 return;
             }
             for i in ready {
-                if let Step::Abort = self.forward(i, &mut buf) {
-                    self.reaper.kill_group(self.pgid);
+                if let Step::Abort = self.forward(i, &mut buf, &mut sent, &mut truncated) {
+                    self.kill();
                     return;
                 }
             }
@@ -218,8 +231,18 @@ impl Pump<'_> {
             },
             timed_out,
             duration_ms: u64::try_from(duration.as_millis()).unwrap_or(u64::MAX),
+            truncated,
+            oom_killed: self.cgroup.is_some_and(ExecCgroup::oom_killed),
         };
         let _ = write_message(self.conn, &Message::Exit(result));
+    }
+
+    /// Kills the process group and everything in the exec's cgroup.
+    fn kill(&self) {
+        self.reaper.kill_group(self.pgid);
+        if let Some(cg) = self.cgroup {
+            cg.kill();
+        }
     }
 
     fn outputs_closed(&self) -> bool {
@@ -259,8 +282,9 @@ impl Pump<'_> {
             .collect()
     }
 
-    /// Reads one chunk from output `i` and sends it.
-    fn forward(&mut self, i: usize, buf: &mut [u8]) -> Step {
+    /// Reads one chunk from output `i` and sends what fits under
+    /// `max_output`; `sent` counts bytes sent so far.
+    fn forward(&mut self, i: usize, buf: &mut [u8], sent: &mut u64, truncated: &mut bool) -> Step {
         let Some(out) = self.outputs[i].as_mut() else {
             return Step::Continue;
         };
@@ -270,7 +294,16 @@ impl Pump<'_> {
         match file.read(buf) {
             Ok(0) => out.file = None,
             Ok(n) => {
-                let data = buf[..n].to_vec();
+                let room = self.max_output.saturating_sub(*sent);
+                let keep = usize::try_from(room).map_or(n, |r| r.min(n));
+                if keep < n {
+                    *truncated = true;
+                }
+                if keep == 0 {
+                    return Step::Continue;
+                }
+                *sent = sent.saturating_add(keep as u64);
+                let data = buf[..keep].to_vec();
                 let msg = if out.stderr {
                     Message::Stderr(data)
                 } else {

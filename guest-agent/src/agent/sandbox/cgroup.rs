@@ -1,0 +1,301 @@
+//! cgroup v2 limits: one `sandbox` cgroup holding the memory and process
+//! limits of all sandboxed programs together, and one child cgroup per exec
+//! (`sandbox/exec-<n>`) so an exec can be killed as a whole, including
+//! processes that left its process group with `setsid`.
+//!
+//! Only used as PID 1 in the guest: the agent never touches the host's
+//! cgroups.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use thiserror::Error;
+
+use super::super::klog::{chain, klog};
+
+/// Where the cgroup2 hierarchy is mounted.
+pub const CGROUP_MOUNT: &str = "/sys/fs/cgroup";
+/// Name of the cgroup every sandboxed program lives under.
+pub const SANDBOX_CGROUP: &str = "sandbox";
+/// Controllers enabled for the sandbox and its children.
+const CONTROLLERS: &str = "+memory +pids";
+/// How long an exec's cleanup waits for its killed processes to go.
+const EMPTY_WAIT: Duration = Duration::from_secs(2);
+/// Longest cgroup interface file read (they are all tiny).
+const MAX_FILE: u64 = 4096;
+
+/// A cgroup operation failed.
+#[derive(Debug, Error)]
+pub enum CgroupError {
+    /// Mounting cgroup2 failed.
+    #[error("cannot mount cgroup2 on {CGROUP_MOUNT}")]
+    Mount(#[source] io::Error),
+    /// Writing a cgroup interface file failed.
+    #[error("cannot write {value:?} to {path}")]
+    Write {
+        /// The file.
+        path: PathBuf,
+        /// What was written.
+        value: String,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+    /// Creating a cgroup directory failed.
+    #[error("cannot create cgroup {0}")]
+    Create(PathBuf, #[source] io::Error),
+    /// Opening `cgroup.procs` of a new exec cgroup failed.
+    #[error("cannot open {0}")]
+    Open(PathBuf, #[source] io::Error),
+}
+
+/// The parent cgroup of all execs, with the sandbox-wide limits.
+#[derive(Debug)]
+pub struct SandboxCgroup {
+    dir: PathBuf,
+    next: AtomicU64,
+}
+
+impl SandboxCgroup {
+    /// Mounts cgroup2 (if needed), enables memory and pids for children
+    /// and creates `sandbox` with the given limits.
+    pub fn setup(memory_max: u64, pids_max: u64) -> Result<Self, CgroupError> {
+        mount_cgroup2()?;
+        let root = Path::new(CGROUP_MOUNT);
+        write_file(&root.join("cgroup.subtree_control"), CONTROLLERS)?;
+        let dir = root.join(SANDBOX_CGROUP);
+        match fs::create_dir(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(CgroupError::Create(dir, e)),
+        }
+        write_file(&dir.join("memory.max"), &memory_max.to_string())?;
+        let swap = dir.join("memory.swap.max");
+        if swap.exists() {
+            write_file(&swap, "0")?;
+        }
+        write_file(&dir.join("pids.max"), &pids_max.to_string())?;
+        write_file(&dir.join("cgroup.subtree_control"), CONTROLLERS)?;
+        Ok(Self {
+            dir,
+            next: AtomicU64::new(1),
+        })
+    }
+
+    /// Path of the sandbox cgroup.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Creates the cgroup of a new exec. The program joins it from its
+    /// `pre_exec` hook through [`ExecCgroup::procs_fd`].
+    pub fn new_exec(&self) -> Result<ExecCgroup, CgroupError> {
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        let dir = exec_dir(&self.dir, n);
+        fs::create_dir(&dir).map_err(|e| CgroupError::Create(dir.clone(), e))?;
+        // Dropping it on the error paths below removes the directory.
+        let mut cg = ExecCgroup {
+            procs: None,
+            dir: dir.clone(),
+        };
+        // An OOM kill takes the whole exec, not one random process of it.
+        // Older kernels lack the file: not fatal.
+        if let Err(e) = write_file(&dir.join("memory.oom.group"), "1") {
+            klog!("sandbox: {}", chain(&e));
+        }
+        let procs_path = dir.join("cgroup.procs");
+        let procs = OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_CLOEXEC)
+            .open(&procs_path)
+            .map_err(|e| CgroupError::Open(procs_path, e))?;
+        cg.procs = Some(procs);
+        Ok(cg)
+    }
+}
+
+/// `<parent>/exec-<n>`.
+fn exec_dir(parent: &Path, n: u64) -> PathBuf {
+    parent.join(format!("exec-{n}"))
+}
+
+/// The cgroup of one exec; on drop everything in it is killed and the
+/// cgroup removed.
+#[derive(Debug)]
+pub struct ExecCgroup {
+    dir: PathBuf,
+    procs: Option<File>,
+}
+
+impl ExecCgroup {
+    /// An open `cgroup.procs` of this cgroup: writing `0` to it moves the
+    /// writing process in (async-signal-safe, for `pre_exec`).
+    pub fn procs_fd(&self) -> Option<RawFd> {
+        self.procs.as_ref().map(AsRawFd::as_raw_fd)
+    }
+
+    /// SIGKILLs every process in the cgroup (`cgroup.kill`, Linux 5.14+;
+    /// older kernels: each pid in `cgroup.procs`, a few rounds).
+    pub fn kill(&self) {
+        if write_file(&self.dir.join("cgroup.kill"), "1").is_ok() {
+            return;
+        }
+        for _ in 0..4 {
+            let pids = read_small(&self.dir.join("cgroup.procs")).unwrap_or_default();
+            let pids: Vec<libc::pid_t> = parse_pids(&pids);
+            if pids.is_empty() {
+                return;
+            }
+            for pid in pids {
+                // SAFETY: plain syscall; parse_pids only returns pids > 1.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        }
+    }
+
+    /// Whether the kernel OOM-killed a process of this exec.
+    pub fn oom_killed(&self) -> bool {
+        read_small(&self.dir.join("memory.events"))
+            .ok()
+            .and_then(|t| event_count(&t, "oom_kill"))
+            .is_some_and(|n| n > 0)
+    }
+
+    fn populated(&self) -> bool {
+        read_small(&self.dir.join("cgroup.events"))
+            .ok()
+            .and_then(|t| event_count(&t, "populated"))
+            .map_or(true, |n| n > 0)
+    }
+}
+
+impl Drop for ExecCgroup {
+    fn drop(&mut self) {
+        self.procs = None;
+        self.kill();
+        let deadline = Instant::now() + EMPTY_WAIT;
+        while self.populated() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        if let Err(e) = fs::remove_dir(&self.dir) {
+            klog!("sandbox: cannot remove {}: {e}", self.dir.display());
+        }
+    }
+}
+
+/// The value of `key` in a flat-keyed cgroup file (`memory.events`,
+/// `cgroup.events`): lines of `key value`.
+fn event_count(text: &str, key: &str) -> Option<u64> {
+    text.lines().find_map(|line| {
+        let mut it = line.split_ascii_whitespace();
+        if it.next()? != key {
+            return None;
+        }
+        let value = it.next()?.parse().ok()?;
+        it.next().is_none().then_some(value)
+    })
+}
+
+/// Pids from `cgroup.procs`, skipping anything that is not a pid > 1.
+fn parse_pids(text: &str) -> Vec<libc::pid_t> {
+    text.lines()
+        .filter_map(|l| l.trim().parse::<libc::pid_t>().ok())
+        .filter(|&p| p > 1)
+        .collect()
+}
+
+fn mount_cgroup2() -> Result<(), CgroupError> {
+    // Already mounted (agent restarted by hand, or the kernel did it).
+    if Path::new(CGROUP_MOUNT).join("cgroup.controllers").exists() {
+        return Ok(());
+    }
+    fs::create_dir_all(CGROUP_MOUNT).map_err(CgroupError::Mount)?;
+    super::mounts::mount(
+        "cgroup2",
+        Path::new(CGROUP_MOUNT),
+        "cgroup2",
+        libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+        "",
+    )
+    .map_err(CgroupError::Mount)
+}
+
+fn write_file(path: &Path, value: &str) -> Result<(), CgroupError> {
+    OpenOptions::new()
+        .write(true)
+        .open(path)
+        .and_then(|mut f| f.write_all(value.as_bytes()))
+        .map_err(|source| CgroupError::Write {
+            path: path.to_owned(),
+            value: value.to_owned(),
+            source,
+        })
+}
+
+fn read_small(path: &Path) -> io::Result<String> {
+    use std::io::Read;
+    let mut text = String::new();
+    File::open(path)?.take(MAX_FILE).read_to_string(&mut text)?;
+    Ok(text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exec_dirs_are_children_of_the_sandbox() {
+        let parent = Path::new("/sys/fs/cgroup/sandbox");
+        assert_eq!(
+            exec_dir(parent, 7),
+            Path::new("/sys/fs/cgroup/sandbox/exec-7")
+        );
+        assert_eq!(
+            exec_dir(parent, u64::MAX).parent(),
+            Some(parent),
+            "no counter value escapes the parent"
+        );
+    }
+
+    #[test]
+    fn reads_event_counts() {
+        let events = "low 0\nhigh 0\nmax 12\noom 1\noom_kill 2\noom_group_kill 1\n";
+        assert_eq!(event_count(events, "oom_kill"), Some(2));
+        assert_eq!(event_count(events, "oom"), Some(1));
+        assert_eq!(event_count(events, "missing"), None);
+        assert_eq!(event_count("populated 0\nfrozen 0\n", "populated"), Some(0));
+    }
+
+    #[test]
+    fn hostile_event_files_read_as_unknown() {
+        for bad in [
+            "",
+            "oom_kill",
+            "oom_kill x",
+            "oom_kill -1",
+            "oom_kill 1 2",
+            "oom_kill 99999999999999999999999",
+            "oom_killed 5",
+        ] {
+            assert_eq!(event_count(bad, "oom_kill"), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn pid_lists_skip_junk_and_init() {
+        assert_eq!(parse_pids("12\n0\n1\n-1\nx\n 34 \n"), vec![12, 34]);
+        assert!(parse_pids("").is_empty());
+    }
+
+    #[test]
+    fn write_errors_name_the_file() {
+        let err = write_file(Path::new("/nonexistent/kiln/memory.max"), "5").expect_err("fails");
+        let msg = err.to_string();
+        assert!(msg.contains("/nonexistent/kiln/memory.max"), "{msg}");
+    }
+}

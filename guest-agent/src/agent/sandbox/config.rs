@@ -1,0 +1,154 @@
+//! Sandbox settings from the kernel command line (`/proc/cmdline`):
+//! `kiln.overlay_mib=N`, `kiln.sandbox_mem_mib=N`, `kiln.pids_max=N`.
+//!
+//! The command line is written by the host, but a bad value must never stop
+//! the agent: anything unparsable or out of range falls back to the default
+//! and leaves a warning for the log.
+
+/// Size of the writable tmpfs over the image, and of `/tmp`, when the
+/// command line does not say (MiB).
+pub const DEFAULT_OVERLAY_MIB: u64 = 1024;
+/// Largest accepted `kiln.overlay_mib` (tmpfs pages are charged to the
+/// sandbox's memory cgroup anyway; this only rejects nonsense).
+const MAX_OVERLAY_MIB: u64 = 1 << 20;
+/// Process limit of the sandbox cgroup when the command line does not say.
+pub const DEFAULT_PIDS_MAX: u64 = 512;
+/// Accepted `kiln.pids_max` range.
+const PIDS_RANGE: (u64, u64) = (8, 1 << 22);
+/// Accepted `kiln.sandbox_mem_mib` range.
+const MEM_RANGE: (u64, u64) = (16, 1 << 24);
+/// Longest command line examined (the kernel's own limit is far lower).
+const MAX_CMDLINE: usize = 64 * 1024;
+
+/// Parsed settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// Size cap of the overlay's tmpfs and of `/tmp` (MiB).
+    pub overlay_mib: u64,
+    /// Memory limit of all sandboxed programs together (MiB); `None` means
+    /// "total RAM minus the agent's reserve".
+    pub sandbox_mem_mib: Option<u64>,
+    /// Most processes in the sandbox at once.
+    pub pids_max: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            overlay_mib: DEFAULT_OVERLAY_MIB,
+            sandbox_mem_mib: None,
+            pids_max: DEFAULT_PIDS_MAX,
+        }
+    }
+}
+
+/// Parses a kernel command line; returns the settings and one warning per
+/// rejected value.
+pub fn parse(cmdline: &str) -> (Config, Vec<String>) {
+    let mut config = Config::default();
+    let mut warnings = Vec::new();
+    let cmdline = cut(cmdline, MAX_CMDLINE);
+    for word in cmdline.split_ascii_whitespace() {
+        let Some((key, value)) = word.split_once('=') else {
+            continue;
+        };
+        let range = match key {
+            "kiln.overlay_mib" => (1, MAX_OVERLAY_MIB),
+            "kiln.sandbox_mem_mib" => MEM_RANGE,
+            "kiln.pids_max" => PIDS_RANGE,
+            _ => continue,
+        };
+        let v = match value.parse::<u64>() {
+            Ok(v) if (range.0..=range.1).contains(&v) => v,
+            _ => {
+                warnings.push(format!(
+                    "ignoring {key}={:?}: want an integer in {}..={}; using the default",
+                    cut(value, 32),
+                    range.0,
+                    range.1
+                ));
+                continue;
+            }
+        };
+        match key {
+            "kiln.overlay_mib" => config.overlay_mib = v,
+            "kiln.sandbox_mem_mib" => config.sandbox_mem_mib = Some(v),
+            _ => config.pids_max = v,
+        }
+    }
+    (config, warnings)
+}
+
+/// The first `max` bytes of `s`, at a character boundary.
+fn cut(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_without_our_keys() {
+        let (c, w) = parse("console=ttyS0 quiet kiln.other=5 reboot=k\n");
+        assert_eq!(c, Config::default());
+        assert!(w.is_empty());
+        assert_eq!(parse("").0, Config::default());
+    }
+
+    #[test]
+    fn reads_values() {
+        let (c, w) =
+            parse("quiet kiln.overlay_mib=64 kiln.sandbox_mem_mib=200 kiln.pids_max=100\n");
+        assert_eq!(
+            c,
+            Config {
+                overlay_mib: 64,
+                sandbox_mem_mib: Some(200),
+                pids_max: 100
+            }
+        );
+        assert!(w.is_empty());
+        // The last occurrence wins, as for the kernel's own parameters.
+        assert_eq!(parse("kiln.pids_max=9 kiln.pids_max=10").0.pids_max, 10);
+    }
+
+    #[test]
+    fn hostile_values_fall_back_with_a_warning() {
+        for bad in [
+            "kiln.overlay_mib=",
+            "kiln.overlay_mib=0",
+            "kiln.overlay_mib=-1",
+            "kiln.overlay_mib=1e3",
+            "kiln.overlay_mib=0x10",
+            "kiln.overlay_mib=99999999999999999999999",
+            "kiln.overlay_mib=18446744073709551615",
+            "kiln.pids_max=1",
+            "kiln.pids_max=ünï",
+            "kiln.sandbox_mem_mib=1",
+            "kiln.sandbox_mem_mib= 5",
+        ] {
+            let (c, w) = parse(bad);
+            assert_eq!(c, Config::default(), "{bad}");
+            assert_eq!(w.len(), 1, "{bad}: {w:?}");
+        }
+        let long = format!("kiln.pids_max={}", "9".repeat(100_000));
+        let (c, w) = parse(&long);
+        assert_eq!(c, Config::default());
+        assert_eq!(w.len(), 1);
+        assert!(w[0].len() < 200, "warning is bounded: {}", w[0].len());
+    }
+
+    #[test]
+    fn cut_respects_char_boundaries() {
+        assert_eq!(cut("ééé", 3), "é");
+        assert_eq!(cut("abc", 10), "abc");
+    }
+}
