@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use crate::artifacts::{self, NotFound};
 
 /// The template `kiln run` uses unless told otherwise.
-pub const DEFAULT_TEMPLATE: &str = "minimal";
+pub const DEFAULT_TEMPLATE: &str = "python-node";
 
 /// A resolved template: everything needed to boot a sandbox.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -13,6 +13,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
+use kiln_agent::client::files::{self, Downloaded, FilesError, Written};
 use kiln_agent::client::{self, ClientError};
 use kiln_agent::protocol::{ExecRequest, ExitStatus as GuestExit, Pong, AGENT_VSOCK_PORT};
 use kiln_vmm::vm::hybrid_vsock::{self, VsockConnectError};
@@ -76,6 +77,17 @@ pub enum VmProcessError {
     /// The agent protocol failed.
     #[error("guest agent: {0}")]
     Agent(#[from] ClientError),
+    /// A file operation failed.
+    #[error("{op} {path}: {source}")]
+    Files {
+        /// Operation.
+        op: &'static str,
+        /// Guest path.
+        path: String,
+        /// Underlying error (boxed: it is large and rare).
+        #[source]
+        source: Box<FilesError>,
+    },
     /// Waiting for or killing the VMM failed.
     #[error("managing the VMM process: {0}")]
     Process(#[source] std::io::Error),
@@ -294,6 +306,36 @@ impl VmProcess {
             on_stdout,
             on_stderr,
         )?)
+    }
+
+    /// Streams `source` into the guest file `path` (created with `mode`,
+    /// parents made, replaced atomically); returns its size and SHA-256.
+    pub fn upload<R: Read>(
+        &self,
+        path: &str,
+        mode: Option<u32>,
+        source: R,
+    ) -> Result<Written, VmProcessError> {
+        let mut stream = self.connect()?;
+        files::upload(&mut stream, path, mode, source).map_err(|source| VmProcessError::Files {
+            op: "upload to",
+            path: path.to_string(),
+            source: Box::new(source),
+        })
+    }
+
+    /// Streams the guest file `path` into `sink`, checking its SHA-256.
+    pub fn download<W: std::io::Write>(
+        &self,
+        path: &str,
+        sink: W,
+    ) -> Result<Downloaded, VmProcessError> {
+        let mut stream = self.connect()?;
+        files::download(&mut stream, path, sink).map_err(|source| VmProcessError::Files {
+            op: "download of",
+            path: path.to_string(),
+            source: Box::new(source),
+        })
     }
 
     /// Asks the guest to power off and waits up to `timeout` for the VMM to

@@ -66,6 +66,20 @@ pub mod vm {
         }
     }
 
+    /// The `python-node` template: the default spec plus the runtime image as
+    /// /dev/vda and 512 MiB.
+    pub fn python_node_spec() -> VmSpec {
+        let mut s = spec();
+        s.drives = vec![artifact("guest/python-node.erofs")];
+        s.mem_mib = 512;
+        s
+    }
+
+    /// Boots the `python-node` template.
+    pub fn boot_python_node() -> VmProcess {
+        boot_spec(&python_node_spec())
+    }
+
     /// Boots a VM from `spec` and waits for its agent.
     pub fn boot_spec(spec: &VmSpec) -> VmProcess {
         require_kvm();
@@ -101,6 +115,7 @@ pub mod vm {
                 cwd: None,
                 stdin: stdin.is_some(),
                 timeout_ms: Some(60_000),
+                ..Default::default()
             },
             stdin.unwrap_or_default(),
         )

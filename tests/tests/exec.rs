@@ -33,6 +33,7 @@ fn ping_exec_exit_codes_stdin_env_cwd() {
             cwd: Some("/tmp".into()),
             stdin: false,
             timeout_ms: Some(60_000),
+            ..Default::default()
         },
         &[],
     );
@@ -44,6 +45,7 @@ fn ping_exec_exit_codes_stdin_env_cwd() {
         cwd: None,
         stdin: false,
         timeout_ms: Some(60_000),
+        ..Default::default()
     };
     let err = vm
         .exec(&missing, std::io::empty(), |_| {}, |_| {})
@@ -95,6 +97,7 @@ fn timeout_kills_the_whole_process_tree() {
             cwd: None,
             stdin: false,
             timeout_ms: Some(2_000),
+            ..Default::default()
         },
         &[],
     );

@@ -3,7 +3,7 @@
 //! exit code, tear the VM down.
 
 use std::io::{IsTerminal, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
@@ -20,9 +20,8 @@ const EXIT_TIMED_OUT: u8 = 124;
 const BOOT_TIMEOUT: Duration = Duration::from_secs(120);
 /// How long a clean guest poweroff may take before the VMM is killed.
 const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
-/// Largest program passed inline on the interpreter's command line (Linux
-/// caps one argument at 128 KiB).
-const MAX_INLINE_PROGRAM: u64 = 96 * 1024;
+/// Where a program file given to `--lang` is copied in the guest.
+const PROGRAM_DIR: &str = "/tmp/.kiln";
 
 /// Arguments of `kiln run`.
 #[derive(clap::Args)]
@@ -74,42 +73,97 @@ pub struct RunArgs {
     /// Extra guest kernel arguments, e.g. `loglevel=7` with --serial-log.
     #[arg(long)]
     kernel_args: Option<String>,
+    /// Copy a host file into the sandbox before running: LOCAL:GUEST_PATH
+    /// (repeatable; relative guest paths are under /home/sandbox).
+    #[arg(long = "copy-in", value_parser = parse_copy)]
+    copy_in: Vec<(String, String)>,
+    /// Copy a sandbox file out after running: GUEST_PATH:LOCAL (repeatable).
+    #[arg(long = "copy-out", value_parser = parse_copy)]
+    copy_out: Vec<(String, String)>,
+    /// Cap on the bytes of stdout+stderr returned (default 16 MiB); the
+    /// rest is dropped and reported as truncated.
+    #[arg(long)]
+    max_output: Option<u64>,
     /// The command and its arguments; with --lang, the program file (or `-`)
     /// unless -c is given, then the program's arguments.
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
     command: Vec<String>,
 }
 
-/// The argv to run, and whether the host's stdin carries the program.
-fn program_argv(args: &RunArgs) -> Result<(Vec<String>, bool)> {
+fn parse_copy(s: &str) -> Result<(String, String), String> {
+    match s.split_once(':') {
+        Some((a, b)) if !a.is_empty() && !b.is_empty() => Ok((a.to_string(), b.to_string())),
+        _ => Err(format!("expected FROM:TO, got {s:?}")),
+    }
+}
+
+/// What to run: the argv, whether the host's stdin carries the program, and
+/// a host program file to copy in first (host path, guest path).
+struct Plan {
+    argv: Vec<String>,
+    program_on_stdin: bool,
+    program_file: Option<(PathBuf, String)>,
+}
+
+fn plan(args: &RunArgs) -> Result<Plan> {
     let Some(lang) = args.lang else {
         anyhow::ensure!(
             !args.command.is_empty(),
             "nothing to run: give a command after --, or --lang"
         );
-        return Ok((args.command.clone(), false));
+        return Ok(Plan {
+            argv: args.command.clone(),
+            program_on_stdin: false,
+            program_file: None,
+        });
     };
-    let (source, rest) = match (&args.code, args.command.split_first()) {
-        (Some(code), _) => (Source::Code(code.clone()), &args.command[..]),
-        (None, Some((first, rest))) if first == "-" => (Source::Stdin, rest),
+    let (source, rest, program_file) = match (&args.code, args.command.split_first()) {
+        (Some(code), _) => (Source::Code(code.clone()), &args.command[..], None),
+        (None, Some((first, rest))) if first == "-" => (Source::Stdin, rest, None),
         (None, Some((file, rest))) => {
-            let len = std::fs::metadata(file)
-                .with_context(|| format!("reading program {file}"))?
-                .len();
-            anyhow::ensure!(
-                len <= MAX_INLINE_PROGRAM,
-                "program {file} is {len} bytes; programs over {MAX_INLINE_PROGRAM} bytes must be copied into the sandbox first"
-            );
-            let code =
-                std::fs::read_to_string(file).with_context(|| format!("reading program {file}"))?;
-            (Source::Code(code), rest)
+            let host = PathBuf::from(file);
+            anyhow::ensure!(host.is_file(), "program {file} is not a readable file");
+            let name = host
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "main".into());
+            let guest = format!("{PROGRAM_DIR}/{name}");
+            (Source::GuestFile(guest.clone()), rest, Some((host, guest)))
         }
         (None, None) => {
             anyhow::bail!("--lang {lang} needs -c CODE, a program file, or - for stdin")
         }
     };
-    let from_stdin = source == Source::Stdin;
-    Ok((lang.argv(&source, rest), from_stdin))
+    Ok(Plan {
+        argv: lang.argv(&source, rest),
+        program_on_stdin: source == Source::Stdin,
+        program_file,
+    })
+}
+
+fn copy_in(vm: &VmProcess, local: &Path, guest: &str) -> Result<()> {
+    let file =
+        std::fs::File::open(local).with_context(|| format!("opening {}", local.display()))?;
+    let mode = std::os::unix::fs::PermissionsExt::mode(&file.metadata()?.permissions()) & 0o777;
+    vm.upload(guest, Some(mode), std::io::BufReader::new(file))?;
+    Ok(())
+}
+
+fn copy_out(vm: &VmProcess, guest: &str, local: &Path) -> Result<()> {
+    // Download next to the target, then rename: a failed copy leaves no
+    // half file behind.
+    let tmp = local.with_extension("kiln-partial");
+    let file =
+        std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    match vm.download(guest, std::io::BufWriter::new(file)) {
+        Ok(_) => {
+            std::fs::rename(&tmp, local).with_context(|| format!("writing {}", local.display()))
+        }
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            Err(e.into())
+        }
+    }
 }
 
 fn parse_env(s: &str) -> Result<(String, String), String> {
@@ -128,7 +182,7 @@ fn ms(d: Duration) -> String {
 
 /// Runs the command; returns the process exit code.
 pub fn run(args: RunArgs) -> Result<ExitCode> {
-    let (argv, program_on_stdin) = program_argv(&args)?;
+    let plan = plan(&args)?;
     kiln::kvm_check::ensure_hardware_kvm()?;
     let t = template::resolve(
         &args.template,
@@ -152,9 +206,16 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
     vm.wait_ready(BOOT_TIMEOUT).context("booting the sandbox")?;
     let ready = vm.spawned_at().elapsed();
 
-    let with_stdin = program_on_stdin || !std::io::stdin().is_terminal();
+    if let Some((host, guest)) = &plan.program_file {
+        copy_in(&vm, host, guest)?;
+    }
+    for (local, guest) in &args.copy_in {
+        copy_in(&vm, Path::new(local), guest)?;
+    }
+    let with_stdin = plan.program_on_stdin || !std::io::stdin().is_terminal();
     let request = ExecRequest {
-        argv,
+        argv: plan.argv,
+        max_output_bytes: args.max_output,
         env: args.env,
         cwd: args.cwd,
         stdin: with_stdin,
@@ -180,6 +241,9 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
     );
     let exec_time = exec_start.elapsed();
     let status = status.context("running the command in the sandbox")?;
+    for (guest, local) in &args.copy_out {
+        copy_out(&vm, guest, Path::new(local))?;
+    }
     let vmm_exit = vm.shutdown(SHUTDOWN_TIMEOUT)?;
     if vmm_exit.status.is_none() {
         eprintln!("kiln: the VM did not power off within {SHUTDOWN_TIMEOUT:?}; killed it");
@@ -196,6 +260,12 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
             ms(exec_time),
             status.duration_ms
         );
+    }
+    if status.truncated {
+        eprintln!("kiln: output truncated at the output cap (--max-output)");
+    }
+    if status.oom_killed {
+        eprintln!("kiln: the command ran out of memory and was killed (out-of-memory)");
     }
     if status.timed_out {
         eprintln!(
