@@ -9,6 +9,7 @@ use kiln::vm_process::{VmProcess, VmSpec};
 use kiln_agent::protocol::ExecRequest;
 
 use crate::stats::{summarize, Summary};
+use crate::transfer::{self, TransferResult};
 
 /// What to boot for the exec benchmark.
 pub struct ExecBench {
@@ -24,6 +25,18 @@ pub struct ExecBench {
     pub mem_mib: u32,
     /// Runs per case.
     pub n: usize,
+    /// File sizes (MiB) to upload and download after the exec cases.
+    pub transfer_mib: Vec<u64>,
+    /// Rounds per transfer size.
+    pub transfer_n: usize,
+}
+
+/// Everything one exec benchmark run measured.
+pub struct ExecReport {
+    /// Exec latency per case.
+    pub cases: Vec<CaseResult>,
+    /// Upload and download times per file size.
+    pub transfers: Vec<TransferResult>,
 }
 
 /// One measured case.
@@ -54,8 +67,9 @@ fn run_once(vm: &VmProcess, argv: &[&str]) -> Result<Duration> {
 }
 
 impl ExecBench {
-    /// Boots one VM and measures every case `n` times (after one warm-up).
-    pub fn run(&self) -> Result<Vec<CaseResult>> {
+    /// Boots one VM and measures every case `n` times (after one warm-up),
+    /// then the file transfers.
+    pub fn run(&self) -> Result<ExecReport> {
         let spec = VmSpec {
             vmm: self.vmm.clone(),
             kernel: self.kernel.clone(),
@@ -91,7 +105,14 @@ impl ExecBench {
                 });
             }
         }
+        let mut transfers = Vec::new();
+        for &mib in &self.transfer_mib {
+            transfers.extend(transfer::measure(&vm, mib << 20, self.transfer_n)?);
+        }
         vm.shutdown(Duration::from_secs(30))?;
-        Ok(results)
+        Ok(ExecReport {
+            cases: results,
+            transfers,
+        })
     }
 }

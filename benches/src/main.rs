@@ -7,6 +7,7 @@ mod exec;
 mod peer;
 mod report;
 mod stats;
+mod transfer;
 mod vsock;
 
 use std::path::PathBuf;
@@ -52,6 +53,12 @@ struct ExecArgs {
     /// Memory per VM, MiB.
     #[arg(long, default_value_t = 512)]
     mem_mib: u32,
+    /// File sizes in MiB to upload and download (comma-separated; empty to skip).
+    #[arg(long, value_delimiter = ',', default_value = "10,200")]
+    transfer_mib: Vec<u64>,
+    /// Rounds per transfer size.
+    #[arg(long, default_value_t = 5)]
+    transfer_n: usize,
 }
 
 fn exec(args: ExecArgs) -> Result<()> {
@@ -62,13 +69,22 @@ fn exec(args: ExecArgs) -> Result<()> {
         image: args.image,
         mem_mib: args.mem_mib,
         n: args.n,
+        transfer_mib: args.transfer_mib,
+        transfer_n: args.transfer_n,
     }
     .run()?;
     println!(
         "exec latency on one booted VM, {} runs per case after a warm-up",
         args.n
     );
-    print!("{}", report::exec_table(&results));
+    print!("{}", report::exec_table(&results.cases));
+    if !results.transfers.is_empty() {
+        println!(
+            "\nfile transfers on the same VM, {} rounds per size after a warm-up",
+            args.transfer_n
+        );
+        print!("{}", report::transfer_table(&results.transfers));
+    }
     Ok(())
 }
 

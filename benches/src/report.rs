@@ -78,3 +78,36 @@ pub fn exec_table(results: &[crate::exec::CaseResult]) -> String {
     }
     out
 }
+
+/// MiB/s for `bytes` moved in `took`.
+fn mib_per_s(bytes: u64, took: std::time::Duration) -> String {
+    format!(
+        "{:.1}",
+        bytes as f64 / (1u64 << 20) as f64 / took.as_secs_f64()
+    )
+}
+
+/// File transfer table: one row per direction and size, time and throughput.
+pub fn transfer_table(results: &[crate::transfer::TransferResult]) -> String {
+    let mut out = String::new();
+    out.push_str(
+        "| transfer | size MiB | n | p50 ms | p95 ms | max ms | p50 MiB/s | p95 MiB/s |\n",
+    );
+    out.push_str("|---|---|---|---|---|---|---|---|\n");
+    for r in results {
+        let s = &r.summary;
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} | {} | {} | {} | {} |",
+            r.direction,
+            r.size >> 20,
+            s.n,
+            ms(s.p50),
+            ms(s.p95),
+            ms(s.max),
+            mib_per_s(r.size, s.p50),
+            mib_per_s(r.size, s.p95)
+        );
+    }
+    out
+}

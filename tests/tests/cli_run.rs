@@ -69,3 +69,77 @@ fn run_with_missing_kernel_fails_clearly() {
     );
     assert_eq!(stderr.lines().count(), 1, "expected one line: {stderr}");
 }
+
+#[test]
+fn run_lang_python_code_string() {
+    let out = kiln_run(
+        &[
+            "--lang",
+            "python",
+            "-c",
+            "import sys; print(sum(range(5)), sys.argv[1:])",
+            "a b",
+        ],
+        b"",
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "stderr: {stderr}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "10 ['a b']\n");
+}
+
+#[test]
+fn run_lang_node_program_from_stdin_and_bash_exit_code() {
+    let out = kiln_run(
+        &["--lang", "node", "-"],
+        b"console.log([1,2,3].join('-'))\n",
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "stderr: {stderr}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "1-2-3\n");
+
+    let out = kiln_run(&["--lang", "bash", "-c", "echo $((6*7)); exit 3"], b"");
+    assert_eq!(out.status.code(), Some(3));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "42\n");
+}
+
+#[test]
+fn run_program_file_with_copy_in_and_copy_out() {
+    let dir = std::env::temp_dir().join(format!("kiln-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let program = dir.join("prog.py");
+    let input = dir.join("input.bin");
+    let output = dir.join("out.txt");
+    std::fs::write(
+        &program,
+        "import hashlib\ndata = open('in/input.bin', 'rb').read()\nopen('result.txt', 'w').write(hashlib.sha256(data).hexdigest())\nprint(len(data))\n",
+    )
+    .expect("write program");
+    let payload: Vec<u8> = (0..300_000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    std::fs::write(&input, &payload).expect("write input");
+    let copy_in = format!("{}:in/input.bin", input.display());
+    let copy_out = format!("result.txt:{}", output.display());
+    let out = kiln_run(
+        &[
+            "--lang",
+            "python",
+            "--copy-in",
+            &copy_in,
+            "--copy-out",
+            &copy_out,
+            program.to_str().expect("utf-8 path"),
+        ],
+        b"",
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "stderr: {stderr}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "300000\n");
+    use sha2::{Digest, Sha256};
+    let want: String = Sha256::digest(&payload)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    assert_eq!(std::fs::read_to_string(&output).expect("copied out"), want);
+    std::fs::remove_dir_all(&dir).expect("clean up");
+}

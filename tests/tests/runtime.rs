@@ -3,7 +3,8 @@
 
 use std::time::Duration;
 
-use kiln_e2e::vm::{boot_python_node, exec, sh, Output};
+use kiln_agent::protocol::ExecRequest;
+use kiln_e2e::vm::{boot_python_node, exec, exec_req, sh, Output};
 
 const SHUTDOWN: Duration = Duration::from_secs(30);
 
@@ -63,6 +64,30 @@ fn python_programs() {
         err.contains("Traceback (most recent call last)") && err.contains("ValueError: boom"),
         "stderr: {err}"
     );
+    // A file written through the files API is there for the program.
+    let data = "line one\nzwei ✓\n";
+    let written = vm
+        .upload("data/in put.txt", Some(0o644), data.as_bytes())
+        .expect("upload");
+    assert_eq!(written.size, data.len() as u64);
+    assert_eq!(
+        ok(&py(
+            "print(open('data/in put.txt', encoding='utf-8').read().splitlines())"
+        )),
+        "['line one', 'zwei ✓']\n"
+    );
+    // An endless loop hits its timeout; the next program runs as usual.
+    let spin = exec_req(
+        &vm,
+        ExecRequest {
+            argv: vec!["python3".into(), "-c".into(), "while True: pass".into()],
+            timeout_ms: Some(3_000),
+            ..Default::default()
+        },
+        b"",
+    );
+    assert!(spin.status.timed_out, "status {:?}", spin.status);
+    assert_eq!(ok(&py("print('after')")), "after\n");
     // Runs as the unprivileged sandbox user in its home directory.
     assert_eq!(
         ok(&py("import os; print(os.getuid(), os.getcwd())")),
