@@ -50,11 +50,13 @@ fn programs_run_as_the_sandbox_user_in_their_own_cgroup() {
 fn fork_bomb_times_out_and_the_agent_serves_on() {
     let vm = boot();
     // busybox ash rejects `:` as a function name; same bomb, named `b`.
-    let out = exec_req(&vm, script("b(){ b|b& }; b; sleep 60", 5_000), &[]);
+    // The bomb gets 15 s: in the slow testbed it can take several seconds
+    // to reach the pids limit.
+    let out = exec_req(&vm, script("b(){ b|b& }; b; sleep 60", 15_000), &[]);
     assert!(out.status.timed_out, "{:?}", out.status);
     let out = sh(
         &vm,
-        "echo alive; ls /sys/fs/cgroup/sandbox | grep -c exec-; grep max /sys/fs/cgroup/sandbox/pids.events",
+        "echo alive; ls /sys/fs/cgroup/sandbox | grep -c exec-; grep max /sys/fs/cgroup/sandbox/pids.events; cd /sys/fs/cgroup/sandbox; for f in pids.peak memory.events memory.max memory.peak; do echo \"$f: $(cat $f 2>/dev/null | tr '\\n' ' ')\"; done",
     );
     let text = String::from_utf8_lossy(&out.stdout);
     let lines: Vec<&str> = text.lines().collect();
