@@ -242,6 +242,11 @@ impl VmProcess {
         &self.uds
     }
 
+    /// The VMM's last log line (its warnings say why a connection broke).
+    pub fn last_log_line(&self) -> String {
+        last_line(&self.log)
+    }
+
     fn check_alive(&mut self) -> Result<(), VmProcessError> {
         let Some(child) = self.child.as_mut() else {
             return Ok(());

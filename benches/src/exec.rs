@@ -82,6 +82,7 @@ impl ExecBench {
         };
         let mut vm = VmProcess::spawn(&spec)?;
         vm.wait_ready(Duration::from_secs(120)).context("booting")?;
+        eprintln!("booted in {:?}", vm.spawned_at().elapsed());
         let mut cases: Vec<(&str, Vec<&str>)> =
             vec![("sh -c 'echo 1'", vec!["sh", "-c", "echo 1"])];
         if self.image.is_some() {
@@ -99,6 +100,7 @@ impl ExecBench {
                 samples.push(run_once(&vm, &argv).with_context(|| format!("{name} run {i}"))?);
             }
             if let Some(summary) = summarize(&samples) {
+                eprintln!("{name}: p50 {:?}, p95 {:?}", summary.p50, summary.p95);
                 results.push(CaseResult {
                     name: name.to_string(),
                     summary,

@@ -104,6 +104,7 @@ pub fn measure(vm: &VmProcess, size: u64, n: usize) -> Result<Vec<TransferResult
         let down = download(vm, size)
             .with_context(|| format!("download of {size} bytes, round {round}"))?;
         remove(vm)?;
+        eprintln!("{size} bytes round {round}: upload {up:?}, download {down:?}");
         if round > 0 {
             ups.push(up);
             downs.push(down);

@@ -240,7 +240,12 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
         },
     );
     let exec_time = exec_start.elapsed();
-    let status = status.context("running the command in the sandbox")?;
+    let status = status.with_context(|| {
+        format!(
+            "running the command in the sandbox (kiln-vmm's last log line: {})",
+            vm.last_log_line()
+        )
+    })?;
     for (guest, local) in &args.copy_out {
         copy_out(&vm, guest, Path::new(local))?;
     }

@@ -204,6 +204,17 @@ impl Connection {
         self.state = State::Closing;
     }
 
+    /// Resets for an abnormal reason, and says which: these end a transfer
+    /// midway, so the VMM log must tell why.
+    fn abort(&mut self, why: &str) {
+        crate::devices::virtio::warn_limited!(
+            "vsock: resetting connection (guest port {}, host port {}): {why}",
+            self.peer_port,
+            self.local_port
+        );
+        self.reset();
+    }
+
     /// A packet from the guest for this connection (already validated and
     /// matched by CIDs and ports).
     pub fn on_packet(&mut self, hdr: &VsockHeader, payload: &[u8], now: Instant) {
@@ -239,7 +250,7 @@ impl Connection {
             (State::Established, op::SHUTDOWN) => self.recv_shutdown(hdr.flags, now),
             // REQUEST on a live connection, RESPONSE out of turn, data
             // before RESPONSE, anything else: protocol violation.
-            _ => self.reset(),
+            (state, op) => self.abort(&format!("guest sent op {op} in state {state:?}")),
         }
         if self.peer_credit() > 0 {
             self.credit_request_sent = false;
@@ -248,12 +259,16 @@ impl Connection {
 
     fn recv_data(&mut self, payload: &[u8]) {
         if self.peer_shut & SHUTDOWN_SEND != 0 || self.host_hup {
-            self.reset();
+            self.abort(&format!("guest data after shutdown or host hang-up"));
             return;
         }
         if self.tx_buf.len() + payload.len() > self.buf_alloc as usize {
-            // The guest ignored our credit.
-            self.reset();
+            self.abort(&format!(
+                "guest ignored its credit: {} buffered + {} sent > {}",
+                self.tx_buf.len(),
+                payload.len(),
+                self.buf_alloc
+            ));
             return;
         }
         let mut rest = payload;
@@ -263,8 +278,8 @@ impl Connection {
                     self.fwd_cnt += Wrapping(n as u32);
                     rest = &rest[n..];
                 }
-                Err(_) => {
-                    self.reset();
+                Err(e) => {
+                    self.abort(&format!("host stream write failed: {e}"));
                     return;
                 }
             }
@@ -335,12 +350,12 @@ impl Connection {
             }
             State::Established => {
                 if set.contains(EventSet::ERROR) {
-                    self.reset();
+                    self.abort(&format!("host stream error"));
                     return;
                 }
                 if set.contains(EventSet::OUT) {
                     if self.flush().is_err() {
-                        self.reset();
+                        self.abort(&format!("host stream write failed"));
                         return;
                     }
                     if self.tx_buf.is_empty() && self.peer_shut & SHUTDOWN_SEND != 0 {
@@ -373,7 +388,7 @@ impl Connection {
         if self.deadline.is_some_and(|d| now >= d) {
             self.deadline = None;
             if matches!(self.state, State::LocalInit | State::Established) {
-                self.reset();
+                self.abort(&format!("timed out in state {:?}", self.state));
             }
         }
     }
@@ -489,8 +504,8 @@ impl Connection {
                         self.rw_pending = false;
                     }
                     Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                    Err(_) => {
-                        self.reset();
+                    Err(e) => {
+                        self.abort(&format!("host stream read failed: {e}"));
                         return self.next_rx_inner(buf, now);
                     }
                 }
