@@ -259,7 +259,7 @@ impl Connection {
 
     fn recv_data(&mut self, payload: &[u8]) {
         if self.peer_shut & SHUTDOWN_SEND != 0 || self.host_hup {
-            self.abort(&format!("guest data after shutdown or host hang-up"));
+            self.abort("guest data after shutdown or host hang-up");
             return;
         }
         if self.tx_buf.len() + payload.len() > self.buf_alloc as usize {
@@ -350,12 +350,12 @@ impl Connection {
             }
             State::Established => {
                 if set.contains(EventSet::ERROR) {
-                    self.abort(&format!("host stream error"));
+                    self.abort("host stream error");
                     return;
                 }
                 if set.contains(EventSet::OUT) {
                     if self.flush().is_err() {
-                        self.abort(&format!("host stream write failed"));
+                        self.abort("host stream write failed");
                         return;
                     }
                     if self.tx_buf.is_empty() && self.peer_shut & SHUTDOWN_SEND != 0 {
