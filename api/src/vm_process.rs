@@ -77,6 +77,10 @@ pub enum VmProcessError {
     /// The agent protocol failed.
     #[error("guest agent: {0}")]
     Agent(#[from] ClientError),
+    /// The guest stopped answering mid-request: no frame arrived (or none
+    /// could be sent) for this long.
+    #[error("the guest stopped answering: no progress for {0:?}")]
+    Unresponsive(Duration),
     /// A file operation failed.
     #[error("{op} {path}: {source}")]
     Files {
@@ -146,6 +150,31 @@ pub struct VmProcess {
     spawned_at: Instant,
 }
 
+/// How long a file transfer may make no progress before the guest counts as
+/// unresponsive.
+pub const TRANSFER_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long past an exec's own timeout the host waits for its result: the
+/// agent kills the program at the timeout and answers at once, so silence
+/// beyond this means the guest itself is stuck.
+pub const EXEC_TIMEOUT_GRACE: Duration = Duration::from_secs(30);
+
+/// Whether `e` (or any error it wraps) is a socket timeout.
+fn is_socket_timeout(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            if matches!(
+                io.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ) {
+                return true;
+            }
+        }
+        cur = err.source();
+    }
+    false
+}
+
 fn last_line(path: &Path) -> String {
     let mut text = String::new();
     if let Ok(mut f) = File::open(path) {
@@ -157,6 +186,18 @@ fn last_line(path: &Path) -> String {
         .find(|l| !l.trim().is_empty())
         .unwrap_or("(no output)")
         .to_string()
+}
+
+/// A failed files call, or an unresponsive guest when the socket timed out.
+fn files_error(op: &'static str, path: &str, source: FilesError) -> VmProcessError {
+    if is_socket_timeout(&source) {
+        return VmProcessError::Unresponsive(TRANSFER_IDLE_TIMEOUT);
+    }
+    VmProcessError::Files {
+        op,
+        path: path.to_string(),
+        source: Box::new(source),
+    }
 }
 
 impl VmProcess {
@@ -284,6 +325,17 @@ impl VmProcess {
         }
     }
 
+    /// A connection for a file transfer: a transfer that makes no progress
+    /// for [`TRANSFER_IDLE_TIMEOUT`] fails instead of hanging.
+    fn transfer_stream(&self) -> Result<UnixStream, VmProcessError> {
+        let stream = self.connect()?;
+        stream
+            .set_read_timeout(Some(TRANSFER_IDLE_TIMEOUT))
+            .and_then(|()| stream.set_write_timeout(Some(TRANSFER_IDLE_TIMEOUT)))
+            .map_err(VmProcessError::Process)?;
+        Ok(stream)
+    }
+
     /// Opens a connection to the guest agent.
     pub fn connect(&self) -> Result<UnixStream, VmProcessError> {
         Ok(hybrid_vsock::connect(
@@ -302,15 +354,22 @@ impl VmProcess {
         on_stderr: impl FnMut(&[u8]),
     ) -> Result<GuestExit, VmProcessError> {
         let mut reader = self.connect()?;
+        // Only a bounded exec can bound the wait: a program without a
+        // timeout may stay silent for as long as it likes.
+        let guard = request
+            .timeout_ms
+            .map(|ms| Duration::from_millis(ms) + EXEC_TIMEOUT_GRACE);
+        reader
+            .set_read_timeout(guard)
+            .and_then(|()| reader.set_write_timeout(guard))
+            .map_err(VmProcessError::Process)?;
         let writer = reader.try_clone().map_err(VmProcessError::Process)?;
-        Ok(client::exec_duplex(
-            &mut reader,
-            writer,
-            request,
-            stdin,
-            on_stdout,
-            on_stderr,
-        )?)
+        client::exec_duplex(&mut reader, writer, request, stdin, on_stdout, on_stderr).map_err(
+            |e| match guard {
+                Some(d) if is_socket_timeout(&e) => VmProcessError::Unresponsive(d),
+                _ => VmProcessError::Agent(e),
+            },
+        )
     }
 
     /// Streams `source` into the guest file `path` (created with `mode`,
@@ -321,12 +380,9 @@ impl VmProcess {
         mode: Option<u32>,
         source: R,
     ) -> Result<Written, VmProcessError> {
-        let mut stream = self.connect()?;
-        files::upload(&mut stream, path, mode, source).map_err(|source| VmProcessError::Files {
-            op: "upload to",
-            path: path.to_string(),
-            source: Box::new(source),
-        })
+        let mut stream = self.transfer_stream()?;
+        files::upload(&mut stream, path, mode, source)
+            .map_err(|source| files_error("upload to", path, source))
     }
 
     /// Streams the guest file `path` into `sink`, checking its SHA-256.
@@ -335,12 +391,9 @@ impl VmProcess {
         path: &str,
         sink: W,
     ) -> Result<Downloaded, VmProcessError> {
-        let mut stream = self.connect()?;
-        files::download(&mut stream, path, sink).map_err(|source| VmProcessError::Files {
-            op: "download of",
-            path: path.to_string(),
-            source: Box::new(source),
-        })
+        let mut stream = self.transfer_stream()?;
+        files::download(&mut stream, path, sink)
+            .map_err(|source| files_error("download of", path, source))
     }
 
     /// Asks the guest to power off and waits up to `timeout` for the VMM to
@@ -386,5 +439,26 @@ impl Drop for VmProcess {
             let _ = child.wait();
         }
         let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[cfg(test)]
+mod timeout_tests {
+    use std::io;
+
+    use kiln_agent::client::ClientError;
+    use kiln_agent::protocol::{FrameError, ProtocolError};
+
+    use super::is_socket_timeout;
+
+    #[test]
+    fn socket_timeouts_are_found_through_the_error_chain() {
+        let wrapped = |kind| {
+            ClientError::Protocol(ProtocolError::Frame(FrameError::Io(io::Error::from(kind))))
+        };
+        assert!(is_socket_timeout(&wrapped(io::ErrorKind::WouldBlock)));
+        assert!(is_socket_timeout(&wrapped(io::ErrorKind::TimedOut)));
+        assert!(!is_socket_timeout(&wrapped(io::ErrorKind::BrokenPipe)));
+        assert!(!is_socket_timeout(&ClientError::Closed));
     }
 }
