@@ -7,6 +7,7 @@ mod exec;
 mod peer;
 mod report;
 mod stats;
+mod stream;
 mod transfer;
 mod vsock;
 
@@ -31,6 +32,98 @@ enum Command {
     Boot(BootArgs),
     /// Exec latency of tiny Python / Node / shell programs on a booted VM.
     Exec(ExecArgs),
+    /// Long vsock streams (exec stdout), kiln and QEMU microvm alternating.
+    Stream(StreamArgs),
+}
+
+#[derive(clap::Args)]
+struct StreamArgs {
+    /// Streams per VMM.
+    #[arg(long, default_value_t = 3)]
+    n: usize,
+    /// MiB per stream.
+    #[arg(long, default_value_t = 1024)]
+    mib: u64,
+    /// Guest kernel (vmlinux).
+    #[arg(long)]
+    kernel: PathBuf,
+    /// Guest initramfs.
+    #[arg(long)]
+    initramfs: PathBuf,
+    /// Memory per VM, MiB.
+    #[arg(long, default_value_t = 256)]
+    mem_mib: u32,
+    /// kiln-vmm binary (omit to skip kiln).
+    #[arg(long)]
+    kiln_vmm: Option<PathBuf>,
+    /// QEMU binary for the microvm peer (omit to skip the peer).
+    #[arg(long)]
+    qemu: Option<PathBuf>,
+    /// QEMU firmware directory (-L), holding qboot.rom.
+    #[arg(long)]
+    qemu_data: Option<PathBuf>,
+    /// Per-stream timeout, seconds.
+    #[arg(long, default_value_t = 600)]
+    timeout: u64,
+}
+
+fn stream(args: StreamArgs) -> Result<()> {
+    let bytes = args.mib << 20;
+    let timeout = std::time::Duration::from_secs(args.timeout);
+    let spec = args.kiln_vmm.as_ref().map(|vmm| kiln::vm_process::VmSpec {
+        vmm: vmm.clone(),
+        kernel: args.kernel.clone(),
+        initramfs: args.initramfs.clone(),
+        vcpus: 1,
+        mem_mib: args.mem_mib,
+        serial_log: None,
+        kernel_args: None,
+        drives: Vec::new(),
+    });
+    let qemu = args.qemu.as_ref().map(|qemu| QemuMicrovm {
+        qemu: qemu.clone(),
+        data_dir: args.qemu_data.clone(),
+        kernel: args.kernel.clone(),
+        initramfs: args.initramfs.clone(),
+        vcpus: 1,
+        mem_mib: args.mem_mib,
+    });
+    let mut results = Vec::new();
+    for i in 0..args.n {
+        if let Some(spec) = &spec {
+            results.push(stream::kiln(spec, bytes, timeout)?);
+        }
+        if let Some(q) = &qemu {
+            results.push(stream::qemu(q, 2000 + i as u32, bytes, timeout)?);
+        }
+        for r in &results[results.len().saturating_sub(2)..] {
+            eprintln!(
+                "#{i} {}: {} of {} bytes in {:?}{}",
+                r.vmm,
+                r.got,
+                r.expected,
+                r.took,
+                r.error
+                    .as_deref()
+                    .map(|e| format!(", FAILED: {e}"))
+                    .unwrap_or_default()
+            );
+        }
+    }
+    println!("| vmm | MiB | received MiB | seconds | MiB/s | result |");
+    println!("|---|---|---|---|---|---|");
+    for r in &results {
+        println!(
+            "| {} | {} | {:.1} | {:.1} | {:.1} | {} |",
+            r.vmm,
+            r.expected >> 20,
+            r.got as f64 / 1048576.0,
+            r.took.as_secs_f64(),
+            r.got as f64 / 1048576.0 / r.took.as_secs_f64(),
+            r.error.as_deref().unwrap_or("ok")
+        );
+    }
+    Ok(())
 }
 
 #[derive(clap::Args)]
@@ -174,5 +267,6 @@ fn main() -> Result<()> {
     match Cli::parse().command {
         Command::Boot(args) => boot(args),
         Command::Exec(args) => exec(args),
+        Command::Stream(args) => stream(args),
     }
 }

@@ -70,6 +70,46 @@ impl QemuMicrovm {
     }
 }
 
+impl QemuMicrovm {
+    /// Boots one VM with guest CID `cid` and waits for its agent's pong;
+    /// the guard kills QEMU (by pid) when dropped.
+    pub fn boot_ready(&self, cid: u32) -> Result<ChildGuard, BootError> {
+        let what = "qemu microvm";
+        let child = self
+            .command(cid)
+            .stdout(Stdio::null())
+            .spawn()
+            .map_err(|source| BootError::Spawn { what, source })?;
+        let mut guard = ChildGuard::new(child);
+        let deadline = Instant::now() + BOOT_TIMEOUT;
+        loop {
+            if Instant::now() > deadline {
+                return Err(BootError::Guest {
+                    what,
+                    detail: format!("agent did not answer a ping within {BOOT_TIMEOUT:?}"),
+                });
+            }
+            if let Ok(Some(status)) = guard.child_mut().try_wait() {
+                return Err(BootError::Guest {
+                    what,
+                    detail: format!("qemu exited early: {status}"),
+                });
+            }
+            if let Ok(mut sock) = vsock::connect(
+                cid,
+                AGENT_VSOCK_PORT,
+                Duration::from_millis(200),
+                Duration::from_secs(10),
+            ) {
+                if client::ping(&mut sock).is_ok() {
+                    return Ok(guard);
+                }
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
 impl Peer for QemuMicrovm {
     fn name(&self) -> String {
         "qemu microvm".into()
