@@ -151,8 +151,9 @@ pub struct VmProcess {
 }
 
 /// How long a file transfer may make no progress before the guest counts as
-/// unresponsive.
-pub const TRANSFER_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// unresponsive (generous: the nested testbed has stalled single transfers
+/// for over a minute).
+pub const TRANSFER_IDLE_TIMEOUT: Duration = Duration::from_secs(180);
 /// How long past an exec's own timeout the host waits for its result: the
 /// agent kills the program at the timeout and answers at once, so silence
 /// beyond this means the guest itself is stuck.

@@ -150,7 +150,7 @@ struct ExecArgs {
     #[arg(long, value_delimiter = ',', default_value = "10,200")]
     transfer_mib: Vec<u64>,
     /// Rounds per transfer size.
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 5)]
     transfer_n: usize,
 }
 
