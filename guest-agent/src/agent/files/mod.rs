@@ -27,7 +27,7 @@ use thiserror::Error;
 use kiln_agent::protocol::{write_message, ErrorCode, Message, MessageKind, ProtocolError};
 
 use super::conn::Conn;
-use super::klog::chain;
+use super::klog::{chain, klog};
 use super::sandbox::{SANDBOX_HOME, SANDBOX_UID};
 pub use identity::Identity;
 use path::{PathError, ReqPath};
@@ -191,6 +191,9 @@ impl Ctx<'_> {
 /// ends with the operation's final frame or an `Error`.
 pub fn serve(conn: &mut Conn, request: Message, config: Option<&Config>) {
     if let Err(err) = run(conn, request, config) {
+        // On the console too: a transfer that dies midway leaves the host
+        // only a closed stream.
+        klog!("files: {}", chain(&err));
         let _ = write_message(conn, &Message::error(err.code(), chain(&err)));
     }
 }

@@ -10,6 +10,7 @@ use kiln_agent::protocol::files::FileDigest;
 use kiln_agent::protocol::{write_message, Message, MAX_CHUNK};
 
 use super::{sys, Ctx, FilesError};
+use crate::agent::klog::{chain, klog};
 
 /// Sends `path`; a write failure means the host left, which ends the
 /// request quietly.
@@ -45,7 +46,12 @@ pub fn run(ctx: &mut Ctx<'_>, path: &str) -> Result<(), FilesError> {
         let chunk = &buf[..n];
         hasher.update(chunk);
         size = size.saturating_add(n as u64);
-        if write_message(ctx.conn, &Message::FileChunk(chunk.to_vec())).is_err() {
+        if let Err(e) = write_message(ctx.conn, &Message::FileChunk(chunk.to_vec())) {
+            // The host may have left; or the connection broke midway.
+            klog!(
+                "files: sending {path} stopped after {size} bytes: {}",
+                chain(&e)
+            );
             return Ok(());
         }
     }
