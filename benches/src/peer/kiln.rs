@@ -8,7 +8,7 @@ use kiln_agent::client;
 use kiln_agent::protocol::AGENT_VSOCK_PORT;
 use kiln_vmm::vm::hybrid_vsock;
 
-use super::{BootError, BootSample, Peer, BOOT_TIMEOUT};
+use super::{wait_for_pong, BootError, BootSample, Peer, BOOT_TIMEOUT};
 use crate::child::ChildGuard;
 
 /// A kiln-vmm configuration.
@@ -82,30 +82,13 @@ impl Peer for KilnVmm {
             .spawn()
             .map_err(|source| BootError::Spawn { what, source })?;
         let mut guard = ChildGuard::new(child);
-        let deadline = start + BOOT_TIMEOUT;
-        let ping = loop {
-            if Instant::now() > deadline {
-                return Err(BootError::Guest {
-                    what,
-                    detail: format!("agent did not answer a ping within {BOOT_TIMEOUT:?}"),
-                });
-            }
-            if let Ok(Some(status)) = guard.child_mut().try_wait() {
-                return Err(BootError::Guest {
-                    what,
-                    detail: format!("kiln-vmm exited early: {status}"),
-                });
-            }
-            match hybrid_vsock::connect(&uds, AGENT_VSOCK_PORT, Duration::from_secs(5)) {
-                Ok(mut stream) => {
-                    let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
-                    if client::ping(&mut stream).is_ok() {
-                        break start.elapsed();
-                    }
-                }
-                Err(_) => std::thread::sleep(Duration::from_millis(1)),
-            }
-        };
+        wait_for_pong(what, &mut guard, start + BOOT_TIMEOUT, || {
+            let mut stream =
+                hybrid_vsock::connect(&uds, AGENT_VSOCK_PORT, Duration::from_secs(5)).ok()?;
+            let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+            Some(client::ping(&mut stream).is_ok())
+        })?;
+        let ping = start.elapsed();
         if let Ok(mut stream) =
             hybrid_vsock::connect(&uds, AGENT_VSOCK_PORT, Duration::from_secs(5))
         {

@@ -3,7 +3,9 @@
 pub mod kiln;
 pub mod qemu;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use crate::child::ChildGuard;
 
 /// One cold boot, measured from just before the VMM process is spawned.
 #[derive(Debug, Clone, Copy)]
@@ -48,3 +50,33 @@ pub trait Peer {
 /// How long one boot may take before it counts as failed (testbed boots are
 /// seconds, not milliseconds).
 pub const BOOT_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Calls `try_ping` until the guest agent answers: `None` means no
+/// connection yet (retried after 1 ms), `Some(answered)` a ping attempt.
+/// Fails when the VMM process (`what`) exits or `deadline` passes.
+pub fn wait_for_pong(
+    what: &'static str,
+    guard: &mut ChildGuard,
+    deadline: Instant,
+    mut try_ping: impl FnMut() -> Option<bool>,
+) -> Result<(), BootError> {
+    loop {
+        if Instant::now() > deadline {
+            return Err(BootError::Guest {
+                what,
+                detail: format!("agent did not answer a ping within {BOOT_TIMEOUT:?}"),
+            });
+        }
+        if let Ok(Some(status)) = guard.child_mut().try_wait() {
+            return Err(BootError::Guest {
+                what,
+                detail: format!("the VMM exited early: {status}"),
+            });
+        }
+        match try_ping() {
+            Some(true) => return Ok(()),
+            Some(false) => {}
+            None => std::thread::sleep(Duration::from_millis(1)),
+        }
+    }
+}

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use kiln_agent::client;
 use kiln_agent::protocol::AGENT_VSOCK_PORT;
 
-use super::{BootError, BootSample, Peer, BOOT_TIMEOUT};
+use super::{wait_for_pong, BootError, BootSample, Peer, BOOT_TIMEOUT};
 use crate::child::ChildGuard;
 use crate::vsock;
 
@@ -70,6 +70,19 @@ impl QemuMicrovm {
     }
 }
 
+/// Polls the agent of the QEMU VM with guest CID `cid` until it answers.
+fn wait_for_qemu_pong(
+    guard: &mut ChildGuard,
+    cid: u32,
+    deadline: Instant,
+) -> Result<(), BootError> {
+    wait_for_pong("qemu microvm", guard, deadline, || {
+        let timeouts = (Duration::from_millis(200), Duration::from_secs(10));
+        let mut sock = vsock::connect(cid, AGENT_VSOCK_PORT, timeouts.0, timeouts.1).ok()?;
+        Some(client::ping(&mut sock).is_ok())
+    })
+}
+
 impl QemuMicrovm {
     /// Boots one VM with guest CID `cid` and waits for its agent's pong;
     /// the guard kills QEMU (by pid) when dropped.
@@ -81,32 +94,8 @@ impl QemuMicrovm {
             .spawn()
             .map_err(|source| BootError::Spawn { what, source })?;
         let mut guard = ChildGuard::new(child);
-        let deadline = Instant::now() + BOOT_TIMEOUT;
-        loop {
-            if Instant::now() > deadline {
-                return Err(BootError::Guest {
-                    what,
-                    detail: format!("agent did not answer a ping within {BOOT_TIMEOUT:?}"),
-                });
-            }
-            if let Ok(Some(status)) = guard.child_mut().try_wait() {
-                return Err(BootError::Guest {
-                    what,
-                    detail: format!("qemu exited early: {status}"),
-                });
-            }
-            if let Ok(mut sock) = vsock::connect(
-                cid,
-                AGENT_VSOCK_PORT,
-                Duration::from_millis(200),
-                Duration::from_secs(10),
-            ) {
-                if client::ping(&mut sock).is_ok() {
-                    return Ok(guard);
-                }
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        wait_for_qemu_pong(&mut guard, cid, Instant::now() + BOOT_TIMEOUT)?;
+        Ok(guard)
     }
 }
 
@@ -142,34 +131,8 @@ impl Peer for QemuMicrovm {
             }
         });
 
-        let deadline = start + BOOT_TIMEOUT;
-        let ping = loop {
-            if Instant::now() > deadline {
-                return Err(BootError::Guest {
-                    what,
-                    detail: format!("agent did not answer a ping within {BOOT_TIMEOUT:?}"),
-                });
-            }
-            if let Ok(Some(status)) = guard.child_mut().try_wait() {
-                return Err(BootError::Guest {
-                    what,
-                    detail: format!("qemu exited early: {status}"),
-                });
-            }
-            match vsock::connect(
-                cid,
-                AGENT_VSOCK_PORT,
-                Duration::from_millis(200),
-                Duration::from_secs(10),
-            ) {
-                Ok(mut sock) => {
-                    if client::ping(&mut sock).is_ok() {
-                        break start.elapsed();
-                    }
-                }
-                Err(_) => std::thread::sleep(Duration::from_millis(1)),
-            }
-        };
+        wait_for_qemu_pong(&mut guard, cid, start + BOOT_TIMEOUT)?;
+        let ping = start.elapsed();
         let userspace = mark_rx
             .recv_timeout(Duration::from_secs(10))
             .map_err(|_| BootError::Guest {
