@@ -289,6 +289,46 @@ impl VmProcess {
         last_line(&self.log)
     }
 
+    /// How the VMM process ended, when it has: "exited with status N" or
+    /// "killed by signal N". The child stays unreaped, so this only needs
+    /// `&self` and later waits still see the status.
+    pub fn vmm_ended(&self) -> Option<String> {
+        let pid = libc::id_t::try_from(self.child.as_ref()?.id()).ok()?;
+        // SAFETY: an all-zero siginfo_t is a valid value for waitid to fill.
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        // SAFETY: waitid only writes into `info`, which outlives the call;
+        // WNOWAIT leaves the child waitable and WNOHANG never blocks.
+        let rc = unsafe {
+            libc::waitid(
+                libc::P_PID,
+                pid,
+                &mut info,
+                libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
+            )
+        };
+        // SAFETY: waitid succeeded, so si_pid and si_status are initialized
+        // (si_pid is 0 while the child still runs).
+        let (ended_pid, status) = unsafe { (info.si_pid(), info.si_status()) };
+        if rc != 0 || ended_pid == 0 {
+            return None;
+        }
+        Some(if info.si_code == libc::CLD_EXITED {
+            format!("exited with status {status}")
+        } else {
+            format!("killed by signal {status}")
+        })
+    }
+
+    /// What the VMM last said, and whether it is gone: context for an error
+    /// in the middle of a request.
+    pub fn vmm_report(&self) -> String {
+        let state = self.vmm_ended().map_or_else(
+            || "kiln-vmm still runs".to_string(),
+            |e| format!("kiln-vmm {e}"),
+        );
+        format!("{state}; its last log line: {}", self.last_log_line())
+    }
+
     fn check_alive(&mut self) -> Result<(), VmProcessError> {
         let Some(child) = self.child.as_mut() else {
             return Ok(());
@@ -433,24 +473,33 @@ impl VmProcess {
     }
 }
 
+/// Set (to anything) to keep each VM's run directory (VMM log, socket,
+/// timings) after the VM is gone, for debugging.
+pub const KEEP_RUN_DIR_ENV: &str = "KILN_KEEP_RUN_DIR";
+
 impl Drop for VmProcess {
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
         }
-        let _ = fs::remove_dir_all(&self.dir);
+        if std::env::var_os(KEEP_RUN_DIR_ENV).is_none() {
+            let _ = fs::remove_dir_all(&self.dir);
+        }
     }
 }
 
 #[cfg(test)]
-mod timeout_tests {
+mod tests {
     use std::io;
 
     use kiln_agent::client::ClientError;
     use kiln_agent::protocol::{FrameError, ProtocolError};
 
-    use super::is_socket_timeout;
+    use std::path::PathBuf;
+    use std::time::{Duration, Instant};
+
+    use super::{is_socket_timeout, VmProcess, VmSpec};
 
     #[test]
     fn socket_timeouts_are_found_through_the_error_chain() {
@@ -461,5 +510,39 @@ mod timeout_tests {
         assert!(is_socket_timeout(&wrapped(io::ErrorKind::TimedOut)));
         assert!(!is_socket_timeout(&wrapped(io::ErrorKind::BrokenPipe)));
         assert!(!is_socket_timeout(&ClientError::Closed));
+    }
+
+    /// A stand-in "VMM" that exits at once (sh refuses kiln-vmm's flags).
+    fn spec_running(vmm: &str) -> VmSpec {
+        VmSpec {
+            vmm: PathBuf::from(vmm),
+            kernel: PathBuf::from("/nonexistent/vmlinux"),
+            initramfs: PathBuf::from("/nonexistent/initramfs"),
+            vcpus: 1,
+            mem_mib: 64,
+            serial_log: None,
+            kernel_args: None,
+            drives: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_vmm_that_ended_is_reported_and_still_waitable() {
+        let mut vm = VmProcess::spawn(&spec_running("/bin/sh")).expect("spawn");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let ended = loop {
+            if let Some(e) = vm.vmm_ended() {
+                break e;
+            }
+            assert!(Instant::now() < deadline, "sh did not exit");
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        assert_eq!(ended, "exited with status 2");
+        assert!(vm
+            .vmm_report()
+            .starts_with("kiln-vmm exited with status 2; its last log line: "));
+        // Not reaped: the real wait still gets the status.
+        let exit = vm.wait_or_kill(Duration::from_secs(5)).expect("wait");
+        assert_eq!(exit.status.and_then(|s| s.code()), Some(2));
     }
 }

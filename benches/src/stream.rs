@@ -57,7 +57,7 @@ pub fn kiln(spec: &VmSpec, bytes: u64, timeout: Duration) -> Result<StreamResult
     let error = match res {
         Ok(status) if status.code == Some(0) => None,
         Ok(status) => Some(format!("{status:?}")),
-        Err(e) => Some(format!("{e} (kiln-vmm: {})", vm.last_log_line())),
+        Err(e) => Some(format!("{e} ({})", vm.vmm_report())),
     };
     let _ = vm.shutdown(Duration::from_secs(30));
     Ok(StreamResult {

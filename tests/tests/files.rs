@@ -125,7 +125,7 @@ fn stream_both_ways(len: u64) {
     };
     let w = vm
         .upload("big.bin", None, &mut tee)
-        .unwrap_or_else(|e| panic!("upload: {e:?} (kiln-vmm: {})", vm.last_log_line()));
+        .unwrap_or_else(|e| panic!("upload: {e:?} ({})", vm.vmm_report()));
     assert_eq!(w.size, len);
     let sent_sum: [u8; 32] = sent.hasher.finalize().into();
     assert_eq!(w.sha256, sent_sum);
@@ -135,7 +135,7 @@ fn stream_both_ways(len: u64) {
     let mut back = HashSink::default();
     let d = vm
         .download("big.bin", &mut back)
-        .unwrap_or_else(|e| panic!("download: {e:?} (kiln-vmm: {})", vm.last_log_line()));
+        .unwrap_or_else(|e| panic!("download: {e:?} ({})", vm.vmm_report()));
     assert_eq!((d.size, back.len), (len, len));
     let back_sum: [u8; 32] = back.hasher.finalize().into();
     assert_eq!(back_sum, sent_sum);

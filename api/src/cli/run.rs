@@ -145,7 +145,8 @@ fn copy_in(vm: &VmProcess, local: &Path, guest: &str) -> Result<()> {
     let file =
         std::fs::File::open(local).with_context(|| format!("opening {}", local.display()))?;
     let mode = std::os::unix::fs::PermissionsExt::mode(&file.metadata()?.permissions()) & 0o777;
-    vm.upload(guest, Some(mode), std::io::BufReader::new(file))?;
+    vm.upload(guest, Some(mode), std::io::BufReader::new(file))
+        .with_context(|| vm.vmm_report())?;
     Ok(())
 }
 
@@ -161,7 +162,7 @@ fn copy_out(vm: &VmProcess, guest: &str, local: &Path) -> Result<()> {
         }
         Err(e) => {
             let _ = std::fs::remove_file(&tmp);
-            Err(e.into())
+            Err(anyhow::Error::new(e).context(vm.vmm_report()))
         }
     }
 }
@@ -240,12 +241,8 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
         },
     );
     let exec_time = exec_start.elapsed();
-    let status = status.with_context(|| {
-        format!(
-            "running the command in the sandbox (kiln-vmm's last log line: {})",
-            vm.last_log_line()
-        )
-    })?;
+    let status = status
+        .with_context(|| format!("running the command in the sandbox ({})", vm.vmm_report()))?;
     for (guest, local) in &args.copy_out {
         copy_out(&vm, guest, Path::new(local))?;
     }

@@ -312,6 +312,14 @@ impl MmioTransport {
 
     fn write_status(&mut self, v: u32) {
         if v == 0 {
+            if self.status & STATUS_DRIVER_OK != 0 {
+                // Legitimate (driver unbind, kexec) but rare: it drops every
+                // request in flight, so say so.
+                tracing::info!(
+                    "virtio-mmio: the guest reset device type {} while it was running",
+                    self.dev().device_type()
+                );
+            }
             self.reset();
             return;
         }

@@ -204,13 +204,26 @@ impl Connection {
         self.state = State::Closing;
     }
 
+    /// The flow-control state, for log lines about a connection's end.
+    fn counters(&self) -> String {
+        format!(
+            "to guest {} bytes, guest freed {} of buf {}; from guest {} delivered + {} buffered",
+            self.rx_cnt,
+            self.peer_fwd_cnt,
+            self.peer_buf_alloc,
+            self.fwd_cnt,
+            self.tx_buf.len()
+        )
+    }
+
     /// Resets for an abnormal reason, and says which: these end a transfer
     /// midway, so the VMM log must tell why.
     fn abort(&mut self, why: &str) {
         crate::devices::virtio::warn_limited!(
-            "vsock: resetting connection (guest port {}, host port {}): {why}",
+            "vsock: resetting connection (guest port {}, host port {}): {why}; {}",
             self.peer_port,
-            self.local_port
+            self.local_port,
+            self.counters()
         );
         self.reset();
     }
@@ -228,6 +241,23 @@ impl Connection {
         self.peer_fwd_cnt = Wrapping(hdr.fwd_cnt);
         match (self.state, hdr.op) {
             (_, op::RST) => {
+                if self.state == State::Established && self.peer_shut != SHUTDOWN_BOTH {
+                    // A guest that closes cleanly sends SHUTDOWN first: an
+                    // RST out of the blue ends a transfer midway.
+                    crate::devices::virtio::warn_limited!(
+                        "vsock: the guest reset the connection (guest port {}, host port {}); {}",
+                        self.peer_port,
+                        self.local_port,
+                        self.counters()
+                    );
+                } else {
+                    tracing::debug!(
+                        "vsock: guest RST in state {:?} (guest port {}, host port {})",
+                        self.state,
+                        self.peer_port,
+                        self.local_port
+                    );
+                }
                 // Best effort: deliver what the guest already sent.
                 let _ = self.flush();
                 let _ = self.stream.shutdown(Shutdown::Both);
@@ -235,6 +265,11 @@ impl Connection {
                 return;
             }
             (State::LocalInit, op::RESPONSE) if !self.pending.request => {
+                tracing::debug!(
+                    "vsock: guest accepted (guest port {}, host port {})",
+                    self.peer_port,
+                    self.local_port
+                );
                 self.state = State::Established;
                 self.deadline = None;
                 // A fresh socket's send buffer is empty: a short write means
@@ -314,6 +349,12 @@ impl Connection {
     }
 
     fn recv_shutdown(&mut self, flags: u32, now: Instant) {
+        tracing::debug!(
+            "vsock: guest shutdown {flags:#x} (guest port {}, host port {}); {}",
+            self.peer_port,
+            self.local_port,
+            self.counters()
+        );
         self.peer_shut |= flags & SHUTDOWN_BOTH;
         if self.peer_shut & SHUTDOWN_RCV != 0 {
             self.rw_pending = false;

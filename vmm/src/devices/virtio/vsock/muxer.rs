@@ -258,6 +258,9 @@ impl Muxer {
             self.graveyard.push(p.stream);
             return;
         };
+        tracing::debug!(
+            "vsock: host client (fd {fd}) connects to guest port {port}, host port {local_port}"
+        );
         let conn = Connection::new_local(
             p.stream,
             self.guest_cid,
@@ -297,6 +300,7 @@ impl Muxer {
         };
         let fd = conn.stream().as_raw_fd();
         if conn.is_dead() {
+            tracing::debug!("vsock: connection {key:?} (fd {fd}) closed");
             let conn = self.conns.remove(&key).expect("checked above");
             if conn.host_initiated() {
                 self.local_ports.remove(&key.local_port);
@@ -434,6 +438,12 @@ impl Muxer {
     /// Device reset: every connection goes (host streams close); host
     /// clients still sending their CONNECT line stay.
     pub fn reset(&mut self) {
+        if !self.conns.is_empty() {
+            tracing::info!(
+                "vsock: device reset closes {} connection(s)",
+                self.conns.len()
+            );
+        }
         let keys: Vec<ConnKey> = self.conns.keys().copied().collect();
         for key in keys {
             if let Some(conn) = self.conns.remove(&key) {
