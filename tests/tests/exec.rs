@@ -164,3 +164,23 @@ fn two_vcpus_and_a_gibibyte() {
     );
     vm.shutdown(SHUTDOWN).expect("shutdown");
 }
+
+/// The guest's local APIC timer runs in TSC-deadline mode: kiln advertises
+/// it, so Linux skips calibrating the APIC timer against the PIT, a check
+/// that fails on a busy host and leaves the guest on the PIT.
+#[test]
+fn apic_timer_uses_tsc_deadline_mode() {
+    let vm = boot();
+    let out = sh(
+        &vm,
+        "grep -ow tsc_deadline_timer /proc/cpuinfo | head -n1; cat /sys/devices/system/clockevents/clockevent0/current_device",
+    );
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(
+        text.lines().collect::<Vec<_>>(),
+        ["tsc_deadline_timer", "lapic-deadline"],
+        "stdout: {text}, stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    vm.shutdown(SHUTDOWN).expect("shutdown");
+}

@@ -1,7 +1,7 @@
 //! x86_64 vCPU state for KVM: CPUID, MSRs, FPU, local APIC and entry registers.
 
 use kvm_bindings::{kvm_fpu, kvm_msr_entry, kvm_regs, kvm_segment, Msrs, KVM_MAX_CPUID_ENTRIES};
-use kvm_ioctls::{Kvm, VcpuFd};
+use kvm_ioctls::{Cap, Kvm, VcpuFd};
 
 use crate::hypervisor::{EntryMode, EntryState, HypervisorError, Result};
 
@@ -22,11 +22,20 @@ const APIC_LVT1: usize = 0x360;
 const APIC_MODE_EXTINT: u32 = 0x7;
 const APIC_MODE_NMI: u32 = 0x4;
 
+/// CPUID.1:ECX bit: the local APIC timer has TSC-deadline mode.
+const CPUID_1_ECX_TSC_DEADLINE: u32 = 1 << 24;
+
 /// Passes the host's supported CPUID through, with per-vCPU topology fixed up.
 pub(super) fn configure_cpuid(kvm: &Kvm, fd: &VcpuFd, id: u8, count: u8) -> Result<()> {
     let mut cpuid = kvm
         .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
         .map_err(|e| HypervisorError::call("KVM_GET_SUPPORTED_CPUID", e))?;
+    // KVM emulates the TSC-deadline timer but leaves it out of the
+    // supported CPUID. Without it Linux calibrates the APIC timer against
+    // the PIT at boot, and on a busy host the check fails ("APIC timer
+    // disabled due to verification failure"): the guest then runs on the
+    // PIT, and its timers misbehave.
+    let tsc_deadline = kvm.check_extension(Cap::TscDeadlineTimer);
     for entry in cpuid.as_mut_slice() {
         match entry.function {
             1 => {
@@ -34,6 +43,9 @@ pub(super) fn configure_cpuid(kvm: &Kvm, fd: &VcpuFd, id: u8, count: u8) -> Resu
                 entry.ebx =
                     (entry.ebx & 0x0000_ffff) | (u32::from(id) << 24) | (u32::from(count) << 16);
                 entry.ecx |= 1 << 31;
+                if tsc_deadline {
+                    entry.ecx |= CPUID_1_ECX_TSC_DEADLINE;
+                }
                 if count > 1 {
                     entry.edx |= 1 << 28; // HTT: count field is valid
                 }
