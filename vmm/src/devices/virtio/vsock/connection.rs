@@ -33,6 +33,10 @@ use super::{
     TYPE_STREAM,
 };
 
+/// Payloads below this are "small": Linux queues each received packet as a
+/// buffer of its own, and bounds the queue by buffer count as well as bytes.
+const SMALL_PACKET: usize = 1024;
+
 /// Connection state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum State {
@@ -81,6 +85,10 @@ pub struct Connection {
     /// The host stream may have bytes for the guest.
     rw_pending: bool,
     credit_request_sent: bool,
+    /// Data packets sent to the guest, and how many were small (each costs
+    /// the guest a whole queued buffer).
+    rw_packets: u64,
+    small_rw_packets: u64,
 
     /// SHUTDOWN flags the guest sent.
     peer_shut: u32,
@@ -110,6 +118,8 @@ impl Connection {
             rx_cnt: Wrapping(0),
             rw_pending: false,
             credit_request_sent: false,
+            rw_packets: 0,
+            small_rw_packets: 0,
             peer_shut: 0,
             local_shut: 0,
             host_hup: false,
@@ -207,8 +217,10 @@ impl Connection {
     /// The flow-control state, for log lines about a connection's end.
     fn counters(&self) -> String {
         format!(
-            "to guest {} bytes, guest freed {} of buf {}; from guest {} delivered + {} buffered",
+            "to guest {} bytes in {} packets ({} small), guest freed {} of buf {}; from guest {} delivered + {} buffered",
             self.rx_cnt,
+            self.rw_packets,
+            self.small_rw_packets,
             self.peer_fwd_cnt,
             self.peer_buf_alloc,
             self.fwd_cnt,
@@ -537,6 +549,10 @@ impl Connection {
                     }
                     Ok(k) => {
                         self.rx_cnt += Wrapping(k as u32);
+                        self.rw_packets += 1;
+                        if k < SMALL_PACKET {
+                            self.small_rw_packets += 1;
+                        }
                         let mut h = self.header(op::RW);
                         h.len = k as u32;
                         return Some((h, k));
