@@ -253,9 +253,13 @@ impl Connection {
         self.peer_fwd_cnt = Wrapping(hdr.fwd_cnt);
         match (self.state, hdr.op) {
             (_, op::RST) => {
-                if self.state == State::Established && self.peer_shut != SHUTDOWN_BOTH {
-                    // A guest that closes cleanly sends SHUTDOWN first: an
-                    // RST out of the blue ends a transfer midway.
+                if self.state == State::Established
+                    && self.peer_shut != SHUTDOWN_BOTH
+                    && self.local_shut != SHUTDOWN_BOTH
+                {
+                    // RST is how Linux answers a full SHUTDOWN (ours or
+                    // after its own); an RST out of the blue ends a
+                    // transfer midway.
                     crate::devices::virtio::warn_limited!(
                         "vsock: the guest reset the connection (guest port {}, host port {}); {}",
                         self.peer_port,
