@@ -146,7 +146,13 @@ fn copy_in(vm: &VmProcess, local: &Path, guest: &str) -> Result<()> {
         std::fs::File::open(local).with_context(|| format!("opening {}", local.display()))?;
     let mode = std::os::unix::fs::PermissionsExt::mode(&file.metadata()?.permissions()) & 0o777;
     vm.upload(guest, Some(mode), std::io::BufReader::new(file))
-        .with_context(|| vm.vmm_report())?;
+        .with_context(|| {
+            format!(
+                "copying {} into the sandbox ({})",
+                local.display(),
+                vm.vmm_report()
+            )
+        })?;
     Ok(())
 }
 
@@ -162,7 +168,10 @@ fn copy_out(vm: &VmProcess, guest: &str, local: &Path) -> Result<()> {
         }
         Err(e) => {
             let _ = std::fs::remove_file(&tmp);
-            Err(anyhow::Error::new(e).context(vm.vmm_report()))
+            Err(anyhow::Error::new(e).context(format!(
+                "copying {guest} out of the sandbox ({})",
+                vm.vmm_report()
+            )))
         }
     }
 }
