@@ -44,6 +44,17 @@ struct StreamArgs {
     /// MiB per stream.
     #[arg(long, default_value_t = 1024)]
     mib: u64,
+    #[command(flatten)]
+    vms: VmArgs,
+    /// Per-stream timeout, seconds.
+    #[arg(long, default_value_t = 600)]
+    timeout: u64,
+}
+
+/// The guest and the VMMs that boot it, for benchmarks that compare kiln
+/// with the QEMU microvm peer.
+#[derive(clap::Args)]
+struct VmArgs {
     /// Guest kernel (vmlinux).
     #[arg(long)]
     kernel: PathBuf,
@@ -62,32 +73,37 @@ struct StreamArgs {
     /// QEMU firmware directory (-L), holding qboot.rom.
     #[arg(long)]
     qemu_data: Option<PathBuf>,
-    /// Per-stream timeout, seconds.
-    #[arg(long, default_value_t = 600)]
-    timeout: u64,
+}
+
+impl VmArgs {
+    /// The QEMU microvm peer, when `--qemu` was given.
+    fn qemu_microvm(&self, vcpus: u8) -> Option<QemuMicrovm> {
+        self.qemu.as_ref().map(|qemu| QemuMicrovm {
+            qemu: qemu.clone(),
+            data_dir: self.qemu_data.clone(),
+            kernel: self.kernel.clone(),
+            initramfs: self.initramfs.clone(),
+            vcpus,
+            mem_mib: self.mem_mib,
+        })
+    }
 }
 
 fn stream(args: StreamArgs) -> Result<()> {
     let bytes = args.mib << 20;
     let timeout = std::time::Duration::from_secs(args.timeout);
-    let spec = args.kiln_vmm.as_ref().map(|vmm| kiln::vm_process::VmSpec {
+    let vms = &args.vms;
+    let spec = vms.kiln_vmm.as_ref().map(|vmm| kiln::vm_process::VmSpec {
         vmm: vmm.clone(),
-        kernel: args.kernel.clone(),
-        initramfs: args.initramfs.clone(),
+        kernel: vms.kernel.clone(),
+        initramfs: vms.initramfs.clone(),
         vcpus: 1,
-        mem_mib: args.mem_mib,
+        mem_mib: vms.mem_mib,
         serial_log: None,
         kernel_args: None,
         drives: Vec::new(),
     });
-    let qemu = args.qemu.as_ref().map(|qemu| QemuMicrovm {
-        qemu: qemu.clone(),
-        data_dir: args.qemu_data.clone(),
-        kernel: args.kernel.clone(),
-        initramfs: args.initramfs.clone(),
-        vcpus: 1,
-        mem_mib: args.mem_mib,
-    });
+    let qemu = vms.qemu_microvm(1);
     let mut results = Vec::new();
     for i in 0..args.n {
         if let Some(spec) = &spec {
@@ -186,52 +202,30 @@ struct BootArgs {
     /// Boots per VMM.
     #[arg(long, default_value_t = 30)]
     n: usize,
-    /// Guest kernel (vmlinux).
-    #[arg(long)]
-    kernel: PathBuf,
-    /// Guest initramfs.
-    #[arg(long)]
-    initramfs: PathBuf,
     /// vCPUs per VM.
     #[arg(long, default_value_t = 1)]
     vcpus: u8,
-    /// Memory per VM, MiB.
-    #[arg(long, default_value_t = 256)]
-    mem_mib: u32,
-    /// kiln-vmm binary (omit to skip kiln).
-    #[arg(long)]
-    kiln_vmm: Option<PathBuf>,
-    /// QEMU binary for the microvm peer (omit to skip the peer).
-    #[arg(long)]
-    qemu: Option<PathBuf>,
-    /// QEMU firmware directory (-L), holding qboot.rom.
-    #[arg(long)]
-    qemu_data: Option<PathBuf>,
+    #[command(flatten)]
+    vms: VmArgs,
 }
 
 fn boot(args: BootArgs) -> Result<()> {
     let mut peers: Vec<Box<dyn Peer>> = Vec::new();
     let scratch = std::env::temp_dir().join(format!("kiln-bench-{}", std::process::id()));
     std::fs::create_dir_all(&scratch).with_context(|| format!("creating {}", scratch.display()))?;
-    if let Some(vmm) = args.kiln_vmm {
+    let vms = &args.vms;
+    if let Some(vmm) = &vms.kiln_vmm {
         peers.push(Box::new(KilnVmm {
-            vmm,
-            kernel: args.kernel.clone(),
-            initramfs: args.initramfs.clone(),
+            vmm: vmm.clone(),
+            kernel: vms.kernel.clone(),
+            initramfs: vms.initramfs.clone(),
             vcpus: args.vcpus,
-            mem_mib: args.mem_mib,
+            mem_mib: vms.mem_mib,
             scratch: scratch.clone(),
         }));
     }
-    if let Some(qemu) = args.qemu {
-        peers.push(Box::new(QemuMicrovm {
-            qemu,
-            data_dir: args.qemu_data,
-            kernel: args.kernel.clone(),
-            initramfs: args.initramfs.clone(),
-            vcpus: args.vcpus,
-            mem_mib: args.mem_mib,
-        }));
+    if let Some(qemu) = vms.qemu_microvm(args.vcpus) {
+        peers.push(Box::new(qemu));
     }
     if peers.is_empty() {
         bail!("nothing to measure: give at least one VMM");
@@ -257,7 +251,7 @@ fn boot(args: BootArgs) -> Result<()> {
     let _ = std::fs::remove_dir_all(&scratch);
     println!(
         "cold boot, {} runs per VMM, {} vCPU, {} MiB; ratios are p50 against the first row of each metric",
-        args.n, args.vcpus, args.mem_mib
+        args.n, args.vcpus, args.vms.mem_mib
     );
     print!("{}", report::boot_table(&results));
     Ok(())

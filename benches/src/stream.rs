@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use kiln::vm_process::{VmProcess, VmSpec};
 use kiln_agent::client;
-use kiln_agent::protocol::{ExecRequest, AGENT_VSOCK_PORT};
+use kiln_agent::protocol::{ExecRequest, ExitStatus, AGENT_VSOCK_PORT};
 
 use crate::peer::qemu::QemuMicrovm;
 use crate::vsock;
@@ -25,6 +25,15 @@ pub struct StreamResult {
     pub took: Duration,
     /// The failure, if any.
     pub error: Option<String>,
+}
+
+/// Why a stream's exec failed, or `None` when it exited 0.
+fn failure(res: std::result::Result<ExitStatus, String>) -> Option<String> {
+    match res {
+        Ok(status) if status.code == Some(0) => None,
+        Ok(status) => Some(format!("{status:?}")),
+        Err(e) => Some(e),
+    }
 }
 
 fn request(bytes: u64, timeout: Duration) -> ExecRequest {
@@ -54,11 +63,7 @@ pub fn kiln(spec: &VmSpec, bytes: u64, timeout: Duration) -> Result<StreamResult
         |_| {},
     );
     let took = start.elapsed();
-    let error = match res {
-        Ok(status) if status.code == Some(0) => None,
-        Ok(status) => Some(format!("{status:?}")),
-        Err(e) => Some(format!("{e} ({})", vm.vmm_report())),
-    };
+    let error = failure(res.map_err(|e| format!("{e} ({})", vm.vmm_report())));
     let _ = vm.shutdown(Duration::from_secs(30));
     Ok(StreamResult {
         vmm: "kiln",
@@ -84,11 +89,7 @@ pub fn qemu(peer: &QemuMicrovm, cid: u32, bytes: u64, timeout: Duration) -> Resu
         |_| {},
     );
     let took = start.elapsed();
-    let error = match res {
-        Ok(status) if status.code == Some(0) => None,
-        Ok(status) => Some(format!("{status:?}")),
-        Err(e) => Some(e.to_string()),
-    };
+    let error = failure(res.map_err(|e| e.to_string()));
     if let Ok(mut s) = vsock::connect(cid, AGENT_VSOCK_PORT, Duration::from_secs(5), io_timeout) {
         let _ = client::shutdown(&mut s);
     }
