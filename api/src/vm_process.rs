@@ -284,6 +284,11 @@ impl VmProcess {
         &self.uds
     }
 
+    /// The VMM's log file (its stderr).
+    pub fn log_path(&self) -> &Path {
+        &self.log
+    }
+
     /// The VMM's last log line (its warnings say why a connection broke).
     pub fn last_log_line(&self) -> String {
         last_line(&self.log)

@@ -19,6 +19,11 @@ impl ChildGuard {
         }
     }
 
+    /// The child's pid.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Mutable access to the child (for its pipes).
     pub fn child_mut(&mut self) -> &mut Child {
         &mut self.child

@@ -3,6 +3,7 @@
 //! hardware KVM (`tools/bench`).
 
 mod child;
+mod diag;
 mod exec;
 mod peer;
 mod report;
@@ -38,17 +39,45 @@ enum Command {
 
 #[derive(clap::Args)]
 struct StreamArgs {
-    /// Streams per VMM.
+    /// Rounds; each round streams once per VMM and direction.
     #[arg(long, default_value_t = 3)]
     n: usize,
     /// MiB per stream.
     #[arg(long, default_value_t = 1024)]
     mib: u64,
+    /// Which way: out (guest stdout), in (guest stdin), or both alternating.
+    #[arg(long, value_enum, default_value_t = Directions::Out)]
+    direction: Directions,
     #[command(flatten)]
     vms: VmArgs,
-    /// Per-stream timeout, seconds.
+    /// Longest one stream may take, seconds.
     #[arg(long, default_value_t = 600)]
     timeout: u64,
+    /// Seconds without a byte moving after which a stream counts as stalled
+    /// (the state is then recorded and the VMM killed).
+    #[arg(long, default_value_t = 60)]
+    stall_secs: u64,
+    /// Where guest consoles are kept (one file per stream).
+    #[arg(long, default_value = "stream-consoles")]
+    console_dir: PathBuf,
+}
+
+/// The `--direction` choices.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Directions {
+    Out,
+    In,
+    Both,
+}
+
+impl Directions {
+    fn list(self) -> Vec<stream::Direction> {
+        match self {
+            Directions::Out => vec![stream::Direction::Out],
+            Directions::In => vec![stream::Direction::In],
+            Directions::Both => vec![stream::Direction::Out, stream::Direction::In],
+        }
+    }
 }
 
 /// The guest and the VMMs that boot it, for benchmarks that compare kiln
@@ -90,10 +119,11 @@ impl VmArgs {
 }
 
 fn stream(args: StreamArgs) -> Result<()> {
-    let bytes = args.mib << 20;
-    let timeout = std::time::Duration::from_secs(args.timeout);
+    diag::mount_kernel_fs();
+    std::fs::create_dir_all(&args.console_dir)
+        .with_context(|| format!("creating {}", args.console_dir.display()))?;
     let vms = &args.vms;
-    let spec = vms.kiln_vmm.as_ref().map(|vmm| kiln::vm_process::VmSpec {
+    let vm_spec = vms.kiln_vmm.as_ref().map(|vmm| kiln::vm_process::VmSpec {
         vmm: vmm.clone(),
         kernel: vms.kernel.clone(),
         initramfs: vms.initramfs.clone(),
@@ -104,41 +134,51 @@ fn stream(args: StreamArgs) -> Result<()> {
         drives: Vec::new(),
     });
     let qemu = vms.qemu_microvm(1);
-    let mut results = Vec::new();
+    if vm_spec.is_none() && qemu.is_none() {
+        bail!("nothing to measure: give at least one VMM");
+    }
+    let mut results: Vec<stream::StreamResult> = Vec::new();
+    let mut k = 0;
     for i in 0..args.n {
-        if let Some(spec) = &spec {
-            results.push(stream::kiln(spec, bytes, timeout)?);
-        }
-        if let Some(q) = &qemu {
-            results.push(stream::qemu(q, 2000 + i as u32, bytes, timeout)?);
-        }
-        for r in &results[results.len().saturating_sub(2)..] {
-            eprintln!(
-                "#{i} {}: {} of {} bytes in {:?}{}",
-                r.vmm,
-                r.got,
-                r.expected,
-                r.took,
-                r.error
-                    .as_deref()
-                    .map(|e| format!(", FAILED: {e}"))
-                    .unwrap_or_default()
-            );
+        for direction in args.direction.list() {
+            let spec = stream::StreamSpec {
+                bytes: args.mib << 20,
+                direction,
+                deadline: std::time::Duration::from_secs(args.timeout),
+                stall: std::time::Duration::from_secs(args.stall_secs),
+            };
+            let mut round = Vec::new();
+            if let Some(vm_spec) = &vm_spec {
+                let console = stream::console_path(&args.console_dir, "kiln", k);
+                round.push(
+                    stream::kiln(vm_spec, &spec, &console)
+                        .unwrap_or_else(|e| stream::StreamResult::failed("kiln", &spec, &e)),
+                );
+            }
+            if let Some(q) = &qemu {
+                let console = stream::console_path(&args.console_dir, "qemu", k);
+                round.push(
+                    stream::qemu(q, 2000 + k as u32, &spec, &console).unwrap_or_else(|e| {
+                        stream::StreamResult::failed("qemu microvm", &spec, &e)
+                    }),
+                );
+            }
+            for r in &round {
+                eprintln!("#{i} {}", report::stream_line(r));
+                if let Some(report) = &r.stall_report {
+                    eprintln!("{report}");
+                }
+            }
+            results.extend(round);
+            k += 1;
         }
     }
-    println!("| vmm | MiB | received MiB | seconds | MiB/s | result |");
-    println!("|---|---|---|---|---|---|");
-    for r in &results {
-        println!(
-            "| {} | {} | {:.1} | {:.1} | {:.1} | {} |",
-            r.vmm,
-            r.expected >> 20,
-            r.got as f64 / 1048576.0,
-            r.took.as_secs_f64(),
-            r.got as f64 / 1048576.0 / r.took.as_secs_f64(),
-            r.error.as_deref().unwrap_or("ok")
-        );
-    }
+    println!(
+        "{} MiB streams, {} round(s); kvm exits and injected interrupts are the testbed kernel's counters over each stream",
+        args.mib, args.n
+    );
+    print!("{}", report::stream_table(&results));
+    print!("{}", report::stream_summary(&results));
     Ok(())
 }
 

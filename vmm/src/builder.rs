@@ -155,6 +155,7 @@ pub fn start_at(config: &VmConfig, vmm_start: Instant) -> Result<MicroVm, BuildE
         exit,
         clock,
         vcpus: VcpuThreads::default(),
+        dump: event_loop.dump_trigger(),
         event_loop: Mutex::new(Some(event_loop)),
         serial_log: config.serial_log.clone(),
         vsock_uds: socket.map(SocketGuard::disarm),

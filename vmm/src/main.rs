@@ -3,7 +3,9 @@
 //! Exit status: 0 when the guest reset or powered off (or SIGTERM/SIGINT
 //! stopped the VM), 1 when the guest crashed or the VMM failed while
 //! running it, 2 when the VM could not be started. Errors are one line on
-//! stderr.
+//! stderr. SIGUSR1 logs every virtio device's state (queue indexes,
+//! interrupt status, vsock connections and their credit) without stopping
+//! anything.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -16,6 +18,7 @@ use kiln_vmm::builder;
 use kiln_vmm::config::{DriveConfig, VmConfig, VsockConfig};
 use kiln_vmm::vm::exit::ExitReason;
 use kiln_vmm::vm::timings::Timings;
+use kiln_vmm::devices::virtio::DumpTrigger;
 use kiln_vmm::vm::StopHandle;
 
 /// Run one kiln microVM until its guest exits.
@@ -74,8 +77,8 @@ fn main() {
     let matches = Args::command().get_matches();
     let args = Args::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     init_logging();
-    let stop = Arc::new(OnceLock::<StopHandle>::new());
-    if let Err(e) = install_signal_thread(Arc::clone(&stop)) {
+    let handles = Arc::new(OnceLock::<(StopHandle, DumpTrigger)>::new());
+    if let Err(e) = install_signal_thread(Arc::clone(&handles)) {
         fail(2, &format!("cannot set up signal handling: {e}"));
     }
     let config = match build_config(&args, &matches) {
@@ -86,7 +89,7 @@ fn main() {
         Ok(vm) => vm,
         Err(e) => fail(2, &error_chain(&e)),
     };
-    let _ = stop.set(vm.stop_handle());
+    let _ = handles.set((vm.stop_handle(), vm.dump_trigger()));
     if STOP_SIGNAL.load(Ordering::SeqCst) != 0 {
         vm.stop_handle().stop();
     }
@@ -190,11 +193,14 @@ fn init_logging() {
         .init();
 }
 
-/// Blocks SIGTERM and SIGINT in every thread (threads inherit the mask, so
-/// this runs before any other thread starts) and turns them into a VM stop
-/// on a dedicated thread.
-fn install_signal_thread(stop: Arc<OnceLock<StopHandle>>) -> std::io::Result<()> {
-    let set = vmm_sys_util::signal::create_sigset(&[libc::SIGTERM, libc::SIGINT])
+/// Blocks SIGTERM, SIGINT and SIGUSR1 in every thread (threads inherit the
+/// mask, so this runs before any other thread starts) and handles them on a
+/// dedicated thread: the first two stop the VM, SIGUSR1 logs the devices'
+/// state.
+fn install_signal_thread(
+    handles: Arc<OnceLock<(StopHandle, DumpTrigger)>>,
+) -> std::io::Result<()> {
+    let set = vmm_sys_util::signal::create_sigset(&[libc::SIGTERM, libc::SIGINT, libc::SIGUSR1])
         .map_err(|e| std::io::Error::from_raw_os_error(e.errno()))?;
     // SAFETY: `set` is an initialized sigset; a null old-set pointer is allowed.
     let rc = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
@@ -211,9 +217,16 @@ fn install_signal_thread(stop: Arc<OnceLock<StopHandle>>) -> std::io::Result<()>
             if rc != 0 {
                 continue;
             }
+            if sig == libc::SIGUSR1 {
+                match handles.get() {
+                    Some((_, dump)) => dump.request(),
+                    None => tracing::warn!("SIGUSR1 before the VM started: nothing to dump"),
+                }
+                continue;
+            }
             STOP_SIGNAL.store(sig, Ordering::SeqCst);
-            if let Some(handle) = stop.get() {
-                handle.stop();
+            if let Some((stop, _)) = handles.get() {
+                stop.stop();
             }
         })?;
     Ok(())

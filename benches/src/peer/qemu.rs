@@ -2,7 +2,7 @@
 //! kernel and initramfs as kiln.
 
 use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -85,12 +85,19 @@ fn wait_for_qemu_pong(
 
 impl QemuMicrovm {
     /// Boots one VM with guest CID `cid` and waits for its agent's pong;
-    /// the guard kills QEMU (by pid) when dropped.
-    pub fn boot_ready(&self, cid: u32) -> Result<ChildGuard, BootError> {
+    /// the guard kills QEMU (by pid) when dropped. The guest console goes
+    /// to `console` when given.
+    pub fn boot_ready(&self, cid: u32, console: Option<&Path>) -> Result<ChildGuard, BootError> {
         let what = "qemu microvm";
+        let stdout = match console {
+            Some(path) => Stdio::from(
+                std::fs::File::create(path).map_err(|source| BootError::Spawn { what, source })?,
+            ),
+            None => Stdio::null(),
+        };
         let child = self
             .command(cid)
-            .stdout(Stdio::null())
+            .stdout(stdout)
             .spawn()
             .map_err(|source| BootError::Spawn { what, source })?;
         let mut guard = ChildGuard::new(child);

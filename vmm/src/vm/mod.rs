@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::devices::virtio::EventLoop;
+use crate::devices::virtio::{DumpTrigger, EventLoop};
 use crate::hypervisor;
 use crate::memory::GuestMemoryMmap;
 use crate::vcpu::threads::VcpuThreads;
@@ -29,6 +29,7 @@ pub struct MicroVm {
     pub(crate) clock: Arc<BootClock>,
     pub(crate) vcpus: VcpuThreads,
     pub(crate) event_loop: Mutex<Option<EventLoop>>,
+    pub(crate) dump: DumpTrigger,
     pub(crate) serial_log: Option<PathBuf>,
     pub(crate) vsock_uds: Option<PathBuf>,
     pub(crate) cmdline: String,
@@ -84,6 +85,13 @@ impl MicroVm {
     /// A handle that can stop this VM from another thread.
     pub fn stop_handle(&self) -> StopHandle {
         StopHandle(Arc::clone(&self.exit))
+    }
+
+    /// A handle that makes the device event loop log every virtio device's
+    /// state (queues, interrupts, vsock connections), for diagnosing a
+    /// guest that stopped moving data. `kiln-vmm` calls it on SIGUSR1.
+    pub fn dump_trigger(&self) -> DumpTrigger {
+        self.dump.clone()
     }
 
     /// The exit reason, if the VM has exited or is stopping.

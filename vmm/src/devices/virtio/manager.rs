@@ -89,6 +89,11 @@ impl VirtioDevices {
     pub fn spawn(self) -> Result<EventLoop, VirtioError> {
         let mut manager = EventManager::<Box<dyn MutEventSubscriber + Send>>::new()
             .map_err(VirtioError::EventManager)?;
+        let dump = EventFd::new(EFD_NONBLOCK).map_err(VirtioError::EventFd)?;
+        manager.add_subscriber(Box::new(DumpSubscriber {
+            evt: dump.try_clone().map_err(VirtioError::EventFd)?,
+            devices: self.devices.clone(),
+        }));
         for device in self.devices {
             manager.add_subscriber(Box::new(DeviceSubscriber(device)));
         }
@@ -109,18 +114,39 @@ impl VirtioDevices {
             .map_err(VirtioError::Thread)?;
         Ok(EventLoop {
             exit,
+            dump: DumpTrigger(Arc::new(dump)),
             thread: Some(thread),
         })
+    }
+}
+
+/// Asks the event loop to log every device's state ([`VirtioDevice::describe`]);
+/// cheap to clone, usable from any thread.
+#[derive(Clone)]
+pub struct DumpTrigger(Arc<EventFd>);
+
+impl DumpTrigger {
+    /// Requests one dump; the event loop logs it between two events.
+    pub fn request(&self) {
+        if let Err(e) = self.0.write(1) {
+            tracing::warn!("virtio: cannot request a state dump: {e}");
+        }
     }
 }
 
 /// The running device event loop. Dropping it stops the loop too.
 pub struct EventLoop {
     exit: EventFd,
+    dump: DumpTrigger,
     thread: Option<JoinHandle<Result<(), VirtioError>>>,
 }
 
 impl EventLoop {
+    /// A handle that asks this loop for a state dump.
+    pub fn dump_trigger(&self) -> DumpTrigger {
+        self.dump.clone()
+    }
+
     /// Stops the loop and waits for its thread; returns the loop's error, if any.
     pub fn stop(mut self) -> Result<(), VirtioError> {
         self.stop_inner()
@@ -160,6 +186,29 @@ impl MutEventSubscriber for DeviceSubscriber {
             .lock()
             .expect("virtio device lock poisoned")
             .init(ops);
+    }
+}
+
+/// Logs every device's state when its eventfd is signalled. It runs on the
+/// event loop, so no device is mid-way through an event while it looks.
+struct DumpSubscriber {
+    evt: EventFd,
+    devices: Vec<Arc<Mutex<dyn VirtioDevice>>>,
+}
+
+impl MutEventSubscriber for DumpSubscriber {
+    fn process(&mut self, _events: Events, _ops: &mut EventOps) {
+        let _ = self.evt.read();
+        for (i, device) in self.devices.iter().enumerate() {
+            let state = device.lock().expect("virtio device lock poisoned").describe();
+            tracing::warn!("state dump: virtio device {i}: {state}");
+        }
+    }
+
+    fn init(&mut self, ops: &mut EventOps) {
+        if let Err(e) = ops.add(Events::new(&self.evt, EventSet::IN)) {
+            tracing::error!("virtio event loop: cannot watch the dump eventfd: {e}");
+        }
     }
 }
 
@@ -260,6 +309,7 @@ mod tests {
         ));
         // The loop starts and stops promptly.
         let el = devs.spawn().unwrap();
+        el.dump_trigger().request();
         el.stop().unwrap();
     }
 }

@@ -30,7 +30,7 @@ use virtio_queue::{DescriptorChain, Queue, QueueT};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-pub use manager::{EventLoop, VirtioDevices};
+pub use manager::{DumpTrigger, EventLoop, VirtioDevices};
 
 /// Device type of a virtio block device.
 pub const TYPE_BLOCK: u32 = 2;
@@ -141,6 +141,42 @@ pub trait VirtioDevice: MutEventSubscriber + Send {
     fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError>;
     /// Stops the device and drops all guest-visible state (device reset).
     fn reset(&mut self);
+    /// The device's state for a debug dump (`kiln-vmm` logs it on
+    /// SIGUSR1): queues as both sides see them, pending work, backends.
+    fn describe(&self) -> String {
+        format!("device type {}", self.device_type())
+    }
+}
+
+/// One queue as both sides see it, for debug dumps: the device's own
+/// positions (`next_avail`, `next_used`) against the indexes and flags the
+/// driver and device last wrote in guest memory.
+pub(crate) fn describe_queue(queue: &Queue, mem: &GuestMemoryMmap) -> String {
+    use vm_memory::{Bytes, GuestAddress};
+    let read = |addr: u64| -> String {
+        mem.read_obj::<u16>(GuestAddress(addr))
+            .map_or_else(|_| "?".into(), |v| v.to_string())
+    };
+    let size = u64::from(queue.size());
+    let (avail, used) = (queue.avail_ring(), queue.used_ring());
+    let mut s = format!(
+        "size {} next_avail {} avail.idx {} avail.flags {} next_used {} used.idx {} used.flags {}",
+        queue.size(),
+        queue.next_avail(),
+        read(avail + 2),
+        read(avail),
+        queue.next_used(),
+        read(used + 2),
+        read(used),
+    );
+    if queue.event_idx_enabled() {
+        s.push_str(&format!(
+            " used_event {} avail_event {}",
+            read(avail + 4 + 2 * size),
+            read(used + 4 + 8 * size)
+        ));
+    }
+    s
 }
 
 /// Reads `data.len()` bytes of a byte-array configuration space at `offset`;

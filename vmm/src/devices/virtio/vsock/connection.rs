@@ -228,6 +228,38 @@ impl Connection {
         )
     }
 
+    /// Everything about the connection, for a debug dump: state, what is
+    /// owed to the guest, both credit directions, and the bytes waiting in
+    /// the host socket each way.
+    pub fn describe(&self) -> String {
+        let (inq, outq) = socket_queues(&self.stream);
+        format!(
+            "state {:?} pending {:?} rw_pending {} credit_request_sent {} has_rx {} interest {:?} \
+             peer_credit {} (buf {} fwd_cnt {} rx_cnt {}) our buf {} fwd_cnt {} last_sent {} tx_buf {} \
+             shut peer {:#x} local {:#x} host_hup {} deadline {:?} \
+             host socket: {inq} bytes unread by us, {outq} unread by the client; {}",
+            self.state,
+            self.pending,
+            self.rw_pending,
+            self.credit_request_sent,
+            self.has_rx(),
+            self.interest(),
+            self.peer_credit(),
+            self.peer_buf_alloc,
+            self.peer_fwd_cnt,
+            self.rx_cnt,
+            self.buf_alloc,
+            self.fwd_cnt,
+            self.last_fwd_cnt_sent,
+            self.tx_buf.len(),
+            self.peer_shut,
+            self.local_shut,
+            self.host_hup,
+            self.deadline.map(|d| d.saturating_duration_since(Instant::now())),
+            self.counters(),
+        )
+    }
+
     /// Resets for an abnormal reason, and says which: these end a transfer
     /// midway, so the VMM log must tell why.
     fn abort(&mut self, why: &str) {
@@ -588,6 +620,24 @@ impl Connection {
         }
         None
     }
+}
+
+/// Bytes queued in a unix stream socket: (readable by us, sent by us and
+/// not yet read by the peer); -1 where the kernel would not say.
+fn socket_queues(stream: &UnixStream) -> (i64, i64) {
+    use std::os::fd::AsRawFd;
+    let query = |req| {
+        let mut n: libc::c_int = 0;
+        // SAFETY: FIONREAD/TIOCOUTQ write one c_int through the valid
+        // pointer; the fd is the live socket `stream` owns.
+        let rc = unsafe { libc::ioctl(stream.as_raw_fd(), req, &mut n) };
+        if rc == 0 {
+            i64::from(n)
+        } else {
+            -1
+        }
+    };
+    (query(libc::FIONREAD), query(libc::TIOCOUTQ))
 }
 
 /// Writes as much as the non-blocking stream takes; `Ok(0)` when full.

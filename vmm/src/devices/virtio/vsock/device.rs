@@ -13,7 +13,7 @@ use super::{
     VsockError, DEFAULT_CONNECT_TIMEOUT, EVQ, HOST_CID, MAX_PKT_PAYLOAD, QUEUE_SIZE, RXQ, TXQ,
 };
 use crate::devices::virtio::{
-    pop_chain, read_config_bytes, warn_limited, ActivateContext, ActivateError, VirtioDevice,
+    describe_queue, pop_chain, read_config_bytes, warn_limited, ActivateContext, ActivateError, VirtioDevice,
     INT_VRING, TYPE_VSOCK, VIRTIO_F_VERSION_1,
 };
 
@@ -235,6 +235,26 @@ impl VirtioDevice for Vsock {
         self.muxer.reset();
         // The event loop unregisters the dropped connections' fds.
         let _ = self.state_evt.write(1);
+    }
+
+    fn describe(&self) -> String {
+        let Some(ctx) = &self.active else {
+            return format!("vsock cid {}: not active\n{}", self.cid, self.muxer.describe());
+        };
+        let mut s = format!(
+            "vsock cid {}: broken {} interrupt status {:#x}\n",
+            self.cid,
+            self.broken,
+            ctx.interrupt.status()
+        );
+        for (name, i) in [("rx", RXQ), ("tx", TXQ), ("ev", EVQ)] {
+            s.push_str(&format!(
+                "  {name}q: {}\n",
+                describe_queue(&ctx.queues[i], &ctx.mem)
+            ));
+        }
+        s.push_str(&self.muxer.describe());
+        s
     }
 }
 

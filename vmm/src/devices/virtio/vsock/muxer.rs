@@ -435,6 +435,28 @@ impl Muxer {
         None
     }
 
+    /// The muxer's state for a debug dump: queued work and every
+    /// connection with its epoll interest.
+    pub fn describe(&self) -> String {
+        let mut s = format!(
+            "  muxer: {} pending host clients, {} connections, rx queue {:?}, {} queued RSTs, timer armed {}\n",
+            self.pending.len(),
+            self.conns.len(),
+            self.rx_queue,
+            self.rst_queue.len(),
+            self.timer_armed,
+        );
+        for (key, conn) in &self.conns {
+            let fd = conn.stream().as_raw_fd();
+            s.push_str(&format!(
+                "  conn {key:?} fd {fd} epoll {:?}: {}\n",
+                self.registered.get(&fd),
+                conn.describe()
+            ));
+        }
+        s
+    }
+
     /// Device reset: every connection goes (host streams close); host
     /// clients still sending their CONNECT line stay.
     pub fn reset(&mut self) {
