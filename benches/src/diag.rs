@@ -99,23 +99,36 @@ pub fn threads(pid: u32) -> String {
     out
 }
 
-/// Traces KVM events for `window` and summarizes them: events by type,
-/// exits by reason and guest RIP, and the first raw exit lines.
+/// Turns KVM's trace events on once, with the ring buffer off, before any
+/// VM runs. Enabling an event flips static keys (kernel text patched with
+/// int3), and under the testbed's multi-threaded TCG that races with the
+/// other CPU running the patched code and crashes the testbed kernel; so
+/// [`kvm_trace`] later only switches the ring buffer (`tracing_on`), which
+/// patches nothing. Returns whether tracing is ready.
+pub fn arm_kvm_trace() -> bool {
+    let t = Path::new(TRACEFS);
+    let write = |f: &str, v: &str| std::fs::write(t.join(f), v).is_ok();
+    write("tracing_on", "0") && write("events/kvm/enable", "1") && write("trace", "")
+}
+
+/// Records KVM events for `window` (after [`arm_kvm_trace`]) and
+/// summarizes them: events by type, exits by reason and guest RIP, and the
+/// first raw exit lines.
 pub fn kvm_trace(window: Duration) -> String {
     let t = Path::new(TRACEFS);
-    let enable = t.join("events/kvm/enable");
-    if !enable.exists() {
-        return "kvm trace: tracefs has no kvm events\n".into();
+    let write = |f: &str, v: &str| std::fs::write(t.join(f), v);
+    let enabled = std::fs::read_to_string(t.join("events/kvm/enable")).unwrap_or_default();
+    if enabled.trim() != "1" {
+        return "kvm trace: kvm events are not armed (no tracefs?)\n".into();
     }
-    let write = |f: &Path, v: &str| std::fs::write(f, v);
-    let _ = write(&t.join("trace"), "");
-    if write(&enable, "1").is_err() {
-        return "kvm trace: cannot enable kvm events\n".into();
+    let _ = write("trace", "");
+    if write("tracing_on", "1").is_err() {
+        return "kvm trace: cannot switch the ring buffer on\n".into();
     }
     std::thread::sleep(window);
-    let _ = write(&enable, "0");
+    let _ = write("tracing_on", "0");
     let trace = std::fs::read_to_string(t.join("trace")).unwrap_or_default();
-    let _ = write(&t.join("trace"), "");
+    let _ = write("trace", "");
     summarize_trace(&trace)
 }
 
@@ -137,7 +150,11 @@ fn summarize_trace(trace: &str) -> String {
                     .to_string()
             };
             *by_exit
-                .entry(format!("{} rip {}", word_after("reason "), word_after("rip ")))
+                .entry(format!(
+                    "{} rip {}",
+                    word_after("reason "),
+                    word_after("rip ")
+                ))
                 .or_default() += 1;
             if raw.len() < 5 {
                 raw.push(line.trim().chars().take(250).collect::<String>());
@@ -151,13 +168,53 @@ fn summarize_trace(trace: &str) -> String {
     out.push('\n');
     let mut exits: Vec<_> = by_exit.into_iter().collect();
     exits.sort_by(|a, b| b.1.cmp(&a.1));
+    let host_symbols = std::fs::read_to_string("/proc/kallsyms").unwrap_or_default();
     for (what, n) in exits.iter().take(10) {
-        let _ = writeln!(out, "  exit {what}: {n}");
+        // A guest RIP that falls in the testbed kernel's own text is named:
+        // the guest kernel has no code there, so it means the guest's state
+        // was replaced by the host's.
+        let host = what
+            .rsplit_once("rip 0x")
+            .and_then(|(_, hex)| u64::from_str_radix(hex, 16).ok())
+            .and_then(|rip| host_symbol(&host_symbols, rip))
+            .map(|sym| format!(" (a testbed-kernel address: {sym})"))
+            .unwrap_or_default();
+        let _ = writeln!(out, "  exit {what}: {n}{host}");
     }
     for line in raw {
         let _ = writeln!(out, "  raw: {line}");
     }
     out
+}
+
+/// The `/proc/kallsyms` symbol (with offset and module) that holds `addr`,
+/// when `addr` lies in the kernel's module area or text and the nearest
+/// symbol is close (64 KiB).
+fn host_symbol(kallsyms: &str, addr: u64) -> Option<String> {
+    let mut best: Option<(u64, &str)> = None;
+    for line in kallsyms.lines() {
+        let mut words = line.split_whitespace();
+        let (Some(a), Some(kind), Some(name)) = (words.next(), words.next(), words.next()) else {
+            continue;
+        };
+        if !matches!(kind, "t" | "T") {
+            continue;
+        }
+        let Ok(a) = u64::from_str_radix(a, 16) else {
+            continue;
+        };
+        if a != 0 && a <= addr && best.map_or(true, |(b, _)| a > b) {
+            best = Some((a, name));
+        }
+        let _ = words.next();
+    }
+    let (start, name) = best?;
+    let module = kallsyms
+        .lines()
+        .find(|l| l.split_whitespace().nth(2) == Some(name))
+        .and_then(|l| l.split_whitespace().nth(3))
+        .unwrap_or("");
+    (addr - start < 0x10000).then(|| format!("{name}+{:#x} {module}", addr - start))
 }
 
 /// The last `n` lines of a text file (a console or VMM log).
@@ -189,6 +246,19 @@ mod tests {
         assert!(s.contains("kvm_entry 1"), "{s}");
         assert!(s.contains("exit npf rip 0xffffffff81000010: 2"), "{s}");
         assert!(s.contains("exit hlt rip 0xffffffff81000020: 1"), "{s}");
+    }
+
+    #[test]
+    fn host_symbols_are_found_with_offset_and_module() {
+        let kallsyms = "ffffffffc0500000 t svm_vcpu_run\t[kvm_amd]\n\
+                        ffffffffc0500400 T svm_other\t[kvm_amd]\n\
+                        ffffffffc0600000 d some_data\t[kvm]\n";
+        assert_eq!(
+            host_symbol(kallsyms, 0xffff_ffff_c050_0010).as_deref(),
+            Some("svm_vcpu_run+0x10 [kvm_amd]")
+        );
+        assert_eq!(host_symbol(kallsyms, 0xffff_ffff_c040_0000), None);
+        assert_eq!(host_symbol(kallsyms, 0xffff_ffff_c070_0000), None);
     }
 
     #[test]

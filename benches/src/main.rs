@@ -3,6 +3,7 @@
 //! hardware KVM (`tools/bench`).
 
 mod child;
+mod compare;
 mod diag;
 mod exec;
 mod peer;
@@ -35,6 +36,42 @@ enum Command {
     Exec(ExecArgs),
     /// Long vsock streams (exec stdout), kiln and QEMU microvm alternating.
     Stream(StreamArgs),
+    /// Runs one command in a kiln VM and in a QEMU microvm (same guest) and
+    /// prints both outputs, to compare what each VMM exposes.
+    Compare(CompareArgs),
+}
+
+#[derive(clap::Args)]
+struct CompareArgs {
+    #[command(flatten)]
+    vms: VmArgs,
+    /// The command (argv) to run in both guests.
+    #[arg(last = true, required = true)]
+    argv: Vec<String>,
+}
+
+fn compare(args: CompareArgs) -> Result<()> {
+    let vms = &args.vms;
+    if let Some(vmm) = &vms.kiln_vmm {
+        let spec = kiln::vm_process::VmSpec {
+            vmm: vmm.clone(),
+            kernel: vms.kernel.clone(),
+            initramfs: vms.initramfs.clone(),
+            vcpus: 1,
+            mem_mib: vms.mem_mib,
+            serial_log: None,
+            kernel_args: None,
+            drives: Vec::new(),
+        };
+        println!("===== kiln\n{}", compare::in_kiln(&spec, &args.argv)?);
+    }
+    if let Some(q) = vms.qemu_microvm(1) {
+        println!(
+            "===== qemu microvm\n{}",
+            compare::in_qemu(&q, 3000, &args.argv)?
+        );
+    }
+    Ok(())
 }
 
 #[derive(clap::Args)]
@@ -120,6 +157,14 @@ impl VmArgs {
 
 fn stream(args: StreamArgs) -> Result<()> {
     diag::mount_kernel_fs();
+    if !diag::arm_kvm_trace() {
+        eprintln!("note: no KVM tracing here; stall reports will lack the guest RIP");
+    }
+    if std::env::var_os("KILN_LOG").is_none() {
+        // kiln-vmm inherits it: connection lifecycle lines (a few per
+        // connection) say how a broken stream ended.
+        std::env::set_var("KILN_LOG", "warn,kiln_vmm::devices::virtio::vsock=debug");
+    }
     std::fs::create_dir_all(&args.console_dir)
         .with_context(|| format!("creating {}", args.console_dir.display()))?;
     let vms = &args.vms;
@@ -165,7 +210,7 @@ fn stream(args: StreamArgs) -> Result<()> {
             }
             for r in &round {
                 eprintln!("#{i} {}", report::stream_line(r));
-                if let Some(report) = &r.stall_report {
+                for report in [&r.stall_report, &r.failure_detail].into_iter().flatten() {
                     eprintln!("{report}");
                 }
             }
@@ -302,5 +347,6 @@ fn main() -> Result<()> {
         Command::Boot(args) => boot(args),
         Command::Exec(args) => exec(args),
         Command::Stream(args) => stream(args),
+        Command::Compare(args) => compare(args),
     }
 }

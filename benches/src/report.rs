@@ -4,8 +4,8 @@ use std::fmt::Write;
 use std::time::Duration;
 
 use crate::peer::BootSample;
-use crate::stream::{Direction, StreamResult};
 use crate::stats::{summarize, Summary};
+use crate::stream::{Direction, StreamResult};
 
 fn ms(d: Duration) -> String {
     format!("{:.1}", d.as_secs_f64() * 1000.0)

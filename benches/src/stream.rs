@@ -66,6 +66,9 @@ pub struct StreamResult {
     pub error: Option<String>,
     /// The watchdog's report when the stream stalled or ran out of time.
     pub stall_report: Option<String>,
+    /// For a stream that failed without stalling: the VMM's log and the
+    /// guest console at that moment.
+    pub failure_detail: Option<String>,
     /// KVM's counters over the stream (exits, injected interrupts), when
     /// debugfs is there.
     pub kvm: Option<KvmCounters>,
@@ -82,6 +85,7 @@ impl StreamResult {
             took: Duration::ZERO,
             error: Some(format!("{e:#}")),
             stall_report: None,
+            failure_detail: None,
             kvm: None,
         }
     }
@@ -130,7 +134,9 @@ struct CountingZeros<'a> {
 
 impl Read for CountingZeros<'_> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = buf.len().min(usize::try_from(self.left).unwrap_or(usize::MAX));
+        let n = buf
+            .len()
+            .min(usize::try_from(self.left).unwrap_or(usize::MAX));
         buf[..n].fill(0);
         self.left -= n as u64;
         self.progress.add(n);
@@ -360,6 +366,13 @@ pub fn kiln(vm_spec: &VmSpec, spec: &StreamSpec, console: &Path) -> Result<Strea
     let kvm = kvm_after.zip(kvm_before).map(|(a, b)| a.since(b));
     let res = res.map_err(|e| format!("{e} ({})", vm.vmm_report()));
     let (got, error) = outcome(spec, &progress, &stdout, res);
+    let failure_detail = (error.is_some() && stall_report.is_none()).then(|| {
+        format!(
+            "kiln-vmm log (last 30 lines):\n{}guest console (last 40 lines):\n{}",
+            diag::tail(vm.log_path(), 30),
+            diag::tail(console, 40)
+        )
+    });
     let _ = vm.shutdown(Duration::from_secs(30));
     Ok(StreamResult {
         vmm: "kiln",
@@ -369,6 +382,7 @@ pub fn kiln(vm_spec: &VmSpec, spec: &StreamSpec, console: &Path) -> Result<Strea
         took,
         error,
         stall_report,
+        failure_detail,
         kvm,
     })
 }
@@ -425,6 +439,12 @@ pub fn qemu(
     let (stall_report, kvm_after) = split_stall(stall_report);
     let kvm = kvm_after.zip(kvm_before).map(|(a, b)| a.since(b));
     let (got, error) = outcome(spec, &progress, &stdout, res.map_err(|e| e.to_string()));
+    let failure_detail = (error.is_some() && stall_report.is_none()).then(|| {
+        format!(
+            "guest console (last 40 lines):\n{}",
+            diag::tail(console, 40)
+        )
+    });
     let timeout = Duration::from_secs(5);
     if let Ok(mut s) = vsock::connect(cid, AGENT_VSOCK_PORT, timeout, timeout) {
         let _ = client::shutdown(&mut s);
@@ -438,6 +458,7 @@ pub fn qemu(
         took,
         error,
         stall_report,
+        failure_detail,
         kvm,
     })
 }

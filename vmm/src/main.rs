@@ -16,9 +16,9 @@ use std::time::{Duration, Instant};
 use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser};
 use kiln_vmm::builder;
 use kiln_vmm::config::{DriveConfig, VmConfig, VsockConfig};
+use kiln_vmm::devices::virtio::DumpTrigger;
 use kiln_vmm::vm::exit::ExitReason;
 use kiln_vmm::vm::timings::Timings;
-use kiln_vmm::devices::virtio::DumpTrigger;
 use kiln_vmm::vm::StopHandle;
 
 /// Run one kiln microVM until its guest exits.
@@ -197,9 +197,7 @@ fn init_logging() {
 /// mask, so this runs before any other thread starts) and handles them on a
 /// dedicated thread: the first two stop the VM, SIGUSR1 logs the devices'
 /// state.
-fn install_signal_thread(
-    handles: Arc<OnceLock<(StopHandle, DumpTrigger)>>,
-) -> std::io::Result<()> {
+fn install_signal_thread(handles: Arc<OnceLock<(StopHandle, DumpTrigger)>>) -> std::io::Result<()> {
     let set = vmm_sys_util::signal::create_sigset(&[libc::SIGTERM, libc::SIGINT, libc::SIGUSR1])
         .map_err(|e| std::io::Error::from_raw_os_error(e.errno()))?;
     // SAFETY: `set` is an initialized sigset; a null old-set pointer is allowed.

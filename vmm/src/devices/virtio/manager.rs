@@ -200,7 +200,10 @@ impl MutEventSubscriber for DumpSubscriber {
     fn process(&mut self, _events: Events, _ops: &mut EventOps) {
         let _ = self.evt.read();
         for (i, device) in self.devices.iter().enumerate() {
-            let state = device.lock().expect("virtio device lock poisoned").describe();
+            let state = device
+                .lock()
+                .expect("virtio device lock poisoned")
+                .describe();
             tracing::warn!("state dump: virtio device {i}: {state}");
         }
     }

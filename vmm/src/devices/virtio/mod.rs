@@ -400,6 +400,12 @@ pub(crate) mod test_utils {
             head
         }
 
+        /// The head index the next [`TestQueue::add_chain`] will use (chains
+        /// take descriptors in order), so a buffer's address can follow it.
+        pub fn next_head(&self) -> u16 {
+            self.next_desc
+        }
+
         /// Puts `head` on the available ring.
         pub fn publish(&self, mem: &GuestMemoryMmap, head: u16) {
             let idx: u16 = mem.read_obj(GuestAddress(self.avail + 2)).expect("idx");
