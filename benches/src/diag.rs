@@ -111,25 +111,57 @@ pub fn arm_kvm_trace() -> bool {
     write("tracing_on", "0") && write("events/kvm/enable", "1") && write("trace", "")
 }
 
-/// Records KVM events for `window` (after [`arm_kvm_trace`]) and
-/// summarizes them: events by type, exits by reason and guest RIP, and the
-/// first raw exit lines.
-pub fn kvm_trace(window: Duration) -> String {
+/// The raw KVM trace of the next `window` (after [`arm_kvm_trace`]).
+fn record(window: Duration) -> Result<String, String> {
     let t = Path::new(TRACEFS);
     let write = |f: &str, v: &str| std::fs::write(t.join(f), v);
     let enabled = std::fs::read_to_string(t.join("events/kvm/enable")).unwrap_or_default();
     if enabled.trim() != "1" {
-        return "kvm trace: kvm events are not armed (no tracefs?)\n".into();
+        return Err("kvm events are not armed (no tracefs?)".into());
     }
     let _ = write("trace", "");
-    if write("tracing_on", "1").is_err() {
-        return "kvm trace: cannot switch the ring buffer on\n".into();
-    }
+    write("tracing_on", "1").map_err(|e| format!("cannot switch the ring buffer on: {e}"))?;
     std::thread::sleep(window);
     let _ = write("tracing_on", "0");
     let trace = std::fs::read_to_string(t.join("trace")).unwrap_or_default();
     let _ = write("trace", "");
-    summarize_trace(&trace)
+    Ok(trace)
+}
+
+/// Records KVM events for `window` and summarizes them: events by type,
+/// exits by reason and guest RIP, and the first raw exit lines.
+pub fn kvm_trace(window: Duration) -> String {
+    match record(window) {
+        Ok(trace) => summarize_trace(&trace),
+        Err(e) => format!("kvm trace: {e}\n"),
+    }
+}
+
+/// KVM exits by reason over `window`, busiest first ("npf 1200, io 80").
+pub fn kvm_exit_profile(window: Duration) -> String {
+    match record(window) {
+        Ok(trace) => exit_profile(&trace),
+        Err(e) => e,
+    }
+}
+
+fn exit_profile(trace: &str) -> String {
+    let mut by_reason: std::collections::BTreeMap<&str, u64> = Default::default();
+    for line in trace.lines().filter(|l| l.contains("kvm_exit:")) {
+        let reason = line
+            .split_once("reason ")
+            .and_then(|(_, r)| r.split_whitespace().next())
+            .unwrap_or("?");
+        *by_reason.entry(reason).or_default() += 1;
+    }
+    let mut v: Vec<_> = by_reason.into_iter().collect();
+    v.sort_by(|a, b| b.1.cmp(&a.1));
+    let parts: Vec<String> = v.iter().map(|(r, n)| format!("{r} {n}")).collect();
+    if parts.is_empty() {
+        "no exits".into()
+    } else {
+        parts.join(", ")
+    }
 }
 
 fn summarize_trace(trace: &str) -> String {
@@ -246,6 +278,16 @@ mod tests {
         assert!(s.contains("kvm_entry 1"), "{s}");
         assert!(s.contains("exit npf rip 0xffffffff81000010: 2"), "{s}");
         assert!(s.contains("exit hlt rip 0xffffffff81000020: 1"), "{s}");
+    }
+
+    #[test]
+    fn exit_profile_counts_reasons_busiest_first() {
+        let trace = "a: kvm_exit: vcpu 0 reason io rip 0x1\n\
+                     b: kvm_exit: vcpu 0 reason npf rip 0x2\n\
+                     c: kvm_exit: vcpu 0 reason npf rip 0x3\n\
+                     d: kvm_entry: vcpu 0\n";
+        assert_eq!(exit_profile(trace), "npf 2, io 1");
+        assert_eq!(exit_profile(""), "no exits");
     }
 
     #[test]

@@ -94,6 +94,10 @@ struct StreamArgs {
     /// (the state is then recorded and the VMM killed).
     #[arg(long, default_value_t = 60)]
     stall_secs: u64,
+    /// Seconds into each stream at which KVM's exits are counted by reason
+    /// for one second.
+    #[arg(long, default_value_t = 10)]
+    profile_at_secs: u64,
     /// Where guest consoles are kept (one file per stream).
     #[arg(long, default_value = "stream-consoles")]
     console_dir: PathBuf,
@@ -191,6 +195,7 @@ fn stream(args: StreamArgs) -> Result<()> {
                 direction,
                 deadline: std::time::Duration::from_secs(args.timeout),
                 stall: std::time::Duration::from_secs(args.stall_secs),
+                profile_at: Some(std::time::Duration::from_secs(args.profile_at_secs)),
             };
             let mut round = Vec::new();
             if let Some(vm_spec) = &vm_spec {
@@ -210,6 +215,9 @@ fn stream(args: StreamArgs) -> Result<()> {
             }
             for r in &round {
                 eprintln!("#{i} {}", report::stream_line(r));
+                if let Some(p) = &r.exit_profile {
+                    eprintln!("   kvm exits in 1 s mid-stream: {p}");
+                }
                 for report in [&r.stall_report, &r.failure_detail].into_iter().flatten() {
                     eprintln!("{report}");
                 }

@@ -47,6 +47,8 @@ pub struct StreamSpec {
     pub deadline: Duration,
     /// Longest no byte may move before the stream counts as stalled.
     pub stall: Duration,
+    /// When into the stream to sample KVM's exits by reason for a second.
+    pub profile_at: Option<Duration>,
 }
 
 /// Outcome of one stream.
@@ -72,6 +74,8 @@ pub struct StreamResult {
     /// KVM's counters over the stream (exits, injected interrupts), when
     /// debugfs is there.
     pub kvm: Option<KvmCounters>,
+    /// KVM exits by reason over one second mid-stream.
+    pub exit_profile: Option<String>,
 }
 
 impl StreamResult {
@@ -87,6 +91,7 @@ impl StreamResult {
             stall_report: None,
             failure_detail: None,
             kvm: None,
+            exit_profile: None,
         }
     }
 }
@@ -149,18 +154,32 @@ const AFTER_KILL_GRACE: Duration = Duration::from_secs(60);
 
 /// Runs `body` under the watchdog described in the module docs. `on_stall`
 /// gets the reason, must end the VMM, and returns the report.
-/// Returns the body's result, the report, and KVM's counters when the
-/// watchdog fired (a killed VM's counters leave KVM's sums).
+/// What the watchdog saw: the stall report with KVM's counters at that
+/// moment (a killed VM's counters leave KVM's sums), and the mid-stream
+/// exit profile.
+#[derive(Default)]
+struct Watch {
+    stall: Option<(String, Option<KvmCounters>)>,
+    profile: Option<String>,
+}
+
+/// Returns the body's result and what the watchdog saw.
 fn watched<T>(
     spec: &StreamSpec,
     progress: &Progress,
     on_stall: impl FnOnce(&str) -> String + Send,
     body: impl FnOnce() -> T,
-) -> (T, Option<(String, Option<KvmCounters>)>) {
+) -> (T, Watch) {
     std::thread::scope(|scope| {
         let dog = scope.spawn(move || {
+            let mut watch = Watch::default();
             while !progress.done.load(Ordering::SeqCst) {
                 std::thread::sleep(Duration::from_millis(200));
+                if watch.profile.is_none()
+                    && spec.profile_at.is_some_and(|at| progress.start.elapsed() >= at)
+                {
+                    watch.profile = Some(diag::kvm_exit_profile(Duration::from_secs(1)));
+                }
                 let why = if progress.idle() >= spec.stall {
                     format!(
                         "no byte moved for {:?} (at {} of {} bytes)",
@@ -195,14 +214,15 @@ fn watched<T>(
                     }
                     std::thread::sleep(Duration::from_millis(200));
                 }
-                return Some((report, counters));
+                watch.stall = Some((report, counters));
+                break;
             }
-            None
+            watch
         });
         let out = body();
         progress.done.store(true, Ordering::SeqCst);
-        let report = dog.join().unwrap_or(None);
-        (out, report)
+        let watch = dog.join().unwrap_or_default();
+        (out, watch)
     })
 }
 
@@ -362,7 +382,8 @@ pub fn kiln(vm_spec: &VmSpec, spec: &StreamSpec, console: &Path) -> Result<Strea
         )
     });
     let took = progress.start.elapsed();
-    let (stall_report, kvm_after) = split_stall(stall_report);
+    let exit_profile = stall_report.profile;
+    let (stall_report, kvm_after) = split_stall(stall_report.stall);
     let kvm = kvm_after.zip(kvm_before).map(|(a, b)| a.since(b));
     let res = res.map_err(|e| format!("{e} ({})", vm.vmm_report()));
     let (got, error) = outcome(spec, &progress, &stdout, res);
@@ -384,6 +405,7 @@ pub fn kiln(vm_spec: &VmSpec, spec: &StreamSpec, console: &Path) -> Result<Strea
         stall_report,
         failure_detail,
         kvm,
+        exit_profile,
     })
 }
 
@@ -436,7 +458,8 @@ pub fn qemu(
         )
     });
     let took = progress.start.elapsed();
-    let (stall_report, kvm_after) = split_stall(stall_report);
+    let exit_profile = stall_report.profile;
+    let (stall_report, kvm_after) = split_stall(stall_report.stall);
     let kvm = kvm_after.zip(kvm_before).map(|(a, b)| a.since(b));
     let (got, error) = outcome(spec, &progress, &stdout, res.map_err(|e| e.to_string()));
     let failure_detail = (error.is_some() && stall_report.is_none()).then(|| {
@@ -460,6 +483,7 @@ pub fn qemu(
         stall_report,
         failure_detail,
         kvm,
+        exit_profile,
     })
 }
 
