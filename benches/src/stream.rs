@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use kiln::vm_process::{VmProcess, VmSpec};
 use kiln_agent::client;
 use kiln_agent::protocol::{ExecRequest, ExitStatus, AGENT_VSOCK_PORT};
@@ -342,8 +342,13 @@ pub fn kiln(vm_spec: &VmSpec, spec: &StreamSpec, console: &Path) -> Result<Strea
     let _ = std::fs::remove_file(console);
     vm_spec.serial_log = Some(console.to_path_buf());
     let mut vm = VmProcess::spawn(&vm_spec)?;
-    vm.wait_ready(Duration::from_secs(120))
-        .context("booting kiln")?;
+    if let Err(e) = vm.wait_ready(Duration::from_secs(120)) {
+        return Err(anyhow::Error::new(e).context(format!(
+            "booting kiln\nkiln-vmm log (last 20 lines):\n{}guest console (last 30 lines):\n{}",
+            diag::tail(vm.log_path(), 20),
+            diag::tail(console, 30)
+        )));
+    }
     let progress = Progress::new();
     let kvm_before = KvmCounters::read();
     let mut stdout = Vec::new();
