@@ -162,6 +162,9 @@ pub trait Vcpu: Send {
     fn set_immediate_exit(&mut self, exit: bool);
     /// The vCPU file descriptor, for diagnostics.
     fn raw_fd(&self) -> RawFd;
+    /// The vCPU's registers and pending events in one line, for the log
+    /// when the guest crashes (a triple fault leaves no guest log).
+    fn describe_state(&self) -> String;
 }
 
 /// Opens the default hypervisor of this host (KVM).

@@ -71,4 +71,8 @@ impl crate::hypervisor::Vcpu for KvmVcpu {
     fn raw_fd(&self) -> RawFd {
         self.fd.as_raw_fd()
     }
+
+    fn describe_state(&self) -> String {
+        x86_64::describe_state(&self.fd)
+    }
 }

@@ -205,3 +205,35 @@ pub(super) fn set_entry_state(fd: &VcpuFd, state: &EntryState) -> Result<()> {
     fd.set_regs(&regs)
         .map_err(|e| HypervisorError::call("KVM_SET_REGS", e))
 }
+
+/// Registers, control registers and pending exception/interrupt state, for
+/// a crash log line; what KVM refuses to give is named instead.
+pub(super) fn describe_state(fd: &VcpuFd) -> String {
+    let regs = match fd.get_regs() {
+        Ok(r) => format!(
+            "rip {:#x} rsp {:#x} rflags {:#x} rax {:#x} rbx {:#x} rcx {:#x} rdx {:#x} rsi {:#x} rdi {:#x} rbp {:#x}",
+            r.rip, r.rsp, r.rflags, r.rax, r.rbx, r.rcx, r.rdx, r.rsi, r.rdi, r.rbp
+        ),
+        Err(e) => format!("regs unavailable ({e})"),
+    };
+    let sregs = match fd.get_sregs() {
+        Ok(s) => format!(
+            "cr0 {:#x} cr2 {:#x} cr3 {:#x} cr4 {:#x} efer {:#x} cs {:#x} idt {:#x}/{:#x}",
+            s.cr0, s.cr2, s.cr3, s.cr4, s.efer, s.cs.selector, s.idt.base, s.idt.limit
+        ),
+        Err(e) => format!("sregs unavailable ({e})"),
+    };
+    let events = match fd.get_vcpu_events() {
+        Ok(e) => format!(
+            "exception injected {} nr {} error {:#x}; interrupt injected {} nr {}; nmi pending {}",
+            e.exception.injected,
+            e.exception.nr,
+            e.exception.error_code,
+            e.interrupt.injected,
+            e.interrupt.nr,
+            e.nmi.pending
+        ),
+        Err(e) => format!("events unavailable ({e})"),
+    };
+    format!("{regs}; {sregs}; {events}")
+}
