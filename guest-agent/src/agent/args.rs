@@ -26,6 +26,9 @@ Programs run chrooted into the sandbox as uid/gid 1000.
   --files-root DIR     confine file requests to DIR, as the agent's own user
                        (host testing; without it or --sandbox-root a host
                        agent refuses file requests)
+  --setting KEY=VALUE  off PID 1: a kiln.* setting as on the kernel command
+                       line (kiln.output_buffer_kib=, kiln.max_processes=,
+                       kiln.max_finished=); may repeat
   --version            print the version
   --help               print this help
 ";
@@ -49,6 +52,8 @@ pub struct Serve {
     /// `--files-root`: confine the files API to this directory, with the
     /// agent's own credentials (host testing).
     pub files_root: Option<PathBuf>,
+    /// `--setting`: `kiln.*=value` words, as on the kernel command line.
+    pub settings: Vec<String>,
 }
 
 /// What the command line asks for.
@@ -86,6 +91,7 @@ pub fn parse(
     let mut transport = Transport::Vsock(AGENT_VSOCK_PORT);
     let mut sandbox_root = None;
     let mut files_root = None;
+    let mut settings = Vec::new();
     let mut args = args.into_iter();
     while let Some(arg) = args.next() {
         match arg.to_str() {
@@ -107,6 +113,10 @@ pub fn parse(
                 let dir = args.next().ok_or(ArgsError::MissingValue("--files-root"))?;
                 files_root = Some(PathBuf::from(dir));
             }
+            Some("--setting") => {
+                let word = args.next().ok_or(ArgsError::MissingValue("--setting"))?;
+                settings.push(word.to_string_lossy().into_owned());
+            }
             Some("--vsock-port") => {
                 let raw = args.next().ok_or(ArgsError::MissingValue("--vsock-port"))?;
                 let raw = raw.to_string_lossy().into_owned();
@@ -121,6 +131,7 @@ pub fn parse(
         transport,
         sandbox_root,
         files_root,
+        settings,
     }))
 }
 
@@ -137,6 +148,7 @@ mod tests {
             transport,
             sandbox_root: None,
             files_root: None,
+            settings: Vec::new(),
         })
     }
 
@@ -158,6 +170,7 @@ mod tests {
                 transport: Transport::Unix("/s".into()),
                 sandbox_root: Some("/r".into()),
                 files_root: None,
+                settings: Vec::new(),
             }))
         );
         assert_eq!(
@@ -170,11 +183,23 @@ mod tests {
                 transport: Transport::Vsock(1024),
                 sandbox_root: None,
                 files_root: Some("/f".into()),
+                settings: Vec::new(),
             }))
         );
         assert_eq!(
             p(&["--files-root"], false),
             Err(ArgsError::MissingValue("--files-root"))
+        );
+        let Ok(Invocation::Serve(s)) = p(
+            &["--setting", "kiln.max_processes=2", "--setting", "x=1"],
+            false,
+        ) else {
+            panic!("settings");
+        };
+        assert_eq!(s.settings, ["kiln.max_processes=2", "x=1"]);
+        assert_eq!(
+            p(&["--setting"], false),
+            Err(ArgsError::MissingValue("--setting"))
         );
     }
 

@@ -54,6 +54,11 @@ impl Encoder {
         Self::default()
     }
 
+    /// Appends to `buf` instead of a new buffer.
+    pub(crate) fn from_vec(buf: Vec<u8>) -> Self {
+        Self { buf }
+    }
+
     pub(crate) fn finish(self) -> Vec<u8> {
         self.buf
     }
