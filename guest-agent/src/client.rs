@@ -13,6 +13,8 @@
 pub mod files;
 pub mod process;
 pub(crate) mod reply;
+#[cfg(test)]
+mod scripted;
 
 use std::io::{self, Read, Write};
 use std::thread;
@@ -204,51 +206,7 @@ fn read_output<R: Read + ?Sized>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::Cursor;
-
-    /// A fake connection: reads come from a scripted agent reply, writes
-    /// are recorded.
-    struct Scripted {
-        reply: Cursor<Vec<u8>>,
-        sent: Vec<u8>,
-    }
-
-    impl Scripted {
-        fn new(reply: &[Message]) -> Self {
-            let mut buf = Vec::new();
-            for m in reply {
-                write_message(&mut buf, m).expect("encode");
-            }
-            Self {
-                reply: Cursor::new(buf),
-                sent: Vec::new(),
-            }
-        }
-
-        fn sent(&self) -> Vec<Message> {
-            let mut r = Cursor::new(self.sent.clone());
-            let mut out = Vec::new();
-            while let Ok(m) = read_message(&mut r) {
-                out.push(m);
-            }
-            out
-        }
-    }
-
-    impl Read for Scripted {
-        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-            self.reply.read(buf)
-        }
-    }
-
-    impl Write for Scripted {
-        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-            self.sent.write(buf)
-        }
-        fn flush(&mut self) -> io::Result<()> {
-            Ok(())
-        }
-    }
+    use crate::client::scripted::Scripted;
 
     #[test]
     fn exec_collects_output_and_sends_stdin() {

@@ -14,8 +14,10 @@ usage: kiln-agent [--listen-unix PATH | --vsock-port PORT] [--sandbox-root DIR]
 As PID 1 (inside a kiln microVM) the agent mounts /proc, /sys, /dev, /tmp,
 builds the sandbox (runtime image from /dev/vda under a tmpfs overlay,
 cgroup limits; kiln.overlay_mib=, kiln.sandbox_mem_mib=, kiln.pids_max= on
-the kernel command line), marks the boot timer, reaps orphans and serves on
-vsock port 1024; unknown arguments from the kernel command line are ignored.
+the kernel command line), sizes the process table (kiln.output_buffer_kib=,
+kiln.max_processes=, kiln.max_finished=), marks the boot timer, reaps
+orphans and serves on vsock port 1024; unknown arguments from the kernel
+command line are ignored.
 Programs run chrooted into the sandbox as uid/gid 1000.
 
   --listen-unix PATH   serve on a unix socket instead (host testing)

@@ -221,49 +221,10 @@ fn expect_ok<S: Read + Write>(stream: &mut S, request: Message) -> Result<(), Fi
 
 #[cfg(test)]
 mod tests {
+    use super::super::scripted::Scripted;
     use super::*;
-    use crate::protocol::{read_message, ErrorCode, MessageKind};
+    use crate::protocol::{ErrorCode, MessageKind};
     use sha2::{Digest, Sha256};
-    use std::io::Cursor;
-
-    /// Scripted agent replies; records what the client sent.
-    struct Scripted {
-        reply: Cursor<Vec<u8>>,
-        sent: Vec<u8>,
-    }
-
-    impl Scripted {
-        fn new(reply: &[Message]) -> Self {
-            let mut buf = Vec::new();
-            for m in reply {
-                write_message(&mut buf, m).expect("encode");
-            }
-            Self {
-                reply: Cursor::new(buf),
-                sent: Vec::new(),
-            }
-        }
-
-        fn sent(&self) -> Vec<Message> {
-            let mut r = Cursor::new(self.sent.clone());
-            std::iter::from_fn(|| read_message(&mut r).ok()).collect()
-        }
-    }
-
-    impl Read for Scripted {
-        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-            self.reply.read(buf)
-        }
-    }
-
-    impl Write for Scripted {
-        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-            self.sent.write(buf)
-        }
-        fn flush(&mut self) -> io::Result<()> {
-            Ok(())
-        }
-    }
 
     fn digest(data: &[u8]) -> FileDigest {
         FileDigest {

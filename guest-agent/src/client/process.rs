@@ -142,50 +142,12 @@ pub fn collect<S: Read + Write>(stream: &mut S, id: u64) -> Result<ExitStatus, C
 
 #[cfg(test)]
 mod tests {
+    use super::super::scripted::Scripted;
     use super::*;
-    use crate::protocol::{read_message, ErrorCode, Gap, MessageKind, OutputChunk};
+    use crate::protocol::{ErrorCode, Gap, MessageKind, OutputChunk};
     use std::cell::RefCell;
-    use std::io::{self, Cursor};
+    use std::io;
     use std::rc::Rc;
-
-    /// Scripted agent replies; records what the client sent.
-    struct Scripted {
-        reply: Cursor<Vec<u8>>,
-        sent: Vec<u8>,
-    }
-
-    impl Scripted {
-        fn new(reply: &[Message]) -> Self {
-            let mut buf = Vec::new();
-            for m in reply {
-                write_message(&mut buf, m).expect("encode");
-            }
-            Self {
-                reply: Cursor::new(buf),
-                sent: Vec::new(),
-            }
-        }
-
-        fn sent(&self) -> Vec<Message> {
-            let mut r = Cursor::new(self.sent.clone());
-            std::iter::from_fn(|| read_message(&mut r).ok()).collect()
-        }
-    }
-
-    impl Read for Scripted {
-        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-            self.reply.read(buf)
-        }
-    }
-
-    impl Write for Scripted {
-        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-            self.sent.write(buf)
-        }
-        fn flush(&mut self) -> io::Result<()> {
-            Ok(())
-        }
-    }
 
     #[test]
     fn attach_yields_until_the_end_event() {

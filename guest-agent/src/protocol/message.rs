@@ -596,14 +596,12 @@ impl Message {
 }
 
 fn encode_exec(req: &ExecRequest, e: &mut Encoder) {
-    e.len(req.argv.len());
-    for arg in &req.argv {
+    e.list(&req.argv, |e, arg| {
         e.str(arg);
-    }
-    e.len(req.env.len());
-    for (k, v) in &req.env {
+    });
+    e.list(&req.env, |e, (k, v)| {
         e.str(k).str(v);
-    }
+    });
     e.opt_str(req.cwd.as_deref())
         .bool(req.stdin)
         .opt_u64(req.timeout_ms)
@@ -632,16 +630,10 @@ pub(crate) fn decode_exit(d: &mut Decoder<'_>) -> Result<ExitStatus, DecodeError
 
 fn decode_exec(d: &mut Decoder<'_>) -> Result<ExecRequest, DecodeError> {
     // Every string is at least its 4-byte length.
-    let argc = d.count("argv", MAX_ARGV, 4)?;
-    let mut argv = Vec::with_capacity(argc);
-    for _ in 0..argc {
-        argv.push(d.string("argv")?);
-    }
-    let envc = d.count("env", MAX_ENV, 8)?;
-    let mut env = Vec::with_capacity(envc);
-    for _ in 0..envc {
-        env.push((d.string("env key")?, d.string("env value")?));
-    }
+    let argv = d.list("argv", MAX_ARGV, 4, |d| d.string("argv"))?;
+    let env = d.list("env", MAX_ENV, 8, |d| {
+        Ok((d.string("env key")?, d.string("env value")?))
+    })?;
     Ok(ExecRequest {
         argv,
         env,

@@ -65,21 +65,11 @@ impl ProtocolError {
     }
 }
 
-/// Reads and decodes one message (a blocking adapter over
-/// [`MessageDecoder`]; it never reads past the message).
+/// Reads and decodes one message (a blocking adapter over the sans-IO
+/// decoder; it never reads past the message).
 pub fn read_message<R: Read + ?Sized>(reader: &mut R) -> Result<Message, ProtocolError> {
-    let mut decoder = MessageDecoder::new();
-    loop {
-        let n = match reader.read(decoder.buf_mut()) {
-            Ok(0) => return Err(decoder.end_of_stream()),
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(FrameError::Io(e).into()),
-        };
-        if let Some(message) = decoder.advance(n)? {
-            return Ok(message);
-        }
-    }
+    let frame = read_frame(reader)?;
+    Ok(Message::decode(frame.kind, &frame.payload)?)
 }
 
 /// Encodes and writes one message as a single frame (one `write_all`),

@@ -231,10 +231,9 @@ impl Gap {
 
 impl ProcessInfo {
     pub(crate) fn encode(&self, e: &mut Encoder) {
-        e.u64(self.id).len(self.argv.len());
-        for arg in &self.argv {
+        e.u64(self.id).list(&self.argv, |e, arg| {
             e.str(arg);
-        }
+        });
         match &self.exit {
             None => {
                 e.u8(0);
@@ -252,11 +251,8 @@ impl ProcessInfo {
 
     pub(crate) fn decode(d: &mut Decoder<'_>) -> Result<Self, DecodeError> {
         let id = d.u64("id")?;
-        let argc = d.count("argv", MAX_ARGV, 4)?;
-        let mut argv = Vec::with_capacity(argc);
-        for _ in 0..argc {
-            argv.push(d.string("argv")?);
-        }
+        // Every string is at least its 4-byte length.
+        let argv = d.list("argv", MAX_ARGV, 4, |d| d.string("argv"))?;
         let exit = if d.bool("exit")? {
             Some(decode_exit(d)?)
         } else {
@@ -302,19 +298,16 @@ pub fn cut_argv(argv: &[String], max: usize) -> Vec<String> {
 }
 
 pub(crate) fn encode_processes(list: &[ProcessInfo], e: &mut Encoder) {
-    e.len(list.len());
-    for info in list {
-        info.encode(e);
-    }
+    e.list(list, |e, info| info.encode(e));
 }
 
 pub(crate) fn decode_processes(d: &mut Decoder<'_>) -> Result<Vec<ProcessInfo>, DecodeError> {
-    let n = d.count("processes", MAX_LISTED_PROCESSES, MIN_PROCESS_INFO_LEN)?;
-    let mut out = Vec::with_capacity(n);
-    for _ in 0..n {
-        out.push(ProcessInfo::decode(d)?);
-    }
-    Ok(out)
+    d.list(
+        "processes",
+        MAX_LISTED_PROCESSES,
+        MIN_PROCESS_INFO_LEN,
+        ProcessInfo::decode,
+    )
 }
 
 #[cfg(test)]

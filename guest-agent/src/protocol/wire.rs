@@ -120,6 +120,19 @@ impl Encoder {
         self.bytes(v.as_bytes())
     }
 
+    /// A `u32` count, then each item.
+    pub(crate) fn list<T>(
+        &mut self,
+        items: &[T],
+        mut item: impl FnMut(&mut Self, &T),
+    ) -> &mut Self {
+        self.len(items.len());
+        for it in items {
+            item(self, it);
+        }
+        self
+    }
+
     pub(crate) fn opt_i32(&mut self, v: Option<i32>) -> &mut Self {
         match v {
             None => self.u8(0),
@@ -244,6 +257,22 @@ impl<'a> Decoder<'a> {
             return Err(DecodeError::Truncated(field));
         }
         Ok(count)
+    }
+
+    /// A list: a [`Decoder::count`], then each item.
+    pub(crate) fn list<T>(
+        &mut self,
+        field: &'static str,
+        max: u32,
+        min_item_len: usize,
+        mut item: impl FnMut(&mut Self) -> Result<T, DecodeError>,
+    ) -> Result<Vec<T>, DecodeError> {
+        let n = self.count(field, max, min_item_len)?;
+        let mut out = Vec::with_capacity(n);
+        for _ in 0..n {
+            out.push(item(self)?);
+        }
+        Ok(out)
     }
 
     fn tag(&mut self, field: &'static str) -> Result<bool, DecodeError> {

@@ -15,8 +15,8 @@
 //! supervisor stops reading the pipes instead of evicting what that reader
 //! has not sent yet, and the program slows down to the host's pace.
 //!
-//! Locks: the table's mutex, then a process's `state`; `stdin` and
-//! `cgroup` are taken alone.
+//! Locks, in order: the table's mutex, a process's `stdin`, its `state`;
+//! `cgroup` is taken alone.
 
 mod ring;
 pub mod serve;

@@ -9,7 +9,7 @@
 //!   without code or signal.
 //!
 //! Then the exec's cgroup is killed and removed (its OOM count read first)
-//! and the status is published; the table hears about it last.
+//! and the table publishes the status.
 //!
 //! Output past `max_output` bytes (stdout + stderr together) is still read,
 //! so the program never blocks on a full pipe, but dropped; the status then
@@ -34,6 +34,9 @@ const DRAIN_GRACE: Duration = Duration::from_millis(500);
 /// How long to wait for the exit status after SIGKILL.
 const KILL_GRACE: Duration = Duration::from_secs(5);
 
+/// Publishes a process's end.
+pub type OnFinish = Box<dyn FnOnce(&Process, ExitStatus) + Send>;
+
 /// Everything the loop needs; consumed by [`Supervisor::run`].
 pub struct Supervisor {
     /// The process.
@@ -44,8 +47,8 @@ pub struct Supervisor {
     pub timeout: Option<Duration>,
     /// Most output bytes kept.
     pub max_output: u64,
-    /// Told the id once the status is published.
-    pub on_finish: Box<dyn FnOnce(u64) + Send>,
+    /// Publishes the status (see `Table::finished`).
+    pub on_finish: OnFinish,
 }
 
 const STREAMS: [OutputStream; 2] = [OutputStream::Stdout, OutputStream::Stderr];
@@ -110,7 +113,7 @@ impl Supervisor {
         let oom_killed = cgroup.as_ref().is_some_and(ExecCgroup::oom_killed);
         // Kills whatever is left in the cgroup and removes it.
         drop(cgroup);
-        p.finish(ExitStatus {
+        let status = ExitStatus {
             code: match status {
                 WaitStatus::Exited(c) if known => Some(c),
                 _ => None,
@@ -123,8 +126,8 @@ impl Supervisor {
             duration_ms: u64::try_from(duration.as_millis()).unwrap_or(u64::MAX),
             truncated,
             oom_killed,
-        });
-        (self.on_finish)(p.id);
+        };
+        (self.on_finish)(&p, status);
     }
 
     fn outputs_closed(&self) -> bool {

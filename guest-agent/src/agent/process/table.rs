@@ -9,7 +9,7 @@ use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use kiln_agent::protocol::process::{cut_argv, MAX_LISTED_ARGV_BYTES};
-use kiln_agent::protocol::{ExecRequest, ProcessInfo, DEFAULT_MAX_OUTPUT_BYTES};
+use kiln_agent::protocol::{ExecRequest, ExitStatus, ProcessInfo, DEFAULT_MAX_OUTPUT_BYTES};
 
 use super::super::reaper::Reaper;
 use super::super::sandbox::Sandbox;
@@ -204,15 +204,19 @@ impl Table {
             outputs,
             timeout: req.timeout_ms.map(Duration::from_millis),
             max_output: req.max_output_bytes.unwrap_or(DEFAULT_MAX_OUTPUT_BYTES),
-            on_finish: Box::new(move |id| table.finished(id)),
+            on_finish: Box::new(move |process, status| table.finished(process, status)),
         };
         Ok((process, supervisor))
     }
 
-    /// The supervisor of `id` is done: keep it among the finished, and
-    /// evict the oldest finished ones beyond the bound.
-    fn finished(&self, id: u64) {
+    /// The supervisor is done: publish the status and list the process
+    /// among the finished in one step under the table lock (so whoever
+    /// sees the status can collect it), then evict the oldest finished
+    /// ones beyond the bound.
+    fn finished(&self, process: &Process, status: ExitStatus) {
         let mut inner = self.lock();
+        process.finish(status);
+        let id = process.id;
         if !inner.procs.contains_key(&id) {
             return;
         }
@@ -243,7 +247,7 @@ impl Table {
     pub fn collect(&self, id: u64) -> Result<Arc<Process>, TableError> {
         let mut inner = self.lock();
         let process = inner.procs.get(&id).ok_or(TableError::NoSuchProcess(id))?;
-        // Listed as finished only once the status is published.
+        // Listed as finished exactly when the status is published.
         if !inner.finished.contains(&id) {
             return Err(TableError::StillRunning(id));
         }
