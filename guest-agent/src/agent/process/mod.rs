@@ -15,8 +15,9 @@
 //! supervisor stops reading the pipes instead of evicting what that reader
 //! has not sent yet, and the program slows down to the host's pace.
 //!
-//! Locks, in order: the table's mutex, a process's `stdin`, its `state`;
-//! `cgroup` is taken alone.
+//! Locks: the table's mutex, then a process's `state`; `stdin` (held up
+//! to a stdin write's timeout) and `cgroup` are taken alone, or `stdin`
+//! before `state`.
 
 mod ring;
 pub mod serve;
@@ -26,6 +27,7 @@ mod supervisor;
 mod table;
 mod waker;
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -104,6 +106,7 @@ pub struct Process {
     state: Mutex<State>,
     changed: Condvar,
     stdin: Mutex<StdinPipe>,
+    stdin_open: AtomicBool,
     mailbox: Arc<Mailbox>,
 }
 
@@ -117,8 +120,13 @@ impl Process {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn lock_stdin(&self) -> MutexGuard<'_, StdinPipe> {
-        self.stdin.lock().unwrap_or_else(|e| e.into_inner())
+    /// Runs `f` on the stdin pipe and records whether it is still open
+    /// (for listings, which must not wait behind a slow write).
+    fn with_stdin<T>(&self, f: impl FnOnce(&mut StdinPipe) -> T) -> T {
+        let mut stdin = self.stdin.lock().unwrap_or_else(|e| e.into_inner());
+        let out = f(&mut stdin);
+        self.stdin_open.store(stdin.is_open(), Ordering::Relaxed);
+        out
     }
 
     /// How it ended, once it has.
@@ -128,7 +136,7 @@ impl Process {
 
     /// Its entry in a listing.
     pub fn info(&self) -> ProcessInfo {
-        let stdin_open = self.lock_stdin().is_open();
+        let stdin_open = self.stdin_open.load(Ordering::Relaxed);
         let st = self.lock();
         ProcessInfo {
             id: self.id,
@@ -182,12 +190,12 @@ impl Process {
         data: &[u8],
         timeout: Duration,
     ) -> Result<u64, StdinError> {
-        self.lock_stdin().write_at(offset, data, timeout)
+        self.with_stdin(|stdin| stdin.write_at(offset, data, timeout))
     }
 
     /// Closes stdin (the program reads end of file).
     pub fn close_stdin(&self) {
-        self.lock_stdin().close();
+        self.with_stdin(StdinPipe::close);
     }
 
     /// The next chunks after `cursor`, waiting up to `max_wait` for some.
@@ -277,9 +285,8 @@ impl Process {
         self.changed.notify_all();
     }
 
-    /// Publishes the end: stdin closed, status set, waiters woken.
+    /// Publishes the end: status set, waiters woken.
     fn finish(&self, status: ExitStatus) {
-        self.close_stdin();
         self.lock().exit = Some(status);
         self.changed.notify_all();
     }
@@ -292,10 +299,10 @@ impl Process {
     /// a blocking pipe would); what cannot be written once stdin closes or
     /// the program ends is dropped.
     pub fn append_stdin(&self, data: &[u8]) {
-        let mut stdin = self.lock_stdin();
-        let start = stdin.accepted();
+        let start = self.with_stdin(|stdin| stdin.accepted());
         let end = start + data.len() as u64;
-        while let Ok(accepted) = stdin.write_at(start, data, Duration::from_millis(100)) {
+        // Short steps, so the lock is never held for long.
+        while let Ok(accepted) = self.write_stdin(start, data, Duration::from_millis(100)) {
             if accepted >= end || self.exit_status().is_some() {
                 return;
             }

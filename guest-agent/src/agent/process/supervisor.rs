@@ -109,6 +109,8 @@ impl Supervisor {
 
         let (status, duration) = exit.unwrap_or((WaitStatus::Exited(-1), p.started.elapsed()));
         let known = exit.is_some();
+        // Nothing reads it any more; a writer waiting on it gets EPIPE.
+        p.close_stdin();
         let cgroup = p.take_cgroup();
         let oom_killed = cgroup.as_ref().is_some_and(ExecCgroup::oom_killed);
         // Kills whatever is left in the cgroup and removes it.

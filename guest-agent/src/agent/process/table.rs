@@ -4,6 +4,7 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::fs::File;
 use std::os::fd::OwnedFd;
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -195,6 +196,7 @@ impl Table {
                 keep_from: options.keep_all.then_some(1),
             }),
             changed: Condvar::new(),
+            stdin_open: AtomicBool::new(stdin.is_open()),
             stdin: Mutex::new(stdin),
             mailbox,
         });
