@@ -423,3 +423,44 @@ fn bad_process_requests_are_clear_errors() {
         .expect("list")
         .is_empty());
 }
+
+#[test]
+fn hostile_values_are_refused_or_bounded() {
+    let agent = Agent::start();
+    let req = ExecRequest {
+        stdin: true,
+        ..sh("cat > /dev/null; echo x")
+    };
+    let id = start(&agent, &req);
+    for signal in [0, -1, 65, i32::MAX, i32::MIN] {
+        assert_eq!(
+            agent_code(process::signal(&mut agent.connect(), id, signal)),
+            ErrorCode::BadRequest,
+            "signal {signal}"
+        );
+    }
+    assert_eq!(
+        agent_code(process::write_stdin(
+            &mut agent.connect(),
+            id,
+            u64::MAX,
+            b"x"
+        )),
+        ErrorCode::StdinGap
+    );
+    // A far-future position: nothing to send, caught up at once.
+    let mut s = agent.connect();
+    let events: Vec<_> = process::attach(&mut s, id, u64::MAX, false)
+        .expect("attach")
+        .collect::<Result<_, _>>()
+        .expect("events");
+    assert_eq!(events, [AttachEvent::CaughtUp(0)]);
+    process::close_stdin(&mut agent.connect(), id).expect("close");
+    process::close_stdin(&mut agent.connect(), id).expect("close twice");
+    // The longest wait is cut to the agent's maximum, not refused.
+    let status = process::wait(&mut agent.connect(), id, Duration::MAX)
+        .expect("wait")
+        .expect("exit");
+    assert_eq!(status.code, Some(0));
+    assert_eq!(attach(&agent, id, 0, false).stdout(), b"x\n");
+}
