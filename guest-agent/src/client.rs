@@ -6,8 +6,15 @@
 //! agent listening on a unix socket on the host, or an in-memory pipe.
 //! Bounding waits is the caller's job: set read/write timeouts on the
 //! stream (`UnixStream::set_read_timeout`) before calling.
+//!
+//! Bytes go through the sans-IO codec ([`crate::protocol::codec`]), and
+//! replies are interpreted by the same code as in the async client.
 
 pub mod files;
+pub mod process;
+pub(crate) mod reply;
+#[cfg(test)]
+mod scripted;
 
 use std::io::{self, Read, Write};
 use std::thread;
@@ -15,8 +22,8 @@ use std::thread;
 use thiserror::Error;
 
 use crate::protocol::{
-    read_message, write_message, ErrorCode, ExecRequest, ExitStatus, FrameError, Message,
-    MessageKind, Pong, ProtocolError, MAX_CHUNK,
+    read_message, write_message, ErrorCode, ExecRequest, ExitStatus, Gap, Message, MessageKind,
+    OutputChunk, Pong, ProtocolError, MAX_CHUNK,
 };
 
 /// Why a client operation failed.
@@ -44,33 +51,58 @@ pub enum ClientError {
     Stdin(#[source] io::Error),
 }
 
+/// One event of an exec: output as it arrives, then the exit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExecEvent {
+    /// Bytes the program wrote to stdout.
+    Stdout(Vec<u8>),
+    /// Bytes the program wrote to stderr.
+    Stderr(Vec<u8>),
+    /// The program ended; the last event.
+    Exit(ExitStatus),
+}
+
+/// One event of an attach: a gap (output evicted before it was asked
+/// for), output chunks, then `Exited` or `CaughtUp` as the last event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AttachEvent {
+    /// A chunk of output, with its sequence number.
+    Output(OutputChunk),
+    /// These chunks were evicted from the agent's ring.
+    Gap(Gap),
+    /// The process ended and every chunk still buffered was sent.
+    Exited(ExitStatus),
+    /// Without follow: every chunk so far was sent (the last one's seq).
+    CaughtUp(u64),
+}
+
+impl AttachEvent {
+    /// Whether this event ends the stream.
+    pub fn is_end(&self) -> bool {
+        matches!(self, Self::Exited(_) | Self::CaughtUp(_))
+    }
+}
+
 /// Reads the next message, mapping a clean close and error frames.
 fn next<R: Read + ?Sized>(reader: &mut R) -> Result<Message, ClientError> {
-    match read_message(reader) {
-        Ok(Message::Error { code, message }) => Err(ClientError::Agent { code, message }),
-        Ok(msg) => Ok(msg),
-        Err(ProtocolError::Frame(FrameError::Closed)) => Err(ClientError::Closed),
-        Err(e) => Err(e.into()),
-    }
+    reply::received(read_message(reader).map_err(reply::read_error)?)
+}
+
+/// Sends `request` and reads the one reply.
+fn call<S: Read + Write>(stream: &mut S, request: &Message) -> Result<Message, ClientError> {
+    write_message(stream, request)?;
+    next(stream)
 }
 
 /// Checks that the agent is up; returns its version and uptime.
 pub fn ping<S: Read + Write>(stream: &mut S) -> Result<Pong, ClientError> {
-    write_message(stream, &Message::Ping)?;
-    match next(stream)? {
-        Message::Pong(pong) => Ok(pong),
-        other => Err(ClientError::Unexpected(other.kind())),
-    }
+    reply::pong(call(stream, &Message::Ping)?)
 }
 
 /// Asks the agent to power off the VM (an agent on the host exits). Returns
 /// once the agent has acknowledged; the VM goes away shortly after.
 pub fn shutdown<S: Read + Write>(stream: &mut S) -> Result<(), ClientError> {
-    write_message(stream, &Message::Shutdown)?;
-    match next(stream)? {
-        Message::Ok => Ok(()),
-        other => Err(ClientError::Unexpected(other.kind())),
-    }
+    reply::ok(call(stream, &Message::Shutdown)?)
 }
 
 /// Runs a program and streams its output to the callbacks as it arrives.
@@ -163,11 +195,10 @@ fn read_output<R: Read + ?Sized>(
     mut on_stderr: impl FnMut(&[u8]),
 ) -> Result<ExitStatus, ClientError> {
     loop {
-        match next(reader)? {
-            Message::Stdout(data) => on_stdout(&data),
-            Message::Stderr(data) => on_stderr(&data),
-            Message::Exit(status) => return Ok(status),
-            other => return Err(ClientError::Unexpected(other.kind())),
+        match reply::exec_event(next(reader)?)? {
+            ExecEvent::Stdout(data) => on_stdout(&data),
+            ExecEvent::Stderr(data) => on_stderr(&data),
+            ExecEvent::Exit(status) => return Ok(status),
         }
     }
 }
@@ -175,51 +206,7 @@ fn read_output<R: Read + ?Sized>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::Cursor;
-
-    /// A fake connection: reads come from a scripted agent reply, writes
-    /// are recorded.
-    struct Scripted {
-        reply: Cursor<Vec<u8>>,
-        sent: Vec<u8>,
-    }
-
-    impl Scripted {
-        fn new(reply: &[Message]) -> Self {
-            let mut buf = Vec::new();
-            for m in reply {
-                write_message(&mut buf, m).expect("encode");
-            }
-            Self {
-                reply: Cursor::new(buf),
-                sent: Vec::new(),
-            }
-        }
-
-        fn sent(&self) -> Vec<Message> {
-            let mut r = Cursor::new(self.sent.clone());
-            let mut out = Vec::new();
-            while let Ok(m) = read_message(&mut r) {
-                out.push(m);
-            }
-            out
-        }
-    }
-
-    impl Read for Scripted {
-        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-            self.reply.read(buf)
-        }
-    }
-
-    impl Write for Scripted {
-        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-            self.sent.write(buf)
-        }
-        fn flush(&mut self) -> io::Result<()> {
-            Ok(())
-        }
-    }
+    use crate::client::scripted::Scripted;
 
     #[test]
     fn exec_collects_output_and_sends_stdin() {

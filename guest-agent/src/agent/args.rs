@@ -14,8 +14,10 @@ usage: kiln-agent [--listen-unix PATH | --vsock-port PORT] [--sandbox-root DIR]
 As PID 1 (inside a kiln microVM) the agent mounts /proc, /sys, /dev, /tmp,
 builds the sandbox (runtime image from /dev/vda under a tmpfs overlay,
 cgroup limits; kiln.overlay_mib=, kiln.sandbox_mem_mib=, kiln.pids_max= on
-the kernel command line), marks the boot timer, reaps orphans and serves on
-vsock port 1024; unknown arguments from the kernel command line are ignored.
+the kernel command line), sizes the process table (kiln.output_buffer_kib=,
+kiln.max_processes=, kiln.max_finished=), marks the boot timer, reaps
+orphans and serves on vsock port 1024; unknown arguments from the kernel
+command line are ignored.
 Programs run chrooted into the sandbox as uid/gid 1000.
 
   --listen-unix PATH   serve on a unix socket instead (host testing)
@@ -26,6 +28,9 @@ Programs run chrooted into the sandbox as uid/gid 1000.
   --files-root DIR     confine file requests to DIR, as the agent's own user
                        (host testing; without it or --sandbox-root a host
                        agent refuses file requests)
+  --setting KEY=VALUE  off PID 1: a kiln.* setting as on the kernel command
+                       line (kiln.output_buffer_kib=, kiln.max_processes=,
+                       kiln.max_finished=); may repeat
   --version            print the version
   --help               print this help
 ";
@@ -49,6 +54,8 @@ pub struct Serve {
     /// `--files-root`: confine the files API to this directory, with the
     /// agent's own credentials (host testing).
     pub files_root: Option<PathBuf>,
+    /// `--setting`: `kiln.*=value` words, as on the kernel command line.
+    pub settings: Vec<String>,
 }
 
 /// What the command line asks for.
@@ -86,6 +93,7 @@ pub fn parse(
     let mut transport = Transport::Vsock(AGENT_VSOCK_PORT);
     let mut sandbox_root = None;
     let mut files_root = None;
+    let mut settings = Vec::new();
     let mut args = args.into_iter();
     while let Some(arg) = args.next() {
         match arg.to_str() {
@@ -107,6 +115,10 @@ pub fn parse(
                 let dir = args.next().ok_or(ArgsError::MissingValue("--files-root"))?;
                 files_root = Some(PathBuf::from(dir));
             }
+            Some("--setting") => {
+                let word = args.next().ok_or(ArgsError::MissingValue("--setting"))?;
+                settings.push(word.to_string_lossy().into_owned());
+            }
             Some("--vsock-port") => {
                 let raw = args.next().ok_or(ArgsError::MissingValue("--vsock-port"))?;
                 let raw = raw.to_string_lossy().into_owned();
@@ -121,6 +133,7 @@ pub fn parse(
         transport,
         sandbox_root,
         files_root,
+        settings,
     }))
 }
 
@@ -137,6 +150,7 @@ mod tests {
             transport,
             sandbox_root: None,
             files_root: None,
+            settings: Vec::new(),
         })
     }
 
@@ -158,6 +172,7 @@ mod tests {
                 transport: Transport::Unix("/s".into()),
                 sandbox_root: Some("/r".into()),
                 files_root: None,
+                settings: Vec::new(),
             }))
         );
         assert_eq!(
@@ -170,11 +185,23 @@ mod tests {
                 transport: Transport::Vsock(1024),
                 sandbox_root: None,
                 files_root: Some("/f".into()),
+                settings: Vec::new(),
             }))
         );
         assert_eq!(
             p(&["--files-root"], false),
             Err(ArgsError::MissingValue("--files-root"))
+        );
+        let Ok(Invocation::Serve(s)) = p(
+            &["--setting", "kiln.max_processes=2", "--setting", "x=1"],
+            false,
+        ) else {
+            panic!("settings");
+        };
+        assert_eq!(s.settings, ["kiln.max_processes=2", "x=1"]);
+        assert_eq!(
+            p(&["--setting"], false),
+            Err(ArgsError::MissingValue("--setting"))
         );
     }
 

@@ -64,6 +64,20 @@ impl Conn {
         Ok(())
     }
 
+    /// Whether the peer has hung up (or shut down its sending side): a
+    /// non-blocking check for handlers that wait without reading.
+    pub fn peer_closed(&self) -> bool {
+        let mut fds = [libc::pollfd {
+            fd: self.fd.as_raw_fd(),
+            events: libc::POLLRDHUP,
+            revents: 0,
+        }];
+        // SAFETY: `fds` is a valid array of one pollfd that outlives the
+        // call; a zero timeout never blocks.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), 1, 0) };
+        n > 0 && fds[0].revents & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR) != 0
+    }
+
     /// Shuts down both directions, waking any thread blocked reading a
     /// clone of this connection. Data already written is still delivered.
     pub fn shutdown(&self) {
@@ -141,6 +155,10 @@ mod tests {
         };
         assert_eq!(err.kind(), io::ErrorKind::WouldBlock, "{err:?}");
         conn.set_read_timeout(None).expect("timeout");
+        assert!(!conn.peer_closed());
+        peer.shutdown(std::net::Shutdown::Write)
+            .expect("half close");
+        assert!(conn.peer_closed(), "a half close counts as gone");
         conn.shutdown();
         assert_eq!(clone.read(&mut one).expect("eof"), 0);
         drop(peer);

@@ -10,6 +10,7 @@ use std::os::fd::{AsRawFd, IntoRawFd};
 
 use thiserror::Error;
 
+use super::config::Config;
 use super::klog::{chain, klog};
 use super::sandbox::Sandbox;
 
@@ -93,8 +94,8 @@ const MOUNTS: &[MountSpec] = &[
 
 /// Builds the sandbox (image root, home, cgroups) once the kernel file
 /// systems are mounted: call after [`setup`].
-pub fn sandbox() -> Sandbox {
-    Sandbox::guest()
+pub fn sandbox(config: &Config, warnings: &[String]) -> Sandbox {
+    Sandbox::guest(config, warnings)
 }
 
 /// Runs every init step, logging failures.

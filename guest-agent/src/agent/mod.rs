@@ -2,6 +2,7 @@
 
 mod args;
 mod boot_timer;
+mod config;
 mod conn;
 mod exec;
 mod files;
@@ -9,6 +10,7 @@ mod init;
 pub mod klog;
 mod listener;
 mod power;
+mod process;
 mod reaper;
 mod sandbox;
 mod server;
@@ -19,8 +21,10 @@ use std::time::Instant;
 use thiserror::Error;
 
 use args::{Invocation, Transport};
+use config::Config;
 use klog::{chain, klog};
 use listener::{ListenError, Listener};
+use process::{Limits, Table};
 use reaper::Reaper;
 use sandbox::Sandbox;
 use server::{Mode, Server};
@@ -85,8 +89,13 @@ fn run(started: Instant, pid1: bool) -> Result<ExitCode, AgentError> {
             klog!("console mark: {e}");
         }
     }
+    let (config, warnings) = if pid1 {
+        Config::from_kernel()
+    } else {
+        config::parse(&serve.settings.join(" "))
+    };
     let sandbox = if pid1 {
-        init::sandbox()
+        init::sandbox(&config, &warnings)
     } else if let Some(dir) = &serve.sandbox_root {
         Sandbox::host_dir(dir)
     } else {
@@ -99,7 +108,14 @@ fn run(started: Instant, pid1: bool) -> Result<ExitCode, AgentError> {
         unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
     }
 
+    if !pid1 {
+        for w in &warnings {
+            klog!("settings: {w}");
+        }
+    }
+
     let reaper = Reaper::start().map_err(AgentError::Reaper)?;
+    let table = Table::new(limits(&config), reaper);
     let (listener, mode) = match &transport {
         Transport::Vsock(port) => (
             Listener::vsock(*port)?,
@@ -120,5 +136,15 @@ fn run(started: Instant, pid1: bool) -> Result<ExitCode, AgentError> {
         (None, Some(root)) => Some(files::Config::sandbox(root)),
         (None, None) => None,
     };
-    Server::new(reaper, started, mode, sandbox, files).serve(&listener)
+    Server::new(started, mode, sandbox, files, table).serve(&listener)
+}
+
+/// The process table's bounds from the settings.
+fn limits(config: &Config) -> Limits {
+    let size = |v: u64| usize::try_from(v).unwrap_or(usize::MAX);
+    Limits {
+        output_buffer: size(config.output_buffer_kib.saturating_mul(1024)),
+        max_live: size(config.max_processes),
+        max_finished: size(config.max_finished),
+    }
 }

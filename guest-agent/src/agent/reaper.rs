@@ -99,15 +99,25 @@ impl Reaper {
     /// Sends SIGKILL to every process in group `pgid`. Missing groups are
     /// not an error.
     pub fn kill_group(&self, pgid: libc::pid_t) {
+        let _ = self.signal_group(pgid, libc::SIGKILL);
+    }
+
+    /// Sends `signal` to every process in group `pgid`. A group that is
+    /// already gone is not an error.
+    pub fn signal_group(&self, pgid: libc::pid_t, signal: libc::c_int) -> io::Result<()> {
         if pgid <= 1 {
-            return;
+            return Ok(());
         }
         let _state = self.lock();
         // SAFETY: plain syscall; a negative pid addresses a process group
         // and `pgid > 1`, so this can never signal every process (-1).
-        unsafe {
-            libc::kill(-pgid, libc::SIGKILL);
+        if unsafe { libc::kill(-pgid, signal) } == -1 {
+            let err = io::Error::last_os_error();
+            if err.raw_os_error() != Some(libc::ESRCH) {
+                return Err(err);
+            }
         }
+        Ok(())
     }
 }
 

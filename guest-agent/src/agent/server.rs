@@ -17,7 +17,7 @@ use super::files;
 use super::klog::{chain, klog};
 use super::listener::Listener;
 use super::power;
-use super::reaper::Reaper;
+use super::process::{self, Table};
 use super::sandbox::Sandbox;
 
 /// Most connections served at once; more get a `Busy` error.
@@ -42,8 +42,6 @@ pub enum Mode {
 
 /// State shared by every connection.
 pub struct Server {
-    /// The one reaper.
-    pub reaper: Reaper,
     /// When the agent started (for `Pong::uptime_ms`).
     pub started: Instant,
     /// What `Shutdown` does.
@@ -52,24 +50,26 @@ pub struct Server {
     pub sandbox: Sandbox,
     /// Where file requests are confined (`None`: refused).
     pub files: Option<files::Config>,
+    /// Every process the agent runs (`Start` and `Exec` alike).
+    pub table: Arc<Table>,
     active: AtomicUsize,
 }
 
 impl Server {
     /// Creates the shared state.
     pub fn new(
-        reaper: Reaper,
         started: Instant,
         mode: Mode,
         sandbox: Sandbox,
         files: Option<files::Config>,
+        table: Arc<Table>,
     ) -> Arc<Self> {
         Arc::new(Self {
-            reaper,
             started,
             mode,
             sandbox,
             files,
+            table,
             active: AtomicUsize::new(0),
         })
     }
@@ -137,7 +137,7 @@ impl Server {
                 };
                 let _ = write_message(conn, &Message::Pong(pong));
             }
-            Message::Exec(req) => exec::run(conn, req, &self.reaper, &self.sandbox),
+            Message::Exec(req) => exec::run(conn, &req, &self.table, &self.sandbox),
             Message::Shutdown => self.shutdown(conn),
             request @ (Message::FileWrite(_)
             | Message::FileRead(_)
@@ -146,6 +146,16 @@ impl Server {
             | Message::Remove(_)
             | Message::Mkdir(_)
             | Message::Rename(_)) => files::serve(conn, request, self.files.as_ref()),
+            request @ (Message::Start(_)
+            | Message::ListProcesses
+            | Message::Attach(_)
+            | Message::Wait(_)
+            | Message::WriteStdin(_)
+            | Message::CloseStdin(_)
+            | Message::Signal(_)
+            | Message::Collect(_)) => {
+                process::serve::serve(conn, request, &self.table, &self.sandbox)
+            }
             other => {
                 let detail = format!("{:?} is not a request", other.kind());
                 let _ = write_message(conn, &Message::error(ErrorCode::BadRequest, detail));

@@ -9,10 +9,10 @@
 
 use std::io::{self, Read, Write};
 
-use sha2::{Digest, Sha256};
 use thiserror::Error;
 
-use super::{next, ClientError};
+use super::reply::{self, Digester, DownloadCheck, DownloadStep, ListCollector};
+use super::{call, next, ClientError};
 use crate::protocol::files::{
     Entry, FileDigest, FileRead, FileWrite, ListDir, Mkdir, Remove, Rename, Stat,
 };
@@ -101,14 +101,7 @@ pub fn upload_with<S: Read + Write, R: Read>(
         }
         Err(e) => return Err(e),
     };
-    match next(stream)? {
-        Message::FileWritten(written) if written == sent => Ok(written),
-        Message::FileWritten(written) => Err(FilesError::Mismatch {
-            expected: sent,
-            got: written,
-        }),
-        other => Err(ClientError::Unexpected(other.kind()).into()),
-    }
+    reply::written(next(stream)?, sent)
 }
 
 fn send_file<S: Write, R: Read>(
@@ -117,8 +110,7 @@ fn send_file<S: Write, R: Read>(
     source: &mut R,
 ) -> Result<FileDigest, FilesError> {
     write_message(stream, &Message::FileWrite(request.clone())).map_err(ClientError::from)?;
-    let mut hasher = Sha256::new();
-    let mut size = 0u64;
+    let mut digest = Digester::default();
     let mut buf = vec![0u8; MAX_CHUNK];
     loop {
         let n = match source.read(&mut buf) {
@@ -128,14 +120,10 @@ fn send_file<S: Write, R: Read>(
             // Hanging up (by returning) makes the agent drop the upload.
             Err(e) => return Err(FilesError::Source(e)),
         };
-        hasher.update(&buf[..n]);
-        size = size.saturating_add(n as u64);
+        digest.update(&buf[..n]);
         write_message(stream, &Message::FileChunk(buf[..n].to_vec())).map_err(ClientError::from)?;
     }
-    let digest = FileDigest {
-        size,
-        sha256: hasher.finalize().into(),
-    };
+    let digest = digest.finish();
     write_message(stream, &Message::FileEnd(digest)).map_err(ClientError::from)?;
     Ok(digest)
 }
@@ -151,27 +139,14 @@ pub fn download<S: Read + Write, W: Write>(
         path: remote_path.to_owned(),
     };
     write_message(stream, &Message::FileRead(request)).map_err(ClientError::from)?;
-    let mut hasher = Sha256::new();
-    let mut size = 0u64;
+    let mut check = DownloadCheck::default();
     loop {
-        match next(stream)? {
-            Message::FileChunk(data) => {
-                sink.write_all(&data).map_err(FilesError::Sink)?;
-                hasher.update(&data);
-                size = size.saturating_add(data.len() as u64);
-            }
-            Message::FileEnd(expected) => {
+        match check.step(next(stream)?)? {
+            DownloadStep::Chunk(data) => sink.write_all(&data).map_err(FilesError::Sink)?,
+            DownloadStep::Done(digest) => {
                 sink.flush().map_err(FilesError::Sink)?;
-                let got = FileDigest {
-                    size,
-                    sha256: hasher.finalize().into(),
-                };
-                if got != expected {
-                    return Err(FilesError::Mismatch { expected, got });
-                }
-                return Ok(got);
+                return Ok(digest);
             }
-            other => return Err(ClientError::Unexpected(other.kind()).into()),
         }
     }
 }
@@ -186,17 +161,10 @@ pub fn list_dir<S: Read + Write>(
         path: remote_path.to_owned(),
     };
     write_message(stream, &Message::ListDir(request)).map_err(ClientError::from)?;
-    let mut out = Vec::new();
+    let mut listing = ListCollector::default();
     loop {
-        match next(stream)? {
-            Message::DirEntries(entries) => {
-                if out.len() + entries.len() > MAX_LISTED_ENTRIES {
-                    return Err(FilesError::TooManyEntries);
-                }
-                out.extend(entries);
-            }
-            Message::ListEnd => return Ok(out),
-            other => return Err(ClientError::Unexpected(other.kind()).into()),
+        if let Some(entries) = listing.step(next(stream)?)? {
+            return Ok(entries);
         }
     }
 }
@@ -206,11 +174,7 @@ pub fn stat<S: Read + Write>(stream: &mut S, remote_path: &str) -> Result<Entry,
     let request = Stat {
         path: remote_path.to_owned(),
     };
-    write_message(stream, &Message::Stat(request)).map_err(ClientError::from)?;
-    match next(stream)? {
-        Message::Entry(entry) => Ok(entry),
-        other => Err(ClientError::Unexpected(other.kind()).into()),
-    }
+    Ok(reply::entry(call(stream, &Message::Stat(request))?)?)
 }
 
 /// Removes a file, symlink or directory (`recursive` for a non-empty one).
@@ -252,57 +216,15 @@ pub fn rename<S: Read + Write>(stream: &mut S, from: &str, to: &str) -> Result<(
 }
 
 fn expect_ok<S: Read + Write>(stream: &mut S, request: Message) -> Result<(), FilesError> {
-    write_message(stream, &request).map_err(ClientError::from)?;
-    match next(stream)? {
-        Message::Ok => Ok(()),
-        other => Err(ClientError::Unexpected(other.kind()).into()),
-    }
+    Ok(reply::ok(call(stream, &request)?)?)
 }
 
 #[cfg(test)]
 mod tests {
+    use super::super::scripted::Scripted;
     use super::*;
-    use crate::protocol::{read_message, ErrorCode, MessageKind};
-    use std::io::Cursor;
-
-    /// Scripted agent replies; records what the client sent.
-    struct Scripted {
-        reply: Cursor<Vec<u8>>,
-        sent: Vec<u8>,
-    }
-
-    impl Scripted {
-        fn new(reply: &[Message]) -> Self {
-            let mut buf = Vec::new();
-            for m in reply {
-                write_message(&mut buf, m).expect("encode");
-            }
-            Self {
-                reply: Cursor::new(buf),
-                sent: Vec::new(),
-            }
-        }
-
-        fn sent(&self) -> Vec<Message> {
-            let mut r = Cursor::new(self.sent.clone());
-            std::iter::from_fn(|| read_message(&mut r).ok()).collect()
-        }
-    }
-
-    impl Read for Scripted {
-        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-            self.reply.read(buf)
-        }
-    }
-
-    impl Write for Scripted {
-        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-            self.sent.write(buf)
-        }
-        fn flush(&mut self) -> io::Result<()> {
-            Ok(())
-        }
-    }
+    use crate::protocol::{ErrorCode, MessageKind};
+    use sha2::{Digest, Sha256};
 
     fn digest(data: &[u8]) -> FileDigest {
         FileDigest {

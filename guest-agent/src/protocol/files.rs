@@ -303,19 +303,11 @@ impl Entry {
 }
 
 pub(crate) fn encode_entries(entries: &[Entry], e: &mut Encoder) {
-    e.len(entries.len());
-    for entry in entries {
-        entry.encode(e);
-    }
+    e.list(entries, |e, entry| entry.encode(e));
 }
 
 pub(crate) fn decode_entries(d: &mut Decoder<'_>) -> Result<Vec<Entry>, DecodeError> {
-    let n = d.count("entries", MAX_LIST_ENTRIES, MIN_ENTRY_LEN)?;
-    let mut out = Vec::with_capacity(n);
-    for _ in 0..n {
-        out.push(Entry::decode(d)?);
-    }
-    Ok(out)
+    d.list("entries", MAX_LIST_ENTRIES, MIN_ENTRY_LEN, Entry::decode)
 }
 
 #[cfg(test)]

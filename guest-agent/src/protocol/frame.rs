@@ -11,6 +11,10 @@
 //!
 //! The header is validated before the payload is read: a hostile length is
 //! rejected without allocating or reading it.
+//!
+//! Decoding is sans-IO ([`FrameDecoder`]: bytes in, frames out), shared by
+//! the blocking adapters here ([`read_frame`], [`write_frame`]), the agent,
+//! and the async client.
 
 use std::io::{self, Read, Write};
 
@@ -101,32 +105,150 @@ pub struct Frame {
     pub payload: Vec<u8>,
 }
 
-/// Reads one frame. Returns [`FrameError::Closed`] on a clean end of stream
-/// before the header.
+/// Sans-IO frame decoder: the caller moves the bytes, this only parses.
+///
+/// Either hand it bytes with [`FrameDecoder::feed`], or read straight into
+/// [`FrameDecoder::buf_mut`] and report with [`FrameDecoder::advance`]. The
+/// buffer it offers is exactly what the current frame still lacks (the rest
+/// of the header, then the rest of the payload), so a caller that reads
+/// into it never reads past a frame, and memory is bounded by one header
+/// plus one [`MAX_FRAME_PAYLOAD`] payload. The header is validated as soon
+/// as it is complete, before the payload is allocated. After an error the
+/// stream is out of sync and must be dropped.
+#[derive(Debug, Default)]
+pub struct FrameDecoder {
+    header: [u8; FRAME_HEADER_LEN],
+    header_filled: usize,
+    /// The validated header of the frame whose payload is being read.
+    current: Option<FrameHeader>,
+    payload: Vec<u8>,
+    payload_filled: usize,
+}
+
+impl FrameDecoder {
+    /// A decoder at a frame boundary.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Where the next bytes of the stream go: never empty, never longer
+    /// than what the current frame still needs.
+    pub fn buf_mut(&mut self) -> &mut [u8] {
+        if self.current.is_some() {
+            &mut self.payload[self.payload_filled..]
+        } else {
+            &mut self.header[self.header_filled..]
+        }
+    }
+
+    /// Records that the first `n` bytes of [`FrameDecoder::buf_mut`] were
+    /// filled; returns the frame once it is complete. `n` beyond the
+    /// buffer is clamped.
+    pub fn advance(&mut self, n: usize) -> Result<Option<Frame>, FrameError> {
+        match self.current {
+            Some(header) => {
+                self.payload_filled = (self.payload_filled + n).min(self.payload.len());
+                if self.payload_filled < self.payload.len() {
+                    return Ok(None);
+                }
+                Ok(Some(self.take_frame(header.kind)))
+            }
+            None => {
+                self.header_filled = (self.header_filled + n).min(FRAME_HEADER_LEN);
+                if self.header_filled < FRAME_HEADER_LEN {
+                    return Ok(None);
+                }
+                let decoded = FrameHeader::decode(&self.header);
+                self.header_filled = 0;
+                let header = decoded?;
+                // Bounded by MAX_FRAME_PAYLOAD, checked in `decode`.
+                let len = usize::try_from(header.len)
+                    .map_err(|_| FrameError::TooLarge(header.len.into()))?;
+                if len == 0 {
+                    return Ok(Some(Frame {
+                        kind: header.kind,
+                        payload: Vec::new(),
+                    }));
+                }
+                self.payload = vec![0; len];
+                self.payload_filled = 0;
+                self.current = Some(header);
+                Ok(None)
+            }
+        }
+    }
+
+    /// Copies bytes from `input` into the current frame, at most up to its
+    /// end; returns how many were used and the frame if it is complete.
+    /// Call again with the rest of `input` for the next frame.
+    pub fn feed(&mut self, input: &[u8]) -> Result<(usize, Option<Frame>), FrameError> {
+        let buf = self.buf_mut();
+        let n = buf.len().min(input.len());
+        buf[..n].copy_from_slice(&input[..n]);
+        Ok((n, self.advance(n)?))
+    }
+
+    /// Whether no part of a frame has been received since the last one.
+    pub fn is_idle(&self) -> bool {
+        self.current.is_none() && self.header_filled == 0
+    }
+
+    /// The error for the stream ending now: [`FrameError::Closed`] at a
+    /// frame boundary, a truncation error inside a frame.
+    pub fn end_of_stream(&self) -> FrameError {
+        match self.current {
+            Some(header) => FrameError::TruncatedPayload {
+                expected: header.len,
+                got: self.payload_filled as u64,
+            },
+            None if self.header_filled == 0 => FrameError::Closed,
+            None => FrameError::TruncatedHeader(self.header_filled),
+        }
+    }
+
+    fn take_frame(&mut self, kind: u8) -> Frame {
+        self.current = None;
+        self.payload_filled = 0;
+        Frame {
+            kind,
+            payload: std::mem::take(&mut self.payload),
+        }
+    }
+}
+
+/// Appends one frame (header and payload) to `out`. Nothing is appended
+/// when the payload is over [`MAX_FRAME_PAYLOAD`].
+pub fn encode_frame(kind: u8, payload: &[u8], out: &mut Vec<u8>) -> Result<(), FrameError> {
+    let len = payload_len(payload.len())?;
+    out.reserve(FRAME_HEADER_LEN + payload.len());
+    out.extend_from_slice(&FrameHeader { kind, len }.encode());
+    out.extend_from_slice(payload);
+    Ok(())
+}
+
+/// A payload length as it goes in the header, if it is within the limit.
+pub(crate) fn payload_len(len: usize) -> Result<u32, FrameError> {
+    u32::try_from(len)
+        .ok()
+        .filter(|len| *len <= MAX_FRAME_PAYLOAD)
+        .ok_or(FrameError::TooLarge(len as u64))
+}
+
+/// Reads one frame (a blocking adapter over [`FrameDecoder`]). Returns
+/// [`FrameError::Closed`] on a clean end of stream before the header.
 pub fn read_frame<R: Read + ?Sized>(reader: &mut R) -> Result<Frame, FrameError> {
-    let mut raw = [0u8; FRAME_HEADER_LEN];
-    let got = read_full(reader, &mut raw)?;
-    if got == 0 {
-        return Err(FrameError::Closed);
+    let mut decoder = FrameDecoder::new();
+    loop {
+        let n = match reader.read(decoder.buf_mut()) {
+            Ok(0) => return Err(decoder.end_of_stream()),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(FrameError::Io(e)),
+        };
+        if let Some(frame) = decoder.advance(n)? {
+            return Ok(frame);
+        }
     }
-    if got < FRAME_HEADER_LEN {
-        return Err(FrameError::TruncatedHeader(got));
-    }
-    let header = FrameHeader::decode(&raw)?;
-    let len = usize::try_from(header.len).map_err(|_| FrameError::TooLarge(header.len.into()))?;
-    // `len` is bounded by MAX_FRAME_PAYLOAD, checked in `decode`.
-    let mut payload = vec![0u8; len];
-    let got = read_full(reader, &mut payload)?;
-    if got < len {
-        return Err(FrameError::TruncatedPayload {
-            expected: header.len,
-            got: got as u64,
-        });
-    }
-    Ok(Frame {
-        kind: header.kind,
-        payload,
-    })
 }
 
 /// Writes one frame (header and payload in a single `write_all`) and flushes.
@@ -135,29 +257,10 @@ pub fn write_frame<W: Write + ?Sized>(
     kind: u8,
     payload: &[u8],
 ) -> Result<(), FrameError> {
-    let len = u32::try_from(payload.len())
-        .ok()
-        .filter(|len| *len <= MAX_FRAME_PAYLOAD)
-        .ok_or(FrameError::TooLarge(payload.len() as u64))?;
-    let mut buf = Vec::with_capacity(FRAME_HEADER_LEN + payload.len());
-    buf.extend_from_slice(&FrameHeader { kind, len }.encode());
-    buf.extend_from_slice(payload);
+    let mut buf = Vec::new();
+    encode_frame(kind, payload, &mut buf)?;
     writer.write_all(&buf).map_err(FrameError::Io)?;
     writer.flush().map_err(FrameError::Io)
-}
-
-/// Reads until `buf` is full or the stream ends; returns the bytes read.
-fn read_full<R: Read + ?Sized>(reader: &mut R, buf: &mut [u8]) -> Result<usize, FrameError> {
-    let mut filled = 0;
-    while filled < buf.len() {
-        match reader.read(&mut buf[filled..]) {
-            Ok(0) => break,
-            Ok(n) => filled += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(FrameError::Io(e)),
-        }
-    }
-    Ok(filled)
 }
 
 #[cfg(test)]
@@ -305,5 +408,83 @@ mod tests {
             }
         }
         assert!(matches!(read_frame(&mut Broken), Err(FrameError::Io(_))));
+    }
+
+    #[test]
+    fn decoder_takes_frames_one_byte_at_a_time() {
+        let mut stream = Vec::new();
+        write_frame(&mut stream, 0x82, b"hello").expect("write");
+        write_frame(&mut stream, 0x01, &[]).expect("write");
+        write_frame(&mut stream, 0x83, &[7; 300]).expect("write");
+        let mut dec = FrameDecoder::new();
+        let mut frames = Vec::new();
+        for b in &stream {
+            let (used, frame) = dec.feed(std::slice::from_ref(b)).expect("feed");
+            assert_eq!(used, 1);
+            frames.extend(frame);
+        }
+        assert!(dec.is_idle());
+        assert!(matches!(dec.end_of_stream(), FrameError::Closed));
+        let kinds: Vec<_> = frames.iter().map(|f| (f.kind, f.payload.len())).collect();
+        assert_eq!(kinds, [(0x82, 5), (0x01, 0), (0x83, 300)]);
+        assert_eq!(frames[0].payload, b"hello");
+    }
+
+    #[test]
+    fn decoder_never_consumes_past_a_frame() {
+        let mut stream = Vec::new();
+        write_frame(&mut stream, 0x82, b"ab").expect("write");
+        write_frame(&mut stream, 0x83, b"cde").expect("write");
+        let mut dec = FrameDecoder::new();
+        let (used, frame) = dec.feed(&stream).expect("feed");
+        assert_eq!(used, FRAME_HEADER_LEN);
+        assert!(frame.is_none(), "header alone is no frame");
+        assert_eq!(dec.buf_mut().len(), 2, "asks for exactly the payload");
+        let (used2, frame) = dec.feed(&stream[used..]).expect("feed");
+        assert_eq!(used2, 2);
+        assert_eq!(frame.expect("frame").payload, b"ab");
+        let rest = &stream[used + used2..];
+        let (_, none) = dec.feed(rest).expect("header");
+        assert!(none.is_none());
+        let (_, frame) = dec.feed(&rest[FRAME_HEADER_LEN..]).expect("payload");
+        assert_eq!(frame.expect("frame").payload, b"cde");
+    }
+
+    #[test]
+    fn decoder_reports_where_the_stream_ended() {
+        let mut stream = Vec::new();
+        write_frame(&mut stream, 0x82, b"abcdef").expect("write");
+        let mut dec = FrameDecoder::new();
+        dec.feed(&stream[..3]).expect("feed");
+        assert!(matches!(
+            dec.end_of_stream(),
+            FrameError::TruncatedHeader(3)
+        ));
+        let (used, _) = dec.feed(&stream[3..FRAME_HEADER_LEN + 2]).expect("feed");
+        assert_eq!(used, FRAME_HEADER_LEN - 3, "stops at the end of the header");
+        dec.feed(&stream[FRAME_HEADER_LEN..FRAME_HEADER_LEN + 2])
+            .expect("feed");
+        assert!(matches!(
+            dec.end_of_stream(),
+            FrameError::TruncatedPayload {
+                expected: 6,
+                got: 2
+            }
+        ));
+        assert!(!dec.is_idle());
+    }
+
+    #[test]
+    fn decoder_rejects_a_hostile_header_before_allocating() {
+        let mut dec = FrameDecoder::new();
+        let raw = header(FRAME_MAGIC, PROTOCOL_VERSION, 0x82, u32::MAX);
+        let err = dec.feed(&raw).expect_err("too large");
+        assert!(matches!(err, FrameError::TooLarge(_)), "{err:?}");
+        assert!(dec.payload.capacity() == 0, "no payload buffer allocated");
+        let mut dec = FrameDecoder::new();
+        let err = dec
+            .feed(&header(0xFFFF, PROTOCOL_VERSION, 1, 0))
+            .expect_err("bad magic");
+        assert!(matches!(err, FrameError::BadMagic(0xFFFF)), "{err:?}");
     }
 }

@@ -7,6 +7,10 @@ use super::files::{
     decode_entries, encode_entries, Entry, FileDigest, FileRead, FileWrite, ListDir, Mkdir, Remove,
     Rename, Stat,
 };
+use super::process::{
+    decode_processes, encode_processes, Attach, Gap, OutputChunk, ProcessInfo, Signal, StdinWrite,
+    Wait,
+};
 use super::wire::{DecodeError, Decoder, Encoder};
 
 /// Most argv entries an exec request may carry.
@@ -69,6 +73,36 @@ pub enum MessageKind {
     ListEnd = 0x92,
     /// [`Message::Entry`].
     Entry = 0x93,
+    /// [`Message::Start`].
+    Start = 0x20,
+    /// [`Message::ListProcesses`].
+    ListProcesses = 0x21,
+    /// [`Message::Attach`].
+    Attach = 0x22,
+    /// [`Message::Wait`].
+    Wait = 0x23,
+    /// [`Message::WriteStdin`].
+    WriteStdin = 0x24,
+    /// [`Message::CloseStdin`].
+    CloseStdin = 0x25,
+    /// [`Message::Signal`].
+    Signal = 0x26,
+    /// [`Message::Collect`].
+    Collect = 0x27,
+    /// [`Message::Started`].
+    Started = 0xA0,
+    /// [`Message::Processes`].
+    Processes = 0xA1,
+    /// [`Message::Output`].
+    Output = 0xA2,
+    /// [`Message::Gap`].
+    Gap = 0xA3,
+    /// [`Message::CaughtUp`].
+    CaughtUp = 0xA4,
+    /// [`Message::Running`].
+    Running = 0xA5,
+    /// [`Message::StdinAck`].
+    StdinAck = 0xA6,
 }
 
 impl TryFrom<u8> for MessageKind {
@@ -100,6 +134,21 @@ impl TryFrom<u8> for MessageKind {
             0x91 => Self::DirEntries,
             0x92 => Self::ListEnd,
             0x93 => Self::Entry,
+            0x20 => Self::Start,
+            0x21 => Self::ListProcesses,
+            0x22 => Self::Attach,
+            0x23 => Self::Wait,
+            0x24 => Self::WriteStdin,
+            0x25 => Self::CloseStdin,
+            0x26 => Self::Signal,
+            0x27 => Self::Collect,
+            0xA0 => Self::Started,
+            0xA1 => Self::Processes,
+            0xA2 => Self::Output,
+            0xA3 => Self::Gap,
+            0xA4 => Self::CaughtUp,
+            0xA5 => Self::Running,
+            0xA6 => Self::StdinAck,
             other => return Err(DecodeError::UnknownKind(other)),
         })
     }
@@ -115,8 +164,9 @@ pub struct ExecRequest {
     pub env: Vec<(String, String)>,
     /// Working directory; `None` keeps the agent's (`/` in the guest).
     pub cwd: Option<String>,
-    /// Whether `StdinChunk` frames and a final `StdinEnd` follow the
-    /// request. Without it the program's stdin is `/dev/null`.
+    /// `Exec`: whether `StdinChunk` frames and a final `StdinEnd` follow
+    /// the request. `Start`: whether stdin stays open for `WriteStdin`
+    /// until `CloseStdin`. Without it the program's stdin is `/dev/null`.
     pub stdin: bool,
     /// Kill the program's whole process group after this many milliseconds.
     pub timeout_ms: Option<u64>,
@@ -193,6 +243,19 @@ pub enum ErrorCode {
     Mismatch,
     /// Files: another I/O error (`EIO`, ...); the message has the details.
     Io,
+    /// Processes: no process with this id (never started, or collected).
+    NoSuchProcess,
+    /// Processes: the live-process limit is reached.
+    TooManyProcesses,
+    /// Processes: a stdin write starts beyond the bytes accepted so far;
+    /// the message says where the next write must start.
+    StdinGap,
+    /// Processes: the process's stdin is closed (or was never open).
+    StdinClosed,
+    /// Processes: the process has already exited.
+    NotRunning,
+    /// Processes: the process is still running (it cannot be collected).
+    StillRunning,
     /// A code this side does not know (from a newer peer).
     Other(u16),
 }
@@ -216,6 +279,12 @@ impl ErrorCode {
             Self::ReadOnly => 23,
             Self::Mismatch => 24,
             Self::Io => 25,
+            Self::NoSuchProcess => 32,
+            Self::TooManyProcesses => 33,
+            Self::StdinGap => 34,
+            Self::StdinClosed => 35,
+            Self::NotRunning => 36,
+            Self::StillRunning => 37,
             Self::Other(v) => v,
         }
     }
@@ -238,6 +307,12 @@ impl ErrorCode {
             23 => Self::ReadOnly,
             24 => Self::Mismatch,
             25 => Self::Io,
+            32 => Self::NoSuchProcess,
+            33 => Self::TooManyProcesses,
+            34 => Self::StdinGap,
+            35 => Self::StdinClosed,
+            36 => Self::NotRunning,
+            37 => Self::StillRunning,
             v => Self::Other(v),
         }
     }
@@ -304,6 +379,48 @@ pub enum Message {
     ListEnd,
     /// Agent -> host: reply to [`Message::Stat`].
     Entry(Entry),
+    /// Host -> agent: start a program in the process table, answered with
+    /// [`Message::Started`] at once. It outlives the connection.
+    Start(ExecRequest),
+    /// Host -> agent: list the process table, answered with
+    /// [`Message::Processes`].
+    ListProcesses,
+    /// Host -> agent: stream a process's output: [`Message::Gap`]?, then
+    /// [`Message::Output`]*, then [`Message::Exit`] or
+    /// [`Message::CaughtUp`].
+    Attach(Attach),
+    /// Host -> agent: wait for a process, answered with [`Message::Exit`]
+    /// or [`Message::Running`].
+    Wait(Wait),
+    /// Host -> agent: offset-tagged stdin bytes, answered with
+    /// [`Message::StdinAck`].
+    WriteStdin(StdinWrite),
+    /// Host -> agent: close a process's stdin, answered with
+    /// [`Message::Ok`].
+    CloseStdin(u64),
+    /// Host -> agent: signal a process's group, answered with
+    /// [`Message::Ok`].
+    Signal(Signal),
+    /// Host -> agent: forget an exited process, answered with its
+    /// [`Message::Exit`].
+    Collect(u64),
+    /// Agent -> host: the id of a started process.
+    Started(u64),
+    /// Agent -> host: the process table.
+    Processes(Vec<ProcessInfo>),
+    /// Agent -> host: a chunk of a process's output, with its sequence
+    /// number.
+    Output(OutputChunk),
+    /// Agent -> host: chunks the client asked for were evicted.
+    Gap(Gap),
+    /// Agent -> host: everything buffered was sent (attach without
+    /// follow); carries the last sequence number sent or skipped.
+    CaughtUp(u64),
+    /// Agent -> host: the wait timed out; the process still runs.
+    Running,
+    /// Agent -> host: stdin bytes accepted so far (the offset the next
+    /// write starts at).
+    StdinAck(u64),
 }
 
 impl Message {
@@ -334,6 +451,21 @@ impl Message {
             Self::DirEntries(_) => MessageKind::DirEntries,
             Self::ListEnd => MessageKind::ListEnd,
             Self::Entry(_) => MessageKind::Entry,
+            Self::Start(_) => MessageKind::Start,
+            Self::ListProcesses => MessageKind::ListProcesses,
+            Self::Attach(_) => MessageKind::Attach,
+            Self::Wait(_) => MessageKind::Wait,
+            Self::WriteStdin(_) => MessageKind::WriteStdin,
+            Self::CloseStdin(_) => MessageKind::CloseStdin,
+            Self::Signal(_) => MessageKind::Signal,
+            Self::Collect(_) => MessageKind::Collect,
+            Self::Started(_) => MessageKind::Started,
+            Self::Processes(_) => MessageKind::Processes,
+            Self::Output(_) => MessageKind::Output,
+            Self::Gap(_) => MessageKind::Gap,
+            Self::CaughtUp(_) => MessageKind::CaughtUp,
+            Self::Running => MessageKind::Running,
+            Self::StdinAck(_) => MessageKind::StdinAck,
         }
     }
 
@@ -354,55 +486,55 @@ impl Message {
     /// Encodes the message body (the frame payload).
     pub fn encode_body(&self) -> Vec<u8> {
         let mut e = Encoder::new();
+        self.encode_into(&mut e);
+        e.finish()
+    }
+
+    /// Appends the message body to `e`.
+    pub(crate) fn encode_into(&self, e: &mut Encoder) {
         match self {
             Self::Ping | Self::StdinEnd | Self::Shutdown | Self::Ok => {}
-            Self::Exec(req) => {
-                e.len(req.argv.len());
-                for arg in &req.argv {
-                    e.str(arg);
-                }
-                e.len(req.env.len());
-                for (k, v) in &req.env {
-                    e.str(k).str(v);
-                }
-                e.opt_str(req.cwd.as_deref())
-                    .bool(req.stdin)
-                    .opt_u64(req.timeout_ms)
-                    .opt_u64(req.max_output_bytes);
-            }
+            Self::ListProcesses | Self::Running => {}
+            Self::Exec(req) | Self::Start(req) => encode_exec(req, e),
             Self::StdinChunk(data) | Self::Stdout(data) | Self::Stderr(data) => {
                 e.bytes(data);
             }
             Self::Pong(p) => {
                 e.str(&p.agent_version).u64(p.uptime_ms).str(&p.sandbox);
             }
-            Self::Exit(s) => {
-                e.opt_i32(s.code)
-                    .opt_i32(s.signal)
-                    .bool(s.timed_out)
-                    .u64(s.duration_ms)
-                    .bool(s.truncated)
-                    .bool(s.oom_killed);
-            }
+            Self::Exit(s) => encode_exit(s, e),
             Self::Error { code, message } => {
                 e.u16(code.to_u16()).str(message);
             }
             Self::ListEnd => {}
-            Self::FileWrite(r) => r.encode(&mut e),
-            Self::FileRead(r) => r.encode(&mut e),
-            Self::ListDir(r) => r.encode(&mut e),
-            Self::Stat(r) => r.encode(&mut e),
-            Self::Remove(r) => r.encode(&mut e),
-            Self::Mkdir(r) => r.encode(&mut e),
-            Self::Rename(r) => r.encode(&mut e),
+            Self::FileWrite(r) => r.encode(e),
+            Self::FileRead(r) => r.encode(e),
+            Self::ListDir(r) => r.encode(e),
+            Self::Stat(r) => r.encode(e),
+            Self::Remove(r) => r.encode(e),
+            Self::Mkdir(r) => r.encode(e),
+            Self::Rename(r) => r.encode(e),
             Self::FileChunk(data) => {
                 e.bytes(data);
             }
-            Self::FileEnd(d) | Self::FileWritten(d) => d.encode(&mut e),
-            Self::DirEntries(entries) => encode_entries(entries, &mut e),
-            Self::Entry(entry) => entry.encode(&mut e),
+            Self::FileEnd(d) | Self::FileWritten(d) => d.encode(e),
+            Self::DirEntries(entries) => encode_entries(entries, e),
+            Self::Entry(entry) => entry.encode(e),
+            Self::Attach(r) => r.encode(e),
+            Self::Wait(r) => r.encode(e),
+            Self::WriteStdin(r) => r.encode(e),
+            Self::Signal(r) => r.encode(e),
+            Self::CloseStdin(id)
+            | Self::Collect(id)
+            | Self::Started(id)
+            | Self::CaughtUp(id)
+            | Self::StdinAck(id) => {
+                e.u64(*id);
+            }
+            Self::Processes(list) => encode_processes(list, e),
+            Self::Output(chunk) => chunk.encode(e),
+            Self::Gap(gap) => gap.encode(e),
         }
-        e.finish()
     }
 
     /// Decodes a message from its frame kind and body. Every byte of the
@@ -424,14 +556,7 @@ impl Message {
                 uptime_ms: d.u64("uptime_ms")?,
                 sandbox: d.string("sandbox")?,
             }),
-            MessageKind::Exit => Self::Exit(ExitStatus {
-                code: d.opt_i32("code")?,
-                signal: d.opt_i32("signal")?,
-                timed_out: d.bool("timed_out")?,
-                duration_ms: d.u64("duration_ms")?,
-                truncated: d.bool("truncated")?,
-                oom_killed: d.bool("oom_killed")?,
-            }),
+            MessageKind::Exit => Self::Exit(decode_exit(&mut d)?),
             MessageKind::Error => Self::Error {
                 code: ErrorCode::from_u16(d.u16("code")?),
                 message: d.string("message")?,
@@ -449,24 +574,66 @@ impl Message {
             MessageKind::DirEntries => Self::DirEntries(decode_entries(&mut d)?),
             MessageKind::ListEnd => Self::ListEnd,
             MessageKind::Entry => Self::Entry(Entry::decode(&mut d)?),
+            MessageKind::Start => Self::Start(decode_exec(&mut d)?),
+            MessageKind::ListProcesses => Self::ListProcesses,
+            MessageKind::Attach => Self::Attach(Attach::decode(&mut d)?),
+            MessageKind::Wait => Self::Wait(Wait::decode(&mut d)?),
+            MessageKind::WriteStdin => Self::WriteStdin(StdinWrite::decode(&mut d)?),
+            MessageKind::CloseStdin => Self::CloseStdin(d.u64("id")?),
+            MessageKind::Signal => Self::Signal(Signal::decode(&mut d)?),
+            MessageKind::Collect => Self::Collect(d.u64("id")?),
+            MessageKind::Started => Self::Started(d.u64("id")?),
+            MessageKind::Processes => Self::Processes(decode_processes(&mut d)?),
+            MessageKind::Output => Self::Output(OutputChunk::decode(&mut d)?),
+            MessageKind::Gap => Self::Gap(Gap::decode(&mut d)?),
+            MessageKind::CaughtUp => Self::CaughtUp(d.u64("last_seq")?),
+            MessageKind::Running => Self::Running,
+            MessageKind::StdinAck => Self::StdinAck(d.u64("accepted")?),
         };
         d.finish()?;
         Ok(msg)
     }
 }
 
+fn encode_exec(req: &ExecRequest, e: &mut Encoder) {
+    e.list(&req.argv, |e, arg| {
+        e.str(arg);
+    });
+    e.list(&req.env, |e, (k, v)| {
+        e.str(k).str(v);
+    });
+    e.opt_str(req.cwd.as_deref())
+        .bool(req.stdin)
+        .opt_u64(req.timeout_ms)
+        .opt_u64(req.max_output_bytes);
+}
+
+pub(crate) fn encode_exit(s: &ExitStatus, e: &mut Encoder) {
+    e.opt_i32(s.code)
+        .opt_i32(s.signal)
+        .bool(s.timed_out)
+        .u64(s.duration_ms)
+        .bool(s.truncated)
+        .bool(s.oom_killed);
+}
+
+pub(crate) fn decode_exit(d: &mut Decoder<'_>) -> Result<ExitStatus, DecodeError> {
+    Ok(ExitStatus {
+        code: d.opt_i32("code")?,
+        signal: d.opt_i32("signal")?,
+        timed_out: d.bool("timed_out")?,
+        duration_ms: d.u64("duration_ms")?,
+        truncated: d.bool("truncated")?,
+        oom_killed: d.bool("oom_killed")?,
+    })
+}
+
 fn decode_exec(d: &mut Decoder<'_>) -> Result<ExecRequest, DecodeError> {
     // Every string is at least its 4-byte length.
-    let argc = d.count("argv", MAX_ARGV, 4)?;
-    let mut argv = Vec::with_capacity(argc);
-    for _ in 0..argc {
-        argv.push(d.string("argv")?);
-    }
-    let envc = d.count("env", MAX_ENV, 8)?;
-    let mut env = Vec::with_capacity(envc);
-    for _ in 0..envc {
-        env.push((d.string("env key")?, d.string("env value")?));
-    }
+    let argv = d.list("argv", MAX_ARGV, 4, |d| d.string("argv"))?;
+    let env = d.list("env", MAX_ENV, 8, |d| {
+        Ok((d.string("env key")?, d.string("env value")?))
+    })?;
     Ok(ExecRequest {
         argv,
         env,
@@ -577,7 +744,7 @@ mod tests {
 
     #[test]
     fn unknown_kinds_are_rejected() {
-        for kind in [0x00u8, 0x06, 0x7f, 0x80, 0x87, 0xff] {
+        for kind in [0x00u8, 0x06, 0x28, 0x7f, 0x80, 0x87, 0xA7, 0xff] {
             assert_eq!(
                 Message::decode(kind, &[]),
                 Err(DecodeError::UnknownKind(kind))
@@ -634,7 +801,7 @@ mod tests {
 
     #[test]
     fn error_codes_round_trip() {
-        for v in 0..10u16 {
+        for v in 0..64u16 {
             assert_eq!(ErrorCode::from_u16(v).to_u16(), v);
         }
     }

@@ -2,33 +2,40 @@
 //!
 //! One connection carries one operation: the host sends a request
 //! ([`Message::Ping`], [`Message::Exec`] optionally followed by stdin frames,
-//! or [`Message::Shutdown`]) and the agent answers with a response stream
+//! [`Message::Shutdown`], a files request (see [`files`]) or a process
+//! request (see [`process`])) and the agent answers with a response stream
 //! that always ends in a final frame ([`Message::Pong`], [`Message::Exit`],
-//! [`Message::Ok`] or [`Message::Error`]).
+//! [`Message::Ok`], [`Message::Error`], ...).
 //!
 //! Each message travels in one frame (see [`frame`] for the header layout);
 //! its body uses the little-endian field encoding described in `wire`.
+//! [`codec`] turns bytes into messages and back without doing any I/O;
+//! [`read_message`] and [`write_message`] are its blocking adapters.
 
+pub mod codec;
 pub mod files;
 pub mod frame;
 pub mod message;
+pub mod process;
 mod wire;
 
 use std::io::{Read, Write};
 
 use thiserror::Error;
 
-pub use frame::{read_frame, write_frame, Frame, FrameError, FrameHeader};
+pub use codec::{encode_message, encode_to_vec, MessageDecoder};
+pub use frame::{read_frame, write_frame, Frame, FrameDecoder, FrameError, FrameHeader};
 pub use message::{
     ErrorCode, ExecRequest, ExitStatus, Message, MessageKind, Pong, DEFAULT_MAX_OUTPUT_BYTES,
 };
+pub use process::{Attach, Gap, OutputChunk, OutputStream, ProcessInfo, Signal, StdinWrite, Wait};
 pub use wire::DecodeError;
 
 /// The vsock port the agent listens on inside the guest.
 pub const AGENT_VSOCK_PORT: u32 = 1024;
 
-/// Protocol version carried in every frame header.
-pub const PROTOCOL_VERSION: u8 = 2;
+/// Protocol version carried in every frame header (3: process table).
+pub const PROTOCOL_VERSION: u8 = 3;
 
 /// Largest frame payload either side accepts (1 MiB).
 pub const MAX_FRAME_PAYLOAD: u32 = 1 << 20;
@@ -58,18 +65,22 @@ impl ProtocolError {
     }
 }
 
-/// Reads and decodes one message.
+/// Reads and decodes one message (a blocking adapter over the sans-IO
+/// decoder; it never reads past the message).
 pub fn read_message<R: Read + ?Sized>(reader: &mut R) -> Result<Message, ProtocolError> {
     let frame = read_frame(reader)?;
     Ok(Message::decode(frame.kind, &frame.payload)?)
 }
 
-/// Encodes and writes one message as a single frame.
+/// Encodes and writes one message as a single frame (one `write_all`),
+/// then flushes.
 pub fn write_message<W: Write + ?Sized>(
     writer: &mut W,
     message: &Message,
 ) -> Result<(), ProtocolError> {
-    write_frame(writer, message.kind() as u8, &message.encode_body())?;
+    let buf = encode_to_vec(message)?;
+    writer.write_all(&buf).map_err(FrameError::Io)?;
+    writer.flush().map_err(FrameError::Io)?;
     Ok(())
 }
 

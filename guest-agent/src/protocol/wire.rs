@@ -54,6 +54,11 @@ impl Encoder {
         Self::default()
     }
 
+    /// Appends to `buf` instead of a new buffer.
+    pub(crate) fn from_vec(buf: Vec<u8>) -> Self {
+        Self { buf }
+    }
+
     pub(crate) fn finish(self) -> Vec<u8> {
         self.buf
     }
@@ -113,6 +118,19 @@ impl Encoder {
 
     pub(crate) fn str(&mut self, v: &str) -> &mut Self {
         self.bytes(v.as_bytes())
+    }
+
+    /// A `u32` count, then each item.
+    pub(crate) fn list<T>(
+        &mut self,
+        items: &[T],
+        mut item: impl FnMut(&mut Self, &T),
+    ) -> &mut Self {
+        self.len(items.len());
+        for it in items {
+            item(self, it);
+        }
+        self
     }
 
     pub(crate) fn opt_i32(&mut self, v: Option<i32>) -> &mut Self {
@@ -239,6 +257,22 @@ impl<'a> Decoder<'a> {
             return Err(DecodeError::Truncated(field));
         }
         Ok(count)
+    }
+
+    /// A list: a [`Decoder::count`], then each item.
+    pub(crate) fn list<T>(
+        &mut self,
+        field: &'static str,
+        max: u32,
+        min_item_len: usize,
+        mut item: impl FnMut(&mut Self) -> Result<T, DecodeError>,
+    ) -> Result<Vec<T>, DecodeError> {
+        let n = self.count(field, max, min_item_len)?;
+        let mut out = Vec::with_capacity(n);
+        for _ in 0..n {
+            out.push(item(self)?);
+        }
+        Ok(out)
     }
 
     fn tag(&mut self, field: &'static str) -> Result<bool, DecodeError> {

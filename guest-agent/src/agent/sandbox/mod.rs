@@ -18,7 +18,6 @@
 //! touched.
 
 mod cgroup;
-mod config;
 mod enter;
 mod meminfo;
 mod mounts;
@@ -30,6 +29,7 @@ use std::path::{Path, PathBuf};
 
 use thiserror::Error;
 
+use super::config::Config;
 use super::klog::{chain, klog};
 pub use cgroup::ExecCgroup;
 use cgroup::SandboxCgroup;
@@ -93,18 +93,17 @@ impl Sandbox {
         }
     }
 
-    /// PID 1: builds root, home and cgroups from the kernel command line.
-    pub fn guest() -> Self {
-        let cmdline = read_proc("/proc/cmdline");
-        let (config, warnings) = config::parse(&cmdline);
+    /// PID 1: builds root, home and cgroups from the kernel command line
+    /// settings; `warnings` (about rejected settings) join the description.
+    pub fn guest(config: &Config, warnings: &[String]) -> Self {
         let mut notes = Vec::new();
         for w in warnings {
-            klog!("sandbox: {w}");
-            notes.push(w);
+            klog!("settings: {w}");
+            notes.push(w.clone());
         }
 
         let (root, kind) = if mounts::image_present() {
-            match mounts::setup_image_root(&config) {
+            match mounts::setup_image_root(config) {
                 Ok(image) => {
                     for e in &image.failed {
                         notes.push(note(e));
@@ -228,7 +227,8 @@ fn home_in(root: &Path) -> PathBuf {
     root.join(SANDBOX_HOME.trim_start_matches('/'))
 }
 
-fn read_proc(path: &str) -> String {
+/// A small `/proc` file as text (empty, with a log line, on error).
+pub(crate) fn read_proc(path: &str) -> String {
     use std::io::Read;
     let mut text = String::new();
     if let Err(e) =

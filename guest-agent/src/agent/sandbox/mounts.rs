@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use thiserror::Error;
 
-use super::config::Config;
+use super::super::config::Config;
 
 /// The runtime image's block device.
 pub const IMAGE_DEVICE: &str = "/dev/vda";

@@ -1,5 +1,8 @@
-//! Sandbox settings from the kernel command line (`/proc/cmdline`):
-//! `kiln.overlay_mib=N`, `kiln.sandbox_mem_mib=N`, `kiln.pids_max=N`.
+//! Agent settings from the kernel command line (`/proc/cmdline`): the
+//! sandbox's `kiln.overlay_mib=N`, `kiln.sandbox_mem_mib=N`,
+//! `kiln.pids_max=N`, and the process table's `kiln.output_buffer_kib=N`
+//! (each process's output ring), `kiln.max_processes=N` (running at once),
+//! `kiln.max_finished=N` (finished ones kept for their status).
 //!
 //! The command line is written by the host, but a bad value must never stop
 //! the agent: anything unparsable or out of range falls back to the default
@@ -19,6 +22,18 @@ const PIDS_RANGE: (u64, u64) = (8, 1 << 22);
 const MEM_RANGE: (u64, u64) = (16, 1 << 24);
 /// Longest command line examined (the kernel's own limit is far lower).
 const MAX_CMDLINE: usize = 64 * 1024;
+/// Output ring of each process when the command line does not say (KiB).
+pub const DEFAULT_OUTPUT_BUFFER_KIB: u64 = 1024;
+/// Accepted `kiln.output_buffer_kib` range: at least one full chunk.
+pub const OUTPUT_BUFFER_KIB_RANGE: (u64, u64) = (64, 1 << 20);
+/// Most running processes when the command line does not say.
+pub const DEFAULT_MAX_PROCESSES: u64 = 64;
+/// Accepted `kiln.max_processes` range.
+pub const MAX_PROCESSES_RANGE: (u64, u64) = (1, 64);
+/// Finished processes kept when the command line does not say.
+pub const DEFAULT_MAX_FINISHED: u64 = 32;
+/// Accepted `kiln.max_finished` range (live + finished fit one listing).
+pub const MAX_FINISHED_RANGE: (u64, u64) = (0, 64);
 
 /// Parsed settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,6 +45,12 @@ pub struct Config {
     pub sandbox_mem_mib: Option<u64>,
     /// Most processes in the sandbox at once.
     pub pids_max: u64,
+    /// Output ring of each process in the table (KiB).
+    pub output_buffer_kib: u64,
+    /// Most table processes running at once.
+    pub max_processes: u64,
+    /// Most finished table processes kept.
+    pub max_finished: u64,
 }
 
 impl Default for Config {
@@ -38,7 +59,17 @@ impl Default for Config {
             overlay_mib: DEFAULT_OVERLAY_MIB,
             sandbox_mem_mib: None,
             pids_max: DEFAULT_PIDS_MAX,
+            output_buffer_kib: DEFAULT_OUTPUT_BUFFER_KIB,
+            max_processes: DEFAULT_MAX_PROCESSES,
+            max_finished: DEFAULT_MAX_FINISHED,
         }
+    }
+}
+
+impl Config {
+    /// Reads `/proc/cmdline`; bad values fall back with a warning.
+    pub fn from_kernel() -> (Self, Vec<String>) {
+        parse(&super::sandbox::read_proc("/proc/cmdline"))
     }
 }
 
@@ -56,6 +87,9 @@ pub fn parse(cmdline: &str) -> (Config, Vec<String>) {
             "kiln.overlay_mib" => (1, MAX_OVERLAY_MIB),
             "kiln.sandbox_mem_mib" => MEM_RANGE,
             "kiln.pids_max" => PIDS_RANGE,
+            "kiln.output_buffer_kib" => OUTPUT_BUFFER_KIB_RANGE,
+            "kiln.max_processes" => MAX_PROCESSES_RANGE,
+            "kiln.max_finished" => MAX_FINISHED_RANGE,
             _ => continue,
         };
         let v = match value.parse::<u64>() {
@@ -73,7 +107,10 @@ pub fn parse(cmdline: &str) -> (Config, Vec<String>) {
         match key {
             "kiln.overlay_mib" => config.overlay_mib = v,
             "kiln.sandbox_mem_mib" => config.sandbox_mem_mib = Some(v),
-            _ => config.pids_max = v,
+            "kiln.pids_max" => config.pids_max = v,
+            "kiln.output_buffer_kib" => config.output_buffer_kib = v,
+            "kiln.max_processes" => config.max_processes = v,
+            _ => config.max_finished = v,
         }
     }
     (config, warnings)
@@ -112,8 +149,15 @@ mod tests {
             Config {
                 overlay_mib: 64,
                 sandbox_mem_mib: Some(200),
-                pids_max: 100
+                pids_max: 100,
+                ..Config::default()
             }
+        );
+        assert!(w.is_empty());
+        let (c, w) = parse("kiln.output_buffer_kib=64 kiln.max_processes=3 kiln.max_finished=0");
+        assert_eq!(
+            (c.output_buffer_kib, c.max_processes, c.max_finished),
+            (64, 3, 0)
         );
         assert!(w.is_empty());
         // The last occurrence wins, as for the kernel's own parameters.
@@ -134,6 +178,10 @@ mod tests {
             "kiln.pids_max=ünï",
             "kiln.sandbox_mem_mib=1",
             "kiln.sandbox_mem_mib= 5",
+            "kiln.output_buffer_kib=63",
+            "kiln.max_processes=0",
+            "kiln.max_processes=65",
+            "kiln.max_finished=65",
         ] {
             let (c, w) = parse(bad);
             assert_eq!(c, Config::default(), "{bad}");

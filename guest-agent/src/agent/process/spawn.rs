@@ -1,0 +1,201 @@
+//! Turning a request into a process: validation, the command (clean
+//! environment, own session, the sandbox entry between fork and exec).
+
+use std::io;
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Stdio};
+
+use thiserror::Error;
+
+use kiln_agent::protocol::{ErrorCode, ExecRequest};
+
+use super::super::sandbox::{Entry, ExecSandbox, SandboxError, SANDBOX_HOME};
+
+/// `PATH` given to programs whose environment has none.
+pub const DEFAULT_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
+
+/// Why a process could not start.
+#[derive(Debug, Error)]
+pub enum StartError {
+    /// `argv` has no program.
+    #[error("argv is empty")]
+    EmptyArgv,
+    /// A string that becomes a C string contains NUL.
+    #[error("{0} contains a NUL byte")]
+    Nul(&'static str),
+    /// An environment variable name is empty or contains `=`.
+    #[error("invalid environment variable name {0:?}")]
+    BadEnvName(String),
+    /// The process could not be started.
+    #[error("cannot start {program:?}")]
+    Spawn {
+        /// `argv[0]`.
+        program: String,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+    /// Agent-side resources (pipe, thread, socket clone) ran out.
+    #[error("agent resources exhausted")]
+    Resources(#[source] io::Error),
+    /// The exec's sandbox (cgroup) could not be prepared.
+    #[error("cannot prepare the sandbox")]
+    Sandbox(#[from] SandboxError),
+    /// The live-process limit is reached.
+    #[error("{0} processes are running, the most the agent allows")]
+    TooMany(usize),
+}
+
+impl StartError {
+    /// The error code for the reply.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            Self::EmptyArgv | Self::Nul(_) | Self::BadEnvName(_) => ErrorCode::BadRequest,
+            Self::Spawn { .. } => ErrorCode::SpawnFailed,
+            Self::Resources(_) => ErrorCode::Internal,
+            Self::Sandbox(SandboxError::Nul(_)) => ErrorCode::BadRequest,
+            Self::Sandbox(_) => ErrorCode::Internal,
+            Self::TooMany(_) => ErrorCode::TooManyProcesses,
+        }
+    }
+}
+
+/// Rejects requests that cannot become a command.
+pub fn validate(req: &ExecRequest) -> Result<(), StartError> {
+    if req.argv.is_empty() {
+        return Err(StartError::EmptyArgv);
+    }
+    if req.argv.iter().any(|a| a.contains('\0')) {
+        return Err(StartError::Nul("argv"));
+    }
+    for (k, v) in &req.env {
+        if k.is_empty() || k.contains('=') {
+            return Err(StartError::BadEnvName(k.clone()));
+        }
+        if k.contains('\0') || v.contains('\0') {
+            return Err(StartError::Nul("env"));
+        }
+    }
+    if req.cwd.as_deref().is_some_and(|c| c.contains('\0')) {
+        return Err(StartError::Nul("cwd"));
+    }
+    Ok(())
+}
+
+/// The command for `req`, entering `confined` before exec.
+pub fn build_command(req: &ExecRequest, confined: &ExecSandbox) -> Command {
+    let mut cmd = Command::new(&req.argv[0]);
+    cmd.args(&req.argv[1..]).env_clear();
+    cmd.envs(req.env.iter().map(|(k, v)| (k, v)));
+    let has = |name: &str| req.env.iter().any(|(k, _)| k == name);
+    if !has("PATH") {
+        cmd.env("PATH", DEFAULT_PATH);
+    }
+    if confined.entry.is_some() && !has("HOME") {
+        cmd.env("HOME", SANDBOX_HOME);
+    }
+    // Confined, the entry changes directory after chroot; std's
+    // current_dir would run before it, outside the sandbox.
+    if let (None, Some(cwd)) = (&confined.entry, &req.cwd) {
+        cmd.current_dir(cwd);
+    }
+    cmd.stdin(if req.stdin {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    });
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    // SAFETY: the closure runs in the forked child before exec and only
+    // calls setsid(2), which is async-signal-safe and allocates nothing.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::setsid() == -1 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    if let Some(entry) = &confined.entry {
+        add_entry(&mut cmd, entry);
+    }
+    cmd
+}
+
+/// Adds the sandbox entry as a second `pre_exec` hook (after `setsid`).
+fn add_entry(cmd: &mut Command, entry: &Entry) {
+    let entry = entry.clone();
+    // SAFETY: the closure runs in the forked child before exec and only
+    // calls `Entry::enter`, which makes async-signal-safe system calls on
+    // data prepared before the fork (the cgroup fd stays open in the
+    // parent until after spawn returns).
+    unsafe {
+        cmd.pre_exec(move || entry.enter());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn validation_rejects_bad_requests() {
+        let ok = ExecRequest {
+            argv: vec!["true".into()],
+            env: vec![("A".into(), "b=c".into())],
+            ..ExecRequest::default()
+        };
+        assert!(validate(&ok).is_ok());
+        let cases = [
+            ExecRequest::default(),
+            ExecRequest {
+                argv: vec!["a\0b".into()],
+                ..ok.clone()
+            },
+            ExecRequest {
+                env: vec![("A=B".into(), String::new())],
+                ..ok.clone()
+            },
+            ExecRequest {
+                env: vec![(String::new(), String::new())],
+                ..ok.clone()
+            },
+            ExecRequest {
+                env: vec![("A".into(), "\0".into())],
+                ..ok.clone()
+            },
+            ExecRequest {
+                cwd: Some("/\0".into()),
+                ..ok.clone()
+            },
+        ];
+        for req in cases {
+            let err = validate(&req).expect_err("invalid");
+            assert_eq!(err.code(), ErrorCode::BadRequest, "{req:?}");
+        }
+    }
+
+    #[test]
+    fn default_path_only_when_missing() {
+        let req = ExecRequest {
+            argv: vec!["x".into()],
+            ..ExecRequest::default()
+        };
+        let cmd = build_command(&req, &ExecSandbox::default());
+        let path: Vec<_> = cmd.get_envs().filter(|(k, _)| *k == "PATH").collect();
+        assert_eq!(path.len(), 1);
+        assert_eq!(path[0].1, Some(std::ffi::OsStr::new(DEFAULT_PATH)));
+        let req = ExecRequest {
+            env: vec![("PATH".into(), "/x".into())],
+            ..req
+        };
+        let cmd = build_command(&req, &ExecSandbox::default());
+        let path: Vec<_> = cmd.get_envs().filter(|(k, _)| *k == "PATH").collect();
+        assert_eq!(
+            path,
+            [(
+                std::ffi::OsStr::new("PATH"),
+                Some(std::ffi::OsStr::new("/x"))
+            )]
+        );
+    }
+}
