@@ -95,6 +95,7 @@ fn main() {
     }
     let reason = vm.wait();
     let timings = vm.timings();
+    let crash_state = vm.crash_state();
     drop(vm);
     if let Some(path) = &args.timings_json {
         if let Err(e) = write_timings(path, start_wall, &timings, &reason) {
@@ -107,7 +108,10 @@ fn main() {
             tracing::info!("stopped by signal {sig}");
         }
         r if r.is_clean() => tracing::info!("{r}"),
-        r => fail(1, &format!("vm exited: {r}")),
+        r => match crash_state {
+            Some(state) => fail(1, &format!("vm exited: {r}; vcpu state: {state}")),
+            None => fail(1, &format!("vm exited: {r}")),
+        },
     }
 }
 

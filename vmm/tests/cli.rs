@@ -60,10 +60,19 @@ fn crashing_guest_is_status_one_with_one_line() {
     let kernel = write_file(&dir, "vmlinux", &elf_kernel(&CRASH, true, 0));
     let out = run(kiln_vmm().arg("--kernel").arg(&kernel));
     assert_eq!(out.status.code(), Some(1), "stderr: {}", stderr(&out));
-    assert_eq!(
-        stderr(&out),
-        "kiln-vmm: vm exited: vcpu 0 triple fault (guest crashed)\n"
+    // One line: the reason, then the crashed vCPU's state.
+    let err = stderr(&out);
+    assert!(
+        err.starts_with(
+            "kiln-vmm: vm exited: vcpu 0 triple fault (guest crashed); vcpu state: rip 0x"
+        ),
+        "{err}"
     );
+    assert!(
+        err.contains(" cr3 ") && err.contains("exception injected"),
+        "{err}"
+    );
+    assert_eq!(err.lines().count(), 1, "{err}");
 }
 
 #[test]

@@ -90,10 +90,7 @@ pub fn run(mut ctx: VcpuContext) {
         if let Some(reason) = reason {
             if !reason.is_clean() {
                 // The guest cannot log a triple fault; its last state can.
-                tracing::error!(
-                    "vcpu {id} stops the vm: {reason}; vcpu state: {}",
-                    ctx.vcpu.describe_state()
-                );
+                ctx.exit.record_crash_state(ctx.vcpu.describe_state());
             }
             tracing::debug!("vcpu {id} stops the vm: {reason}");
             ctx.exit.request(reason);

@@ -125,6 +125,8 @@ pub struct ExitState {
     strict_reset: AtomicBool,
     shutdown_announced: AtomicBool,
     reason: Mutex<Option<ExitReason>>,
+    /// The crashing vCPU's registers, when the guest crashed.
+    crash_state: Mutex<Option<String>>,
     changed: Condvar,
 }
 
@@ -145,6 +147,23 @@ impl ExitState {
     /// The guest announced that its next reset is an intended shutdown.
     pub fn announce_shutdown(&self) {
         self.shutdown_announced.store(true, Ordering::SeqCst);
+    }
+
+    /// Keeps the registers of a vCPU whose guest crashed (the first ones
+    /// recorded win), for the VMM's final error line.
+    pub fn record_crash_state(&self, state: String) {
+        self.crash_state
+            .lock()
+            .expect("exit state lock poisoned")
+            .get_or_insert(state);
+    }
+
+    /// The crashing vCPU's registers, if a guest crash recorded them.
+    pub fn crash_state(&self) -> Option<String> {
+        self.crash_state
+            .lock()
+            .expect("exit state lock poisoned")
+            .clone()
     }
 
     /// Records `reason` if none was recorded yet and asks every vCPU to stop.

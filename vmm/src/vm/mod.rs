@@ -94,6 +94,12 @@ impl MicroVm {
         self.dump.clone()
     }
 
+    /// The registers of the vCPU that stopped the VM, when the guest crashed
+    /// (a triple fault leaves nothing in the guest's own log).
+    pub fn crash_state(&self) -> Option<String> {
+        self.exit.crash_state()
+    }
+
     /// The exit reason, if the VM has exited or is stopping.
     pub fn exit_reason(&self) -> Option<ExitReason> {
         self.exit.reason()
