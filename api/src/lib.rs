@@ -5,6 +5,7 @@
 //! [`doctor`] diagnoses the host. The daemon, warm pool and HTTP API join
 //! them here.
 
+mod agent_link;
 pub mod artifacts;
 pub mod doctor;
 pub mod kvm_check;

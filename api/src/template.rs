@@ -2,6 +2,8 @@
 
 use std::path::{Path, PathBuf};
 
+use kiln_vmm::config::{DriveConfig, VmConfig};
+
 use crate::artifacts::{self, NotFound};
 
 /// The template `kiln run` uses unless told otherwise.
@@ -11,7 +13,7 @@ pub const DEFAULT_TEMPLATE: &str = "python-node";
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Template {
     /// Template name.
-    pub name: &'static str,
+    pub name: String,
     /// Guest kernel.
     pub kernel: PathBuf,
     /// Guest initramfs (the agent).
@@ -54,7 +56,7 @@ pub fn resolve(name: &str, o: &Overrides<'_>) -> Result<Template, TemplateError>
     let initramfs = artifacts::initramfs(o.initramfs)?;
     match name {
         "python-node" => Ok(Template {
-            name: "python-node",
+            name: "python-node".into(),
             kernel,
             initramfs,
             image: Some(artifacts::runtime_image(o.image)?),
@@ -62,7 +64,7 @@ pub fn resolve(name: &str, o: &Overrides<'_>) -> Result<Template, TemplateError>
             mem_mib: 512,
         }),
         "minimal" => Ok(Template {
-            name: "minimal",
+            name: "minimal".into(),
             kernel,
             initramfs,
             image: o.image.map(Path::to_path_buf),
@@ -70,5 +72,28 @@ pub fn resolve(name: &str, o: &Overrides<'_>) -> Result<Template, TemplateError>
             mem_mib: 256,
         }),
         other => Err(TemplateError::Unknown(other.to_string())),
+    }
+}
+
+/// Names of the built-in templates.
+pub const BUILTIN: [&str; 2] = ["python-node", "minimal"];
+
+impl Template {
+    /// The VM config that boots this template (the runtime image read-only
+    /// as /dev/vda).
+    pub fn vm_config(&self) -> VmConfig {
+        let mut c = VmConfig::new(&self.kernel);
+        c.initramfs = Some(self.initramfs.clone());
+        c.vcpus = self.vcpus;
+        c.mem_mib = u64::from(self.mem_mib);
+        c.drives = self
+            .image
+            .iter()
+            .map(|path| DriveConfig {
+                path: path.clone(),
+                read_only: true,
+            })
+            .collect();
+        c
     }
 }

@@ -155,7 +155,7 @@ fn exit_profile(trace: &str) -> String {
         *by_reason.entry(reason).or_default() += 1;
     }
     let mut v: Vec<_> = by_reason.into_iter().collect();
-    v.sort_by(|a, b| b.1.cmp(&a.1));
+    v.sort_by_key(|e| std::cmp::Reverse(e.1));
     let parts: Vec<String> = v.iter().map(|(r, n)| format!("{r} {n}")).collect();
     if parts.is_empty() {
         "no exits".into()
@@ -199,7 +199,7 @@ fn summarize_trace(trace: &str) -> String {
     }
     out.push('\n');
     let mut exits: Vec<_> = by_exit.into_iter().collect();
-    exits.sort_by(|a, b| b.1.cmp(&a.1));
+    exits.sort_by_key(|e| std::cmp::Reverse(e.1));
     let host_symbols = std::fs::read_to_string("/proc/kallsyms").unwrap_or_default();
     for (what, n) in exits.iter().take(10) {
         // A guest RIP that falls in the testbed kernel's own text is named:
@@ -235,7 +235,7 @@ fn host_symbol(kallsyms: &str, addr: u64) -> Option<String> {
         let Ok(a) = u64::from_str_radix(a, 16) else {
             continue;
         };
-        if a != 0 && a <= addr && best.map_or(true, |(b, _)| a > b) {
+        if a != 0 && a <= addr && best.is_none_or(|(b, _)| a > b) {
             best = Some((a, name));
         }
         let _ = words.next();

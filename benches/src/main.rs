@@ -11,6 +11,7 @@ mod report;
 mod stats;
 mod stream;
 mod transfer;
+mod vm;
 mod vsock;
 
 use std::path::PathBuf;
@@ -53,16 +54,7 @@ struct CompareArgs {
 fn compare(args: CompareArgs) -> Result<()> {
     let vms = &args.vms;
     if let Some(vmm) = &vms.kiln_vmm {
-        let spec = kiln::vm_process::VmSpec {
-            vmm: vmm.clone(),
-            kernel: vms.kernel.clone(),
-            initramfs: vms.initramfs.clone(),
-            vcpus: 1,
-            mem_mib: vms.mem_mib,
-            serial_log: None,
-            kernel_args: None,
-            drives: Vec::new(),
-        };
+        let spec = vm::spec(vmm, &vms.kernel, &vms.initramfs, vms.mem_mib, &[]);
         println!("===== kiln\n{}", compare::in_kiln(&spec, &args.argv)?);
     }
     if let Some(q) = vms.qemu_microvm(1) {
@@ -172,16 +164,10 @@ fn stream(args: StreamArgs) -> Result<()> {
     std::fs::create_dir_all(&args.console_dir)
         .with_context(|| format!("creating {}", args.console_dir.display()))?;
     let vms = &args.vms;
-    let vm_spec = vms.kiln_vmm.as_ref().map(|vmm| kiln::vm_process::VmSpec {
-        vmm: vmm.clone(),
-        kernel: vms.kernel.clone(),
-        initramfs: vms.initramfs.clone(),
-        vcpus: 1,
-        mem_mib: vms.mem_mib,
-        serial_log: None,
-        kernel_args: None,
-        drives: Vec::new(),
-    });
+    let vm_spec = vms
+        .kiln_vmm
+        .as_ref()
+        .map(|vmm| vm::spec(vmm, &vms.kernel, &vms.initramfs, vms.mem_mib, &[]));
     let qemu = vms.qemu_microvm(1);
     if vm_spec.is_none() && qemu.is_none() {
         bail!("nothing to measure: give at least one VMM");

@@ -43,8 +43,11 @@ pub fn require_kvm() {
 pub mod vm {
     use std::time::Duration;
 
-    use kiln::vm_process::{VmProcess, VmSpec};
-    use kiln_agent::protocol::{ExecRequest, ExitStatus};
+    use kiln::vm_process::{ExecOutput, SpawnOptions, VmProcess, VmProcessError, VmSpec, VmmExit};
+    use kiln_agent::protocol::files::FileDigest;
+    use kiln_agent::protocol::{ExecRequest, ExitStatus, Pong};
+    use kiln_vmm::config::{DriveConfig, VmConfig};
+    use tokio::io::{AsyncRead, AsyncWrite};
 
     use super::{artifact, require_kvm};
 
@@ -54,15 +57,12 @@ pub mod vm {
 
     /// The default spec: staged kernel + initramfs, 1 vCPU, 256 MiB.
     pub fn spec() -> VmSpec {
+        let mut config = VmConfig::new(artifact("guest/vmlinux"));
+        config.initramfs = Some(artifact("guest/initramfs.cpio"));
+        config.mem_mib = 256;
         VmSpec {
             vmm: artifact("bin/kiln-vmm"),
-            kernel: artifact("guest/vmlinux"),
-            initramfs: artifact("guest/initramfs.cpio"),
-            vcpus: 1,
-            mem_mib: 256,
-            serial_log: None,
-            kernel_args: None,
-            drives: Vec::new(),
+            config,
         }
     }
 
@@ -70,20 +70,156 @@ pub mod vm {
     /// /dev/vda and 512 MiB.
     pub fn python_node_spec() -> VmSpec {
         let mut s = spec();
-        s.drives = vec![artifact("guest/python-node.erofs")];
-        s.mem_mib = 512;
+        s.config.drives = vec![DriveConfig {
+            path: artifact("guest/python-node.erofs"),
+            read_only: true,
+        }];
+        s.config.mem_mib = 512;
         s
     }
 
+    /// A booted VM driven from synchronous test code: the async
+    /// [`VmProcess`] on a runtime of its own.
+    pub struct TestVm {
+        rt: tokio::runtime::Runtime,
+        vm: Option<VmProcess>,
+    }
+
+    impl TestVm {
+        /// Spawns a VM from `spec` without waiting for it.
+        pub fn spawn(spec: &VmSpec) -> Result<Self, VmProcessError> {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .expect("tokio runtime");
+            let vm = rt.block_on(async { VmProcess::spawn(spec, &SpawnOptions::default()) })?;
+            Ok(TestVm { rt, vm: Some(vm) })
+        }
+
+        /// The VM process.
+        pub fn process(&self) -> &VmProcess {
+            self.vm.as_ref().expect("the VM is there until drop")
+        }
+
+        /// Runs `f` on this VM's runtime.
+        pub fn block_on<F: std::future::Future>(&self, f: F) -> F::Output {
+            self.rt.block_on(f)
+        }
+
+        /// Waits for the agent's first answer.
+        pub fn wait_ready(&self, timeout: Duration) -> Result<Pong, VmProcessError> {
+            self.block_on(self.process().wait_ready(timeout))
+        }
+
+        /// Pings the agent.
+        pub fn ping(&self) -> Result<Pong, VmProcessError> {
+            self.block_on(self.process().ping(Duration::from_secs(60)))
+        }
+
+        /// The VMM's pid.
+        pub fn pid(&self) -> u32 {
+            self.process().pid()
+        }
+
+        /// What the VMM last said and whether it runs.
+        pub fn vmm_report(&self) -> String {
+            self.process().vmm_report()
+        }
+
+        /// Runs a request; collects its output.
+        pub fn try_exec(&self, req: ExecRequest, stdin: &[u8]) -> Result<Output, VmProcessError> {
+            let stdin: Box<dyn AsyncRead + Send + Unpin> =
+                Box::new(std::io::Cursor::new(stdin.to_vec()));
+            self.block_on(async {
+                let (tx, mut rx) = tokio::sync::mpsc::channel(16);
+                let collect = async {
+                    let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
+                    while let Some(chunk) = rx.recv().await {
+                        match chunk {
+                            ExecOutput::Stdout(b) => stdout.extend_from_slice(&b),
+                            ExecOutput::Stderr(b) => stderr.extend_from_slice(&b),
+                        }
+                    }
+                    (stdout, stderr)
+                };
+                let (status, (stdout, stderr)) =
+                    tokio::join!(self.process().exec(req, Some(stdin), tx), collect);
+                Ok(Output {
+                    status: status?,
+                    stdout,
+                    stderr,
+                })
+            })
+        }
+
+        /// Uploads `source` to `path`.
+        pub fn upload(
+            &self,
+            path: &str,
+            mode: Option<u32>,
+            source: impl AsyncRead + Send + Unpin + 'static,
+        ) -> Result<FileDigest, VmProcessError> {
+            self.block_on(self.process().upload(path, mode, source))
+        }
+
+        /// Downloads `path` into `sink`.
+        pub fn download(
+            &self,
+            path: &str,
+            sink: impl AsyncWrite + Send + Unpin + 'static,
+        ) -> Result<FileDigest, VmProcessError> {
+            self.block_on(self.process().download(path, sink))
+        }
+
+        /// Downloads `path` into memory.
+        pub fn download_vec(&self, path: &str) -> Result<Vec<u8>, VmProcessError> {
+            let (mut reader, writer) = tokio::io::duplex(1 << 16);
+            self.block_on(async {
+                let mut data = Vec::new();
+                let (got, read) = tokio::join!(
+                    self.process().download(path, writer),
+                    tokio::io::AsyncReadExt::read_to_end(&mut reader, &mut data)
+                );
+                got?;
+                read.expect("reading a duplex pipe");
+                Ok(data)
+            })
+        }
+
+        /// Asks the guest to power off; kills the VMM after `timeout`.
+        pub fn shutdown(mut self, timeout: Duration) -> Result<VmmExit, VmProcessError> {
+            let vm = self.vm.take().expect("the VM is there until drop");
+            let exit = self.block_on(vm.shutdown(timeout));
+            drop(vm);
+            exit
+        }
+    }
+
+    impl Drop for TestVm {
+        fn drop(&mut self) {
+            // Kill and reap the VMM while the runtime (whose task reaps it)
+            // still runs: no zombie outlives the test VM.
+            if let Some(vm) = self.vm.take() {
+                let _ = vm.kill();
+                let _ = self
+                    .rt
+                    .block_on(tokio::time::timeout(Duration::from_secs(10), vm.wait()));
+                let _guard = self.rt.enter();
+                drop(vm);
+            }
+        }
+    }
+
     /// Boots the `python-node` template.
-    pub fn boot_python_node() -> VmProcess {
+    pub fn boot_python_node() -> TestVm {
         boot_spec(&python_node_spec())
     }
 
     /// Boots a VM from `spec` and waits for its agent.
-    pub fn boot_spec(spec: &VmSpec) -> VmProcess {
+    pub fn boot_spec(spec: &VmSpec) -> TestVm {
         require_kvm();
-        let mut vm = VmProcess::spawn(spec).expect("spawn kiln-vmm");
+        let vm = TestVm::spawn(spec).expect("spawn kiln-vmm");
         if let Err(e) = vm.wait_ready(BOOT_TIMEOUT) {
             panic!("VM did not become ready: {e}");
         }
@@ -91,7 +227,7 @@ pub mod vm {
     }
 
     /// Boots the default VM.
-    pub fn boot() -> VmProcess {
+    pub fn boot() -> TestVm {
         boot_spec(&spec())
     }
 
@@ -106,7 +242,7 @@ pub mod vm {
     }
 
     /// Runs `argv` with `stdin` and collects its output.
-    pub fn exec(vm: &VmProcess, argv: &[&str], stdin: Option<&[u8]>) -> Output {
+    pub fn exec(vm: &TestVm, argv: &[&str], stdin: Option<&[u8]>) -> Output {
         exec_req(
             vm,
             ExecRequest {
@@ -122,26 +258,14 @@ pub mod vm {
     }
 
     /// Runs a full request and collects its output.
-    pub fn exec_req(vm: &VmProcess, req: ExecRequest, stdin: &[u8]) -> Output {
-        let mut stdout = Vec::new();
-        let mut stderr = Vec::new();
-        let status = vm
-            .exec(
-                &req,
-                stdin,
-                |b| stdout.extend_from_slice(b),
-                |b| stderr.extend_from_slice(b),
-            )
-            .unwrap_or_else(|e| panic!("exec {:?} failed: {e}", req.argv));
-        Output {
-            status,
-            stdout,
-            stderr,
-        }
+    pub fn exec_req(vm: &TestVm, req: ExecRequest, stdin: &[u8]) -> Output {
+        let argv = req.argv.clone();
+        vm.try_exec(req, stdin)
+            .unwrap_or_else(|e| panic!("exec {argv:?} failed: {e}"))
     }
 
     /// `sh -c script`.
-    pub fn sh(vm: &VmProcess, script: &str) -> Output {
+    pub fn sh(vm: &TestVm, script: &str) -> Output {
         exec(vm, &["sh", "-c", script], None)
     }
 }
