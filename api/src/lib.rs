@@ -10,10 +10,12 @@
 mod agent_link;
 pub mod artifacts;
 mod b64;
+mod backend;
 pub mod config;
 mod core;
 pub mod doctor;
 mod error;
+mod kiln;
 pub mod kvm_check;
 pub mod lang;
 pub mod model;
@@ -22,3 +24,9 @@ pub mod vm_process;
 
 pub use config::Config;
 pub use error::{EndReason, Error, ErrorBody, ErrorDetail, Result};
+pub use kiln::{Exec, ExecBuilder, ExecOutput, FileStream, Files, Kiln, Sandbox, Sandboxes};
+
+/// What starts VMs: kiln-vmm in production, a host agent for tests.
+pub mod launcher {
+    pub use crate::core::launcher::{HostAgentLauncher, KilnVmmLauncher, Launcher};
+}

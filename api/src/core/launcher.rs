@@ -48,7 +48,8 @@ impl Launcher for KilnVmmLauncher {
     }
 }
 
-/// `kiln-agent --listen-unix <run dir>/agent.sock --files-root <run dir>/root`.
+/// `kiln-agent --listen-unix <run dir>/agent.sock --files-root <run dir>/root`,
+/// started in `<run dir>/root/home/sandbox` (where relative paths start).
 #[derive(Debug, Clone)]
 pub struct HostAgentLauncher {
     /// The `kiln-agent` binary.
@@ -69,9 +70,11 @@ impl Launcher for HostAgentLauncher {
     fn launch(&self, _template: &Template, run_dir: PathBuf) -> Result<VmProcess, VmProcessError> {
         mkdir_private(&run_dir)?;
         let root = run_dir.join("root");
-        if let Err(e) = mkdir_private(&root) {
+        // Programs start where relative file paths start: the home.
+        let home = root.join("home/sandbox");
+        if let Err(source) = std::fs::create_dir_all(&home) {
             let _ = std::fs::remove_dir_all(&run_dir);
-            return Err(e);
+            return Err(VmProcessError::RunDir { path: home, source });
         }
         let socket = run_dir.join("agent.sock");
         let mut cmd = tokio::process::Command::new(&self.agent);
@@ -79,7 +82,7 @@ impl Launcher for HostAgentLauncher {
             .arg(&socket)
             .arg("--files-root")
             .arg(&root)
-            .current_dir(&root);
+            .current_dir(&home);
         VmProcess::spawn_command(cmd, AgentAddr::Unix(socket), run_dir, true)
     }
 

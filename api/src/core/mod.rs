@@ -44,9 +44,6 @@ use pool_state::{Backoff, PoolState};
 use store::{Store, VmPhase};
 use vms::Vm;
 
-pub(crate) use exec::ExecStream;
-pub(crate) use files::FileRead;
-
 /// A template and whether VMs can be started from it.
 struct TemplateEntry {
     template: Template,
@@ -441,6 +438,16 @@ impl Core {
             .audit(caller, "set_pool", template, &format!("target={target}"));
         self.inner.reconcile.notify_one();
         Ok(info)
+    }
+
+    /// Live events from now on.
+    pub fn subscribe_events(&self) -> tokio::sync::broadcast::Receiver<crate::model::Event> {
+        self.inner.events.subscribe()
+    }
+
+    /// Stored events after `seq`, oldest first.
+    pub fn events_after(&self, seq: u64, limit: u32) -> Result<Vec<crate::model::Event>> {
+        self.inner.events.after(seq, limit)
     }
 
     /// `GET /metrics`.

@@ -71,7 +71,6 @@ impl Core {
                     pool.boot_started();
                     boots.push(template.clone());
                 }
-                drop(pool);
                 for _ in 0..n {
                     st.booting += 1;
                     st.usage.vms += 1;
