@@ -19,6 +19,7 @@ mod kiln;
 pub mod kvm_check;
 pub mod lang;
 pub mod model;
+pub mod server;
 pub mod template;
 pub mod vm_process;
 

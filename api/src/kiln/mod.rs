@@ -28,15 +28,11 @@ pub use sandbox::{Sandbox, Sandboxes};
 #[derive(Clone)]
 pub struct Kiln {
     backend: Arc<dyn Backend>,
-    /// The embedded core, when there is one (the HTTP server needs it).
-    core: Option<Core>,
 }
 
 impl std::fmt::Debug for Kiln {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Kiln")
-            .field("embedded", &self.core.is_some())
-            .finish()
+        f.debug_struct("Kiln").finish_non_exhaustive()
     }
 }
 
@@ -59,11 +55,7 @@ impl Kiln {
     fn from_core(core: Core) -> Kiln {
         let caller = Some(rustix::process::getuid().as_raw());
         Kiln {
-            backend: Arc::new(Embedded {
-                core: core.clone(),
-                caller,
-            }),
-            core: Some(core),
+            backend: Arc::new(Embedded { core, caller }),
         }
     }
 
@@ -72,14 +64,9 @@ impl Kiln {
     pub async fn connect_unix(path: impl AsRef<Path>) -> Result<Kiln> {
         let kiln = Kiln {
             backend: Arc::new(HttpBackend::new(path.as_ref().to_path_buf())),
-            core: None,
         };
         kiln.health().await?;
         Ok(kiln)
-    }
-
-    pub(crate) fn core(&self) -> Option<&Core> {
-        self.core.as_ref()
     }
 
     /// Sandboxes.

@@ -89,12 +89,10 @@ pub struct SandboxPatch {
     pub idle_timeout_secs: Option<u64>,
 }
 
-/// Where a sandbox is in its life.
+/// Where a sandbox is in its life (a create returns once it is ready).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum SandboxState {
-    /// Being prepared (booting or late-binding).
-    Starting,
     /// Usable.
     Ready,
     /// Gone; `end_reason` says why (a tombstone).
@@ -105,7 +103,6 @@ impl SandboxState {
     /// The wire name.
     pub fn as_str(self) -> &'static str {
         match self {
-            Self::Starting => "starting",
             Self::Ready => "ready",
             Self::Ended => "ended",
         }
@@ -116,11 +113,10 @@ impl std::str::FromStr for SandboxState {
     type Err = crate::Error;
     fn from_str(s: &str) -> crate::Result<Self> {
         match s {
-            "starting" => Ok(Self::Starting),
             "ready" => Ok(Self::Ready),
             "ended" => Ok(Self::Ended),
             other => Err(crate::Error::invalid(format!(
-                "unknown state {other:?} (starting, ready, ended)"
+                "unknown state {other:?} (ready, ended)"
             ))),
         }
     }
@@ -191,7 +187,7 @@ pub struct SandboxInfo {
 pub struct SandboxFilter {
     /// Every label must match.
     pub labels: BTreeMap<String, String>,
-    /// Only this state (default: live ones, starting and ready).
+    /// Only this state (default: the live ones).
     pub state: Option<SandboxState>,
 }
 
