@@ -81,7 +81,15 @@ impl AsyncRead for CheckedBody {
 fn body_error(e: &VmProcessError) -> Option<Error> {
     let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(err) = cur {
-        if let Some(body) = err.downcast_ref::<BodyError>() {
+        // An io::Error hides its payload from `source()`.
+        let payload = err
+            .downcast_ref::<io::Error>()
+            .and_then(|io| io.get_ref())
+            .map(|inner| inner as &(dyn std::error::Error + 'static));
+        if let Some(body) = payload
+            .and_then(|p| p.downcast_ref::<BodyError>())
+            .or_else(|| err.downcast_ref::<BodyError>())
+        {
             return Some(match body {
                 BodyError::TooLarge(_) => Error::TooLarge(body.to_string()),
                 BodyError::Mismatch { .. } => Error::invalid(body.to_string()),
