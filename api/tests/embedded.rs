@@ -211,3 +211,113 @@ async fn empty_pool_cold_boots_fails_or_waits_and_limits_say_which() {
     kiln.shutdown().await;
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[tokio::test]
+async fn a_template_that_cannot_boot_backs_off_without_a_spawn_storm() {
+    let dir = common::scratch("embedded-backoff");
+    let mut config = common::host_config(&dir, 4);
+    // A "VM" that exits at once: every boot fails.
+    config.launcher = kiln::config::LauncherConfig::HostAgent {
+        agent: "/bin/false".into(),
+    };
+    config.pool.backoff_base_ms = 200;
+    config.pool.backoff_max_ms = 800;
+    let kiln = Kiln::embedded(config).await.expect("embedded kiln");
+    let mut events = kiln.events(0).await.expect("events");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let pool = kiln.pool("host").await.expect("pool");
+    assert_eq!(pool.ready, 0);
+    assert!(pool.booting <= 1, "one probe at a time: {pool:?}");
+    assert!(
+        pool.last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("before its agent answered")),
+        "{pool:?}"
+    );
+    // 200 + 400 + 800 ms of backoff in 1.5 s: a handful of attempts,
+    // not one per reconcile tick (50 ms).
+    let mut failures = 0;
+    while let Ok(Some(e)) = tokio::time::timeout(Duration::from_millis(100), events.next()).await {
+        if e.expect("event").kind == kiln::model::EventKind::PoolError {
+            failures += 1;
+        }
+    }
+    assert!(
+        (1..=6).contains(&failures),
+        "{failures} failed boots in 1.5 s"
+    );
+    assert!(pool.consecutive_failures >= 1);
+    // A create that cold boots reports the boot failure as such.
+    let err = kiln
+        .sandboxes()
+        .create(SandboxSpec::default())
+        .await
+        .expect_err("cannot boot");
+    assert!(matches!(err, Error::BootTimeout(_)), "{err}");
+    assert_eq!(kiln.info().await.expect("info").vms, 0, "nothing leaked");
+    kiln.shutdown().await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test]
+async fn idle_and_ttl_expire_with_a_notice_first() {
+    let dir = common::scratch("embedded-expiry");
+    let mut config = common::host_config(&dir, 0);
+    config.timeouts.expiring_notice_secs = 1;
+    let kiln = Kiln::embedded(config).await.expect("embedded kiln");
+    let mut events = kiln.events(0).await.expect("events");
+    let idle = kiln
+        .sandboxes()
+        .create(SandboxSpec {
+            idle_timeout_secs: Some(2),
+            ..SandboxSpec::default()
+        })
+        .await
+        .expect("create");
+    let ttl = kiln
+        .sandboxes()
+        .create(SandboxSpec {
+            ttl_secs: Some(3),
+            idle_timeout_secs: Some(60),
+            ..SandboxSpec::default()
+        })
+        .await
+        .expect("create");
+    // A running exec is activity: the idle sandbox survives a 3 s exec.
+    let out = idle
+        .exec(["sleep", "3"])
+        .output()
+        .await
+        .expect("long exec");
+    assert_eq!(out.result.exit_code, Some(0));
+    let mut seen = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while seen
+        .iter()
+        .filter(|(k, _, _)| *k == kiln::model::EventKind::Expired)
+        .count()
+        < 2
+    {
+        let e = tokio::time::timeout_at(deadline, events.next())
+            .await
+            .expect("both expire within 10 s")
+            .expect("stream")
+            .expect("event");
+        seen.push((e.kind, e.sandbox_id.clone(), e.reason));
+    }
+    let find = |kind, id: &str| {
+        seen.iter()
+            .position(|(k, s, _)| *k == kind && s.as_deref() == Some(id))
+            .unwrap_or_else(|| panic!("no {kind:?} for {id}: {seen:?}"))
+    };
+    for (id, reason) in [(idle.id(), EndReason::Idle), (ttl.id(), EndReason::Ttl)] {
+        assert!(find(kiln::model::EventKind::Expiring, id) < find(kiln::model::EventKind::Expired, id));
+        let err = kiln.sandboxes().get(id).await.expect_err("expired");
+        assert!(
+            matches!(err, Error::SandboxExpired { reason: r, .. } if r == reason),
+            "{id}: {err}"
+        );
+    }
+    kiln.shutdown().await;
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -12,12 +12,12 @@ use kiln::Kiln;
 
 use super::output;
 
-/// Where the daemon listens.
+/// Where the daemon listens, and how to print.
 #[derive(clap::Args, Clone)]
 pub struct Conn {
     /// The daemon's unix socket (default: <state dir>/kiln.sock).
     #[arg(long, env = "KILN_SOCKET", global = true)]
-    socket: Option<PathBuf>,
+    pub socket: Option<PathBuf>,
     /// JSON output for scripts.
     #[arg(long, global = true)]
     json: bool,
@@ -45,8 +45,6 @@ fn parse_kv(s: &str) -> Result<(String, String), String> {
 /// `kiln create`.
 #[derive(clap::Args)]
 pub struct CreateArgs {
-    #[command(flatten)]
-    conn: Conn,
     /// Template (default: the daemon's default).
     #[arg(long, short)]
     template: Option<String>,
@@ -79,8 +77,6 @@ pub struct CreateArgs {
 /// `kiln ls`.
 #[derive(clap::Args)]
 pub struct LsArgs {
-    #[command(flatten)]
-    conn: Conn,
     /// Only sandboxes with label KEY=VALUE (repeatable).
     #[arg(long = "label", short, value_parser = parse_kv)]
     labels: Vec<(String, String)>,
@@ -92,8 +88,6 @@ pub struct LsArgs {
 /// `kiln exec`.
 #[derive(clap::Args)]
 pub struct ExecArgs {
-    #[command(flatten)]
-    conn: Conn,
     /// Sandbox id.
     sandbox: String,
     /// Environment variable KEY=VALUE (repeatable).
@@ -113,8 +107,6 @@ pub struct ExecArgs {
 /// `kiln cp`.
 #[derive(clap::Args)]
 pub struct CpArgs {
-    #[command(flatten)]
-    conn: Conn,
     /// Source: a local path or SANDBOX:PATH.
     from: String,
     /// Destination: a local path or SANDBOX:PATH.
@@ -124,8 +116,6 @@ pub struct CpArgs {
 /// `kiln rm`.
 #[derive(clap::Args)]
 pub struct RmArgs {
-    #[command(flatten)]
-    conn: Conn,
     /// Sandbox ids.
     #[arg(required = true)]
     sandboxes: Vec<String>,
@@ -134,8 +124,6 @@ pub struct RmArgs {
 /// `kiln pool`.
 #[derive(clap::Args)]
 pub struct PoolArgs {
-    #[command(flatten)]
-    conn: Conn,
     /// Template (all pools without it).
     template: Option<String>,
     /// Set the number of VMs to keep ready.
@@ -146,8 +134,6 @@ pub struct PoolArgs {
 /// `kiln events`.
 #[derive(clap::Args)]
 pub struct EventsArgs {
-    #[command(flatten)]
-    conn: Conn,
     /// Start after this sequence number (0: the oldest kept).
     #[arg(long, default_value_t = 0)]
     after: u64,
@@ -165,26 +151,26 @@ pub enum Cmd {
 }
 
 /// Runs a client command on a small runtime.
-pub fn run(cmd: Cmd) -> Result<ExitCode> {
+pub fn run(conn: Conn, cmd: Cmd) -> Result<ExitCode> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")?
         .block_on(async move {
             match cmd {
-                Cmd::Create(a) => create(a).await,
-                Cmd::Ls(a) => ls(a).await,
-                Cmd::Exec(a) => exec(a).await,
-                Cmd::Cp(a) => cp(a).await,
-                Cmd::Rm(a) => rm(a).await,
-                Cmd::Pool(a) => pool(a).await,
-                Cmd::Events(a) => events(a).await,
+                Cmd::Create(a) => create(&conn, a).await,
+                Cmd::Ls(a) => ls(&conn, a).await,
+                Cmd::Exec(a) => exec(&conn, a).await,
+                Cmd::Cp(a) => cp(&conn, a).await,
+                Cmd::Rm(a) => rm(&conn, a).await,
+                Cmd::Pool(a) => pool(&conn, a).await,
+                Cmd::Events(a) => events(&conn, a).await,
             }
         })
 }
 
-async fn create(a: CreateArgs) -> Result<ExitCode> {
-    let kiln = a.conn.connect().await?;
+async fn create(conn: &Conn, a: CreateArgs) -> Result<ExitCode> {
+    let kiln = conn.connect().await?;
     let spec = SandboxSpec {
         template: a.template,
         labels: a.labels.into_iter().collect(),
@@ -204,7 +190,7 @@ async fn create(a: CreateArgs) -> Result<ExitCode> {
         .sandboxes()
         .create_idempotent(spec, a.idempotency_key)
         .await?;
-    if a.conn.json {
+    if conn.json {
         output::json(sandbox.cached_info())?;
     } else {
         println!("{}", sandbox.id());
@@ -212,14 +198,14 @@ async fn create(a: CreateArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn ls(a: LsArgs) -> Result<ExitCode> {
-    let kiln = a.conn.connect().await?;
+async fn ls(conn: &Conn, a: LsArgs) -> Result<ExitCode> {
+    let kiln = conn.connect().await?;
     let filter = SandboxFilter {
         labels: a.labels.into_iter().collect(),
         state: a.state.map(|s| s.parse::<SandboxState>()).transpose()?,
     };
     let list = kiln.sandboxes().list(filter).await?;
-    if a.conn.json {
+    if conn.json {
         output::json(&list)?;
         return Ok(ExitCode::SUCCESS);
     }
@@ -258,8 +244,8 @@ async fn ls(a: LsArgs) -> Result<ExitCode> {
 /// Exit code for a command that hit its timeout (as coreutils `timeout`).
 const EXIT_TIMED_OUT: u8 = 124;
 
-async fn exec(a: ExecArgs) -> Result<ExitCode> {
-    let kiln = a.conn.connect().await?;
+async fn exec(conn: &Conn, a: ExecArgs) -> Result<ExitCode> {
+    let kiln = conn.connect().await?;
     let sandbox = kiln.sandboxes().get(&a.sandbox).await?;
     let mut builder = sandbox.exec(a.argv);
     for (k, v) in a.env {
@@ -292,7 +278,7 @@ async fn exec(a: ExecArgs) -> Result<ExitCode> {
                 err.write_all(&ExecEvent::bytes(&data, &data_b64))?;
             }
             ExecEvent::Exited { result, .. } => {
-                if a.conn.json {
+                if conn.json {
                     eprintln!("{}", serde_json::to_string(&result)?);
                 }
                 if result.timed_out {
@@ -319,8 +305,8 @@ fn remote(spec: &str) -> Option<(&str, &str)> {
     (id.starts_with("sbx-") && !path.is_empty()).then_some((id, path))
 }
 
-async fn cp(a: CpArgs) -> Result<ExitCode> {
-    let kiln = a.conn.connect().await?;
+async fn cp(conn: &Conn, a: CpArgs) -> Result<ExitCode> {
+    let kiln = conn.connect().await?;
     match (remote(&a.from), remote(&a.to)) {
         (None, Some((id, path))) => {
             let file = tokio::fs::File::open(&a.from)
@@ -334,7 +320,7 @@ async fn cp(a: CpArgs) -> Result<ExitCode> {
                 .files()
                 .write_with(path, Some(mode), file, None)
                 .await?;
-            if a.conn.json {
+            if conn.json {
                 output::json(&written)?;
             }
         }
@@ -361,7 +347,7 @@ async fn cp(a: CpArgs) -> Result<ExitCode> {
             tokio::fs::rename(&tmp, &a.to)
                 .await
                 .with_context(|| format!("writing {}", a.to))?;
-            if a.conn.json {
+            if conn.json {
                 output::json(&serde_json::json!({"size": stream.size, "sha256": stream.sha256}))?;
             }
         }
@@ -370,13 +356,13 @@ async fn cp(a: CpArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn rm(a: RmArgs) -> Result<ExitCode> {
-    let kiln = a.conn.connect().await?;
+async fn rm(conn: &Conn, a: RmArgs) -> Result<ExitCode> {
+    let kiln = conn.connect().await?;
     let mut failed = false;
     for id in &a.sandboxes {
         let deleted = async { kiln.sandboxes().get(id).await?.delete().await }.await;
         match deleted {
-            Ok(tomb) if a.conn.json => output::json(&tomb)?,
+            Ok(tomb) if conn.json => output::json(&tomb)?,
             Ok(_) => println!("{id}"),
             Err(e) => {
                 eprintln!("kiln: {id}: {e}");
@@ -391,14 +377,14 @@ async fn rm(a: RmArgs) -> Result<ExitCode> {
     })
 }
 
-async fn pool(a: PoolArgs) -> Result<ExitCode> {
-    let kiln = a.conn.connect().await?;
+async fn pool(conn: &Conn, a: PoolArgs) -> Result<ExitCode> {
+    let kiln = conn.connect().await?;
     let pools = match (&a.template, a.target) {
         (Some(t), Some(target)) => vec![kiln.set_pool_target(t, target).await?],
         (Some(t), None) => vec![kiln.pool(t).await?],
         (None, _) => kiln.pools().await?,
     };
-    if a.conn.json {
+    if conn.json {
         output::json(&pools)?;
         return Ok(ExitCode::SUCCESS);
     }
@@ -429,12 +415,12 @@ async fn pool(a: PoolArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn events(a: EventsArgs) -> Result<ExitCode> {
-    let kiln = a.conn.connect().await?;
+async fn events(conn: &Conn, a: EventsArgs) -> Result<ExitCode> {
+    let kiln = conn.connect().await?;
     let mut events = kiln.events(a.after).await?;
     while let Some(e) = events.next().await {
         let e = e?;
-        if a.conn.json {
+        if conn.json {
             println!("{}", serde_json::to_string(&e)?);
         } else {
             let kind = serde_json::to_value(e.kind)?;

@@ -13,6 +13,8 @@ use clap::{Parser, Subcommand};
 #[derive(Parser)]
 #[command(name = "kiln", version, about)]
 struct Cli {
+    #[command(flatten)]
+    conn: client::Conn,
     #[command(subcommand)]
     command: Command,
 }
@@ -56,14 +58,14 @@ pub fn main() -> ExitCode {
             };
         }
         Command::Run(args) => run::run(*args),
-        Command::Serve(args) => serve::serve(args),
-        Command::Create(args) => client::run(client::Cmd::Create(args)),
-        Command::Ls(args) => client::run(client::Cmd::Ls(args)),
-        Command::Exec(args) => client::run(client::Cmd::Exec(args)),
-        Command::Cp(args) => client::run(client::Cmd::Cp(args)),
-        Command::Rm(args) => client::run(client::Cmd::Rm(args)),
-        Command::Pool(args) => client::run(client::Cmd::Pool(args)),
-        Command::Events(args) => client::run(client::Cmd::Events(args)),
+        Command::Serve(args) => serve::serve(args, cli.conn.socket),
+        Command::Create(args) => client::run(cli.conn, client::Cmd::Create(args)),
+        Command::Ls(args) => client::run(cli.conn, client::Cmd::Ls(args)),
+        Command::Exec(args) => client::run(cli.conn, client::Cmd::Exec(args)),
+        Command::Cp(args) => client::run(cli.conn, client::Cmd::Cp(args)),
+        Command::Rm(args) => client::run(cli.conn, client::Cmd::Rm(args)),
+        Command::Pool(args) => client::run(cli.conn, client::Cmd::Pool(args)),
+        Command::Events(args) => client::run(cli.conn, client::Cmd::Events(args)),
     };
     match result {
         Ok(code) => code,

@@ -13,9 +13,6 @@ pub struct ServeArgs {
     /// defaults).
     #[arg(long)]
     config: Option<PathBuf>,
-    /// Unix socket (default: <state dir>/kiln.sock).
-    #[arg(long, env = "KILN_SOCKET")]
-    socket: Option<PathBuf>,
     /// State directory (default: $KILN_STATE_DIR, /var/lib/kiln for root,
     /// else ~/.local/state/kiln).
     #[arg(long)]
@@ -33,7 +30,7 @@ fn init_logging() {
 }
 
 /// Runs the daemon until SIGTERM/SIGINT (then drains).
-pub fn serve(args: ServeArgs) -> Result<ExitCode> {
+pub fn serve(args: ServeArgs, socket: Option<PathBuf>) -> Result<ExitCode> {
     init_logging();
     let mut config = match &args.config {
         Some(path) => Config::from_file(path)?,
@@ -42,7 +39,7 @@ pub fn serve(args: ServeArgs) -> Result<ExitCode> {
     if let Some(dir) = args.state_dir {
         config.state_dir = dir;
     }
-    if let Some(socket) = args.socket {
+    if let Some(socket) = socket {
         config.server.socket = Some(socket);
     }
     tokio::runtime::Builder::new_multi_thread()

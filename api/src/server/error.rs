@@ -1,7 +1,7 @@
 //! Errors as HTTP responses, and extractors whose rejections use the same
 //! JSON error body.
 
-use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
 use axum::http::StatusCode;
@@ -36,26 +36,33 @@ impl IntoResponse for ApiError {
 /// Handler result.
 pub(crate) type ApiResult<T> = std::result::Result<T, ApiError>;
 
-/// JSON body; a malformed body, an unknown field or a body over the limit
-/// is a JSON error (`invalid_argument` or `too_large`).
+/// JSON body, whatever the content type (so `curl -d` works); an empty
+/// body is `{}`. A malformed body, an unknown field or a body over the
+/// limit is a JSON error (`invalid_argument` or `too_large`).
 pub(crate) struct ApiJson<T>(pub T);
 
 impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        match axum::Json::<T>::from_request(req, state).await {
-            Ok(axum::Json(v)) => Ok(ApiJson(v)),
-            Err(rejection) => Err(ApiError(json_rejection(&rejection))),
-        }
+        let bytes = axum::body::Bytes::from_request(req, state)
+            .await
+            .map_err(|r: BytesRejection| {
+                ApiError(if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                    Error::TooLarge(r.body_text())
+                } else {
+                    Error::invalid(r.body_text())
+                })
+            })?;
+        let text: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) {
+            b"{}"
+        } else {
+            &bytes
+        };
+        serde_json::from_slice(text)
+            .map(ApiJson)
+            .map_err(|e| ApiError(Error::invalid(format!("invalid JSON body: {e}"))))
     }
-}
-
-fn json_rejection(r: &JsonRejection) -> Error {
-    if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
-        return Error::TooLarge(r.body_text());
-    }
-    Error::invalid(r.body_text())
 }
 
 /// Query string; a malformed one is `invalid_argument`.
