@@ -27,7 +27,10 @@ async fn main() -> anyhow::Result<()> {
     while let Some(event) = exec.next().await {
         match event? {
             ExecEvent::Stdout { data, data_b64, .. } => {
-                print!("{}", String::from_utf8_lossy(&ExecEvent::bytes(&data, &data_b64)));
+                print!(
+                    "{}",
+                    String::from_utf8_lossy(&ExecEvent::bytes(&data, &data_b64))
+                );
             }
             ExecEvent::Exited { result, .. } => println!("exited: {:?}", result.exit_code),
             _ => {}

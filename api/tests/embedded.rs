@@ -284,11 +284,7 @@ async fn idle_and_ttl_expire_with_a_notice_first() {
         .await
         .expect("create");
     // A running exec is activity: the idle sandbox survives a 3 s exec.
-    let out = idle
-        .exec(["sleep", "3"])
-        .output()
-        .await
-        .expect("long exec");
+    let out = idle.exec(["sleep", "3"]).output().await.expect("long exec");
     assert_eq!(out.result.exit_code, Some(0));
     let mut seen = Vec::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
@@ -311,7 +307,9 @@ async fn idle_and_ttl_expire_with_a_notice_first() {
             .unwrap_or_else(|| panic!("no {kind:?} for {id}: {seen:?}"))
     };
     for (id, reason) in [(idle.id(), EndReason::Idle), (ttl.id(), EndReason::Ttl)] {
-        assert!(find(kiln::model::EventKind::Expiring, id) < find(kiln::model::EventKind::Expired, id));
+        assert!(
+            find(kiln::model::EventKind::Expiring, id) < find(kiln::model::EventKind::Expired, id)
+        );
         let err = kiln.sandboxes().get(id).await.expect_err("expired");
         assert!(
             matches!(err, Error::SandboxExpired { reason: r, .. } if r == reason),

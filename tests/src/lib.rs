@@ -269,3 +269,163 @@ pub mod vm {
         exec(vm, &["sh", "-c", script], None)
     }
 }
+
+/// A `kiln serve` daemon from the staged binaries, booting real VMs.
+pub mod daemon {
+    use std::path::{Path, PathBuf};
+    use std::process::{Child, Command, Stdio};
+    use std::time::{Duration, Instant};
+
+    use super::{artifact, require_kvm};
+
+    /// The running daemon; SIGTERMed (drained) and its VMs checked gone
+    /// when dropped.
+    pub struct Daemon {
+        /// The `kiln serve` process.
+        pub child: Child,
+        /// Its socket.
+        pub socket: PathBuf,
+        /// Its state directory.
+        pub state_dir: PathBuf,
+        config: PathBuf,
+    }
+
+    /// A fresh scratch directory.
+    pub fn scratch(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("kiln-e2e-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("scratch dir");
+        dir
+    }
+
+    impl Daemon {
+        /// Starts `kiln serve` in `dir` with `config` (TOML; `state_dir` is
+        /// set here) and waits until it answers.
+        pub fn start(dir: &Path, config: &str) -> Daemon {
+            require_kvm();
+            let state_dir = dir.join("state");
+            let path = dir.join("kiln.toml");
+            let text = format!(
+                "state_dir = {:?}\n{config}",
+                state_dir.display().to_string()
+            );
+            std::fs::write(&path, text).expect("write config");
+            let d = Daemon {
+                child: Self::spawn(&path),
+                socket: state_dir.join("kiln.sock"),
+                state_dir,
+                config: path,
+            };
+            d.wait_answering();
+            d
+        }
+
+        fn spawn(config: &Path) -> Child {
+            Command::new(artifact("bin/kiln"))
+                .arg("serve")
+                .arg("--config")
+                .arg(config)
+                .env("KILN_LOG", "info")
+                .stdin(Stdio::null())
+                .spawn()
+                .expect("spawn kiln serve")
+        }
+
+        /// Waits until the socket answers.
+        pub fn wait_answering(&self) {
+            let deadline = Instant::now() + Duration::from_secs(120);
+            loop {
+                if let Ok(mut s) = std::os::unix::net::UnixStream::connect(&self.socket) {
+                    use std::io::{Read, Write};
+                    let _ = s.write_all(
+                        b"GET /v1/health HTTP/1.1\r\nHost: k\r\nConnection: close\r\n\r\n",
+                    );
+                    let mut out = String::new();
+                    let _ = s.read_to_string(&mut out);
+                    if out.starts_with("HTTP/1.1 200") {
+                        return;
+                    }
+                }
+                assert!(Instant::now() < deadline, "kiln serve did not answer");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+
+        /// SIGKILLs the daemon (its VMs live on) and starts it again on
+        /// the same config.
+        pub fn kill_and_restart(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+            self.child = Self::spawn(&self.config);
+            self.wait_answering();
+        }
+
+        /// SIGTERM; waits up to 120 s for the drain; returns whether it
+        /// exited 0.
+        pub fn stop(&mut self) -> bool {
+            // SAFETY: kill(2) on our own child; no memory involved.
+            unsafe {
+                libc::kill(self.child.id() as i32, libc::SIGTERM);
+            }
+            let deadline = Instant::now() + Duration::from_secs(120);
+            loop {
+                if let Some(status) = self.child.try_wait().expect("try_wait") {
+                    return status.success();
+                }
+                if Instant::now() > deadline {
+                    let _ = self.child.kill();
+                    let _ = self.child.wait();
+                    return false;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+
+        /// kiln-vmm processes started from this daemon's state dir.
+        pub fn vmm_pids(&self) -> Vec<i32> {
+            vmm_pids_under(&self.state_dir)
+        }
+    }
+
+    impl Drop for Daemon {
+        fn drop(&mut self) {
+            if self.child.try_wait().ok().flatten().is_none() {
+                self.stop();
+            }
+            for pid in self.vmm_pids() {
+                // SAFETY: kill(2) on a VM this test's daemon started.
+                unsafe {
+                    libc::kill(pid, libc::SIGKILL);
+                }
+            }
+        }
+    }
+
+    /// Live kiln-vmm processes whose command line names `dir`.
+    pub fn vmm_pids_under(dir: &Path) -> Vec<i32> {
+        let needle = format!("{}/", dir.display());
+        let Ok(entries) = std::fs::read_dir("/proc") else {
+            return Vec::new();
+        };
+        entries
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+            .filter(|pid| {
+                let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+                let live = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                    .map(|s| {
+                        !s.rsplit(')')
+                            .next()
+                            .unwrap_or("")
+                            .trim_start()
+                            .starts_with('Z')
+                    })
+                    .unwrap_or(false);
+                live && cmd
+                    .split(|b| *b == 0)
+                    .any(|a| String::from_utf8_lossy(a).starts_with(&needle))
+                    && !cmd.split(|b| *b == 0).any(|a| a == b"serve")
+            })
+            .collect()
+    }
+}

@@ -45,15 +45,16 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        let bytes = axum::body::Bytes::from_request(req, state)
-            .await
-            .map_err(|r: BytesRejection| {
-                ApiError(if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                    Error::TooLarge(r.body_text())
-                } else {
-                    Error::invalid(r.body_text())
-                })
-            })?;
+        let bytes =
+            axum::body::Bytes::from_request(req, state)
+                .await
+                .map_err(|r: BytesRejection| {
+                    ApiError(if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                        Error::TooLarge(r.body_text())
+                    } else {
+                        Error::invalid(r.body_text())
+                    })
+                })?;
         let text: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) {
             b"{}"
         } else {
