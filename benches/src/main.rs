@@ -2,6 +2,7 @@
 //! peers measured in the same run. Run it inside the testbed on hosts without
 //! hardware KVM (`tools/bench`).
 
+mod api;
 mod child;
 mod compare;
 mod diag;
@@ -37,6 +38,10 @@ enum Command {
     Exec(ExecArgs),
     /// Long vsock streams (exec stdout), kiln and QEMU microvm alternating.
     Stream(StreamArgs),
+    /// The daemon's API through `kiln serve`: warm vs cold create -> echo,
+    /// API overhead over a direct agent exec, concurrent creates, RSS per
+    /// pooled VM.
+    Api(api::ApiArgs),
     /// Runs one command in a kiln VM and in a QEMU microvm (same guest) and
     /// prints both outputs, to compare what each VMM exposes.
     Compare(CompareArgs),
@@ -342,5 +347,6 @@ fn main() -> Result<()> {
         Command::Exec(args) => exec(args),
         Command::Stream(args) => stream(args),
         Command::Compare(args) => compare(args),
+        Command::Api(args) => api::run(args),
     }
 }
