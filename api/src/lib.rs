@@ -15,7 +15,7 @@ pub mod config;
 mod core;
 pub mod doctor;
 mod error;
-mod kiln;
+pub(crate) mod kiln;
 pub mod kvm_check;
 pub mod lang;
 pub mod model;

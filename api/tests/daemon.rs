@@ -354,6 +354,7 @@ async fn sigkilled_daemon_restarts_with_its_sandboxes_and_one_daemon_per_state_d
         .write("keep.txt", std::io::Cursor::new(b"kept".to_vec()))
         .await
         .expect("write");
+    wait_ready(&kiln, 1).await;
 
     // A second daemon on the same state dir refuses to start.
     let mut second = Daemon::spawn(&daemon.config_path);

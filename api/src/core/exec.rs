@@ -143,13 +143,19 @@ impl Core {
             async move {
                 let stdin: Option<Box<dyn tokio::io::AsyncRead + Send + Unpin>> =
                     stdin.map(|b| Box::new(std::io::Cursor::new(b)) as _);
-                let result = core.pump(&vm, request, stdin, &exec_id, &tx).await;
+                let last = core.pump(&vm, request, stdin, &exec_id, &tx).await;
                 core.running(&sandbox_id, -1);
+                let Some((result, last)) = last else {
+                    return; // the reader left: nothing to tell
+                };
+                // Recorded before the reader hears of the end, so a replay
+                // right after it finds the result.
                 let mut record = record;
                 record.result = result;
                 if let Err(e) = core.inner.store.put_exec(&record) {
                     tracing::warn!(error = %e, "exec result not recorded");
                 }
+                let _ = tx.send(last).await;
             }
             .instrument(span),
         );
@@ -169,8 +175,9 @@ impl Core {
         self.inner.expiry.notify_one();
     }
 
-    /// Runs the exec, forwarding output as events; returns the result when
-    /// the program ended (not when it could not start or the reader left).
+    /// Runs the exec, forwarding output as events; returns the result (when
+    /// the program ended) and the last event, not yet sent; `None` when the
+    /// reader left.
     async fn pump(
         &self,
         vm: &super::vms::Vm,
@@ -178,7 +185,7 @@ impl Core {
         stdin: Option<Box<dyn tokio::io::AsyncRead + Send + Unpin>>,
         exec_id: &str,
         tx: &mpsc::Sender<ExecEvent>,
-    ) -> Option<ExecResult> {
+    ) -> Option<(Option<ExecResult>, ExecEvent)> {
         let started = Instant::now();
         let mut seq = 0u64;
         let started_event = ExecEvent::Started {
@@ -237,24 +244,20 @@ impl Core {
                     stdout: None,
                     stderr: None,
                 };
-                let _ = tx
-                    .send(ExecEvent::Exited {
-                        seq,
-                        result: result.clone(),
-                    })
-                    .await;
-                Some(result)
+                let last = ExecEvent::Exited {
+                    seq,
+                    result: result.clone(),
+                };
+                Some((Some(result), last))
             }
             Err(e) => {
                 let error = super::files::vm_error(e);
                 tracing::info!(error = %error, "exec failed");
-                let _ = tx
-                    .send(ExecEvent::Error {
-                        seq,
-                        error: error.to_body().error,
-                    })
-                    .await;
-                None
+                let last = ExecEvent::Error {
+                    seq,
+                    error: error.to_body().error,
+                };
+                Some((None, last))
             }
         }
     }

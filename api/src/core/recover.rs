@@ -1,7 +1,8 @@
 //! Start-up after a daemon died: VMs run in their own sessions, so they
 //! outlive it. Each recorded VM whose identity (pid *and* start time) still
-//! matches is re-adopted: pooled ones rejoin their pool after a ping,
-//! claimed ones carry their sandbox on. Dead ones end their sandbox with
+//! matches is re-adopted: pooled ones rejoin their pool after a ping (ones
+//! that were booting once their agent answers), claimed ones carry their
+//! sandbox on. Dead ones end their sandbox with
 //! `vm_died`. Any other VM process started from this state dir (found by
 //! its command line) is killed: nothing is left orphaned.
 
@@ -131,15 +132,28 @@ impl Core {
             .as_deref()
             .and_then(|id| self.inner.store.sandbox(id).ok().flatten())
             .filter(|s| s.end_reason.is_none());
-        let usable = match row.phase {
-            VmPhase::Booting => false,
-            VmPhase::Pooled => self.inner.templates.contains_key(&row.template),
+        let wanted = match row.phase {
+            VmPhase::Booting | VmPhase::Pooled => self.inner.templates.contains_key(&row.template),
             VmPhase::Claimed => sandbox.is_some(),
-        } && vm.process.ping(ADOPT_PING).await.is_ok();
+        };
+        // A VM that was still booting may finish now: it gets the same
+        // wait (retrying pings) as a ready one gets one ping.
+        let usable = wanted
+            && match row.phase {
+                VmPhase::Booting => vm.process.wait_ready(ADOPT_PING).await.is_ok(),
+                _ => vm.process.ping(ADOPT_PING).await.is_ok(),
+            };
         if !usable {
             tracing::info!(vm_id = %row.id, phase = ?row.phase, "killing a recorded VM that cannot be re-adopted");
             self.retire(vm).await;
             return None;
+        }
+        let phase = match row.phase {
+            VmPhase::Booting => VmPhase::Pooled,
+            p => p,
+        };
+        if phase != row.phase {
+            self.set_phase(&vm, phase, None);
         }
         {
             let mut st = self.state();
@@ -149,10 +163,10 @@ impl Core {
                 vm.id.clone(),
                 VmSlot {
                     vm: Arc::clone(&vm),
-                    phase: row.phase,
+                    phase,
                 },
             );
-            match (row.phase, sandbox) {
+            match (phase, sandbox) {
                 (VmPhase::Claimed, Some(mut info)) => {
                     // A restart counts as activity: the idle clock restarts.
                     info.last_activity_ms = now_ms();
@@ -177,7 +191,7 @@ impl Core {
                 }
             }
         }
-        tracing::info!(vm_id = %row.id, pid = vm.process.pid(), phase = ?row.phase, "re-adopted VM");
+        tracing::info!(vm_id = %row.id, pid = vm.process.pid(), phase = ?phase, "re-adopted VM");
         self.watch_vm(&vm);
         Some(vm)
     }

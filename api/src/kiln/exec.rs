@@ -127,6 +127,14 @@ impl std::fmt::Debug for Exec {
 }
 
 impl Exec {
+    pub(crate) fn from_events(events: ExecEvents) -> Self {
+        Exec {
+            events,
+            id: None,
+            done: false,
+        }
+    }
+
     /// The exec's id, once the `Started` event has been read.
     pub fn id(&self) -> Option<&str> {
         self.id.as_deref()

@@ -15,7 +15,7 @@ use crate::model::{ExecEvent, ExecResult, ExecSpec};
 use crate::server::error::{ApiJson, ApiPath, ApiQuery, ApiResult};
 use crate::server::peer::Peer;
 use crate::server::{ndjson, AppState};
-use crate::{Error, ErrorBody};
+use crate::ErrorBody;
 
 /// `POST .../execs` query.
 #[derive(Debug, Deserialize, IntoParams)]
@@ -27,15 +27,12 @@ pub(crate) struct ExecQuery {
     wait: bool,
 }
 
-/// Most output a `?wait=true` answer collects (stdout + stderr); the
-/// agent's own cap (16 MiB) stops the program's output before that.
-const MAX_WAIT_OUTPUT: usize = 32 << 20;
-
 /// Runs a command. The response streams NDJSON events: `started`,
 /// `stdout`/`stderr` (`data`, or `data_b64` when not UTF-8), `keepalive`
 /// while quiet, then `exited` (exit code, signal, timed_out, duration) or
 /// `error`. Closing the stream kills the command. With `?wait=true` the
-/// answer is one `ExecResult` with the output.
+/// answer is one `ExecResult` with the output (at most the agent's output
+/// cap, 16 MiB).
 #[utoipa::path(post, path = "/v1/sandboxes/{id}/execs", tag = "execs",
     params(("id" = String, Path, description = "Sandbox id"), ExecQuery,
            ("Idempotency-Key" = Option<String>, Header, description = "A replay returns the first exec's result")),
@@ -54,7 +51,7 @@ pub(crate) async fn start(
     ApiJson(spec): ApiJson<ExecSpec>,
 ) -> ApiResult<Response> {
     let key = idempotency_key(&headers)?;
-    let mut events = backend(&state, &peer).exec(id, spec, key).await?;
+    let events = backend(&state, &peer).exec(id, spec, key).await?;
     if !q.wait {
         let events = events
             .map(|e| match e {
@@ -71,36 +68,13 @@ pub(crate) async fn start(
             }
         }));
     }
-    let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
-    while let Some(event) = events.next().await {
-        match event? {
-            ExecEvent::Stdout { data, data_b64, .. } => {
-                stdout.extend(ExecEvent::bytes(&data, &data_b64));
-            }
-            ExecEvent::Stderr { data, data_b64, .. } => {
-                stderr.extend(ExecEvent::bytes(&data, &data_b64));
-            }
-            ExecEvent::Exited { result, .. } => {
-                return Ok(Json(ExecResult {
-                    stdout: Some(String::from_utf8_lossy(&stdout).into_owned()),
-                    stderr: Some(String::from_utf8_lossy(&stderr).into_owned()),
-                    ..result
-                })
-                .into_response())
-            }
-            ExecEvent::Error { error, .. } => {
-                return Err(Error::from_body(ErrorBody { error }).into())
-            }
-            ExecEvent::Started { .. } | ExecEvent::Keepalive { .. } => {}
-        }
-        if stdout.len() + stderr.len() > MAX_WAIT_OUTPUT {
-            return Err(Error::TooLarge(format!(
-                "more than {MAX_WAIT_OUTPUT} bytes of output: stream it instead of ?wait=true"
-            ))
-            .into());
-        }
-    }
-    Err(Error::Guest("the exec ended without a result".into()).into())
+    let out = crate::kiln::Exec::from_events(events).output().await?;
+    Ok(Json(ExecResult {
+        stdout: Some(String::from_utf8_lossy(&out.stdout).into_owned()),
+        stderr: Some(String::from_utf8_lossy(&out.stderr).into_owned()),
+        ..out.result
+    })
+    .into_response())
 }
 
 fn seq_of(e: &ExecEvent) -> u64 {
