@@ -106,9 +106,10 @@ impl Drop for BenchVm {
         // Kill and reap while the runtime that reaps it still runs.
         if let Some(vm) = self.vm.take() {
             let _ = vm.kill();
-            let _ = self
-                .rt
-                .block_on(tokio::time::timeout(Duration::from_secs(10), vm.wait()));
+            // The timer is made inside the runtime (it needs its clock).
+            let _ = self.rt.block_on(async {
+                tokio::time::timeout(Duration::from_secs(10), vm.wait()).await
+            });
         }
     }
 }

@@ -202,9 +202,10 @@ pub mod vm {
             // still runs: no zombie outlives the test VM.
             if let Some(vm) = self.vm.take() {
                 let _ = vm.kill();
-                let _ = self
-                    .rt
-                    .block_on(tokio::time::timeout(Duration::from_secs(10), vm.wait()));
+                // The timer is made inside the runtime (it needs its clock).
+                let _ = self.rt.block_on(async {
+                    tokio::time::timeout(Duration::from_secs(10), vm.wait()).await
+                });
                 let _guard = self.rt.enter();
                 drop(vm);
             }

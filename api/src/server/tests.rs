@@ -27,7 +27,7 @@ fn the_checked_in_document_is_the_generated_one() {
     let stored = std::fs::read_to_string(checked_in()).unwrap_or_default();
     assert!(
         stored == generated,
-        "api/openapi.json is out of date: run KILN_UPDATE_OPENAPI=1 cargo test -p kiln openapi"
+        "api/openapi.json is out of date: run KILN_UPDATE_OPENAPI=1 cargo test -p kiln --lib checked_in"
     );
 }
 
