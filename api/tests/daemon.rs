@@ -416,3 +416,42 @@ async fn sigkilled_daemon_restarts_with_its_sandboxes_and_one_daemon_per_state_d
     drop(restarted);
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[tokio::test]
+async fn a_client_that_leaves_mid_boot_leaves_nothing_half_done() {
+    let dir = common::scratch("daemon-leave");
+    let slow = dir.join("slow-agent.sh");
+    std::fs::write(
+        &slow,
+        format!(
+            "#!/bin/sh\nsleep 1\nexec {} \"$@\"\n",
+            common::agent_binary().display()
+        ),
+    )
+    .expect("script");
+    std::fs::set_permissions(&slow, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod");
+    let mut config = common::host_config(&dir.join("state"), 0);
+    config.launcher = kiln::config::LauncherConfig::HostAgent { agent: slow };
+    let daemon = Daemon::start(&config);
+    let kiln = Kiln::connect_unix(&daemon.socket).await.expect("connect");
+    // Gives up while the VM boots (the HTTP request is dropped).
+    let gave_up = tokio::time::timeout(
+        Duration::from_millis(300),
+        kiln.sandboxes().create(SandboxSpec::default()),
+    )
+    .await;
+    assert!(gave_up.is_err(), "the boot takes a second");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let live = kiln
+        .sandboxes()
+        .list(Default::default())
+        .await
+        .expect("list");
+    assert_eq!(live.len(), 1, "the create finished without its caller");
+    let info = kiln.info().await.expect("info");
+    assert_eq!(info.vms, 1, "one VM, counted once: {info:?}");
+    assert_eq!(kiln.pool("host").await.expect("pool").booting, 0);
+    drop(daemon);
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -107,9 +107,9 @@ impl Drop for BenchVm {
         if let Some(vm) = self.vm.take() {
             let _ = vm.kill();
             // The timer is made inside the runtime (it needs its clock).
-            let _ = self.rt.block_on(async {
-                tokio::time::timeout(Duration::from_secs(10), vm.wait()).await
-            });
+            let _ = self
+                .rt
+                .block_on(async { tokio::time::timeout(Duration::from_secs(10), vm.wait()).await });
         }
     }
 }

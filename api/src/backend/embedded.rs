@@ -111,8 +111,15 @@ impl Backend for Embedded {
         spec: SandboxSpec,
         key: Option<String>,
     ) -> BoxFuture<'_, Result<CreateOutcome>> {
+        // A task of its own: a caller that goes away mid-boot must not
+        // leave a half-booted VM behind (the sandbox is made anyway; an
+        // Idempotency-Key finds it, its idle timeout ends it).
+        let (core, caller) = (self.core.clone(), self.caller);
+        let task = tokio::spawn(async move { core.create(spec, key, caller).await });
         async move {
-            let c = self.core.create(spec, key, self.caller).await?;
+            let c = task
+                .await
+                .map_err(|e| Error::Internal(format!("create task: {e}")))??;
             Ok(CreateOutcome {
                 sandbox: c.sandbox,
                 replayed: c.replayed,
@@ -138,7 +145,14 @@ impl Backend for Embedded {
     }
 
     fn delete(&self, id: String) -> BoxFuture<'_, Result<SandboxInfo>> {
-        async move { self.core.delete(&id, self.caller).await }.boxed()
+        // Finishes even if the caller goes away.
+        let (core, caller) = (self.core.clone(), self.caller);
+        let task = tokio::spawn(async move { core.delete(&id, caller).await });
+        async move {
+            task.await
+                .map_err(|e| Error::Internal(format!("delete task: {e}")))?
+        }
+        .boxed()
     }
 
     fn exec(

@@ -242,14 +242,14 @@ impl Core {
         let templates = templates_of(&config, launcher.needs_guest_files());
         let mut pools = BTreeMap::new();
         let saved: HashMap<String, u32> = store.pool_targets()?.into_iter().collect();
-        for (name, entry) in &templates {
+        for name in templates.keys() {
+            // Targets set through the API win over the config.
             let configured = config
                 .templates
                 .get(name)
                 .map(|t| t.pool_target)
                 .unwrap_or(u32::from(*name == config.default_template));
             let target = saved.get(name).copied().unwrap_or(configured);
-            let _ = entry;
             pools.insert(name.clone(), PoolState::new(target));
         }
         let inner = Inner {
