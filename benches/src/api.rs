@@ -30,7 +30,7 @@ pub struct ApiArgs {
     #[arg(long, default_value = "guest/initramfs.cpio")]
     initramfs: PathBuf,
     /// Memory per VM, MiB (untouched guest memory costs the host nothing).
-    #[arg(long, default_value_t = 128)]
+    #[arg(long, default_value_t = 256)]
     mem_mib: u32,
     /// Samples per latency case.
     #[arg(long, default_value_t = 20)]
