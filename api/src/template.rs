@@ -2,6 +2,8 @@
 
 use std::path::{Path, PathBuf};
 
+use kiln_vmm::config::{DriveConfig, VmConfig};
+
 use crate::artifacts::{self, NotFound};
 
 /// The template `kiln run` uses unless told otherwise.
@@ -11,7 +13,7 @@ pub const DEFAULT_TEMPLATE: &str = "python-node";
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Template {
     /// Template name.
-    pub name: &'static str,
+    pub name: String,
     /// Guest kernel.
     pub kernel: PathBuf,
     /// Guest initramfs (the agent).
@@ -22,6 +24,8 @@ pub struct Template {
     pub vcpus: u8,
     /// Guest memory, MiB.
     pub mem_mib: u32,
+    /// Extra guest kernel command line.
+    pub kernel_args: String,
 }
 
 /// Errors resolving a template.
@@ -52,23 +56,58 @@ pub struct Overrides<'a> {
 pub fn resolve(name: &str, o: &Overrides<'_>) -> Result<Template, TemplateError> {
     let kernel = artifacts::kernel(o.kernel)?;
     let initramfs = artifacts::initramfs(o.initramfs)?;
+    let (vcpus, mem_mib) = builtin_shape(name);
     match name {
         "python-node" => Ok(Template {
-            name: "python-node",
+            name: "python-node".into(),
             kernel,
             initramfs,
             image: Some(artifacts::runtime_image(o.image)?),
-            vcpus: 1,
-            mem_mib: 512,
+            vcpus,
+            mem_mib,
+            kernel_args: String::new(),
         }),
         "minimal" => Ok(Template {
-            name: "minimal",
+            name: "minimal".into(),
             kernel,
             initramfs,
             image: o.image.map(Path::to_path_buf),
-            vcpus: 1,
-            mem_mib: 256,
+            vcpus,
+            mem_mib,
+            kernel_args: String::new(),
         }),
         other => Err(TemplateError::Unknown(other.to_string())),
+    }
+}
+
+/// Names of the built-in templates.
+pub const BUILTIN: [&str; 2] = ["python-node", "minimal"];
+
+/// vCPUs and memory (MiB) of a built-in template.
+pub fn builtin_shape(name: &str) -> (u8, u32) {
+    match name {
+        "python-node" => (1, 512),
+        _ => (1, 256),
+    }
+}
+
+impl Template {
+    /// The VM config that boots this template (the runtime image read-only
+    /// as /dev/vda).
+    pub fn vm_config(&self) -> VmConfig {
+        let mut c = VmConfig::new(&self.kernel);
+        c.initramfs = Some(self.initramfs.clone());
+        c.vcpus = self.vcpus;
+        c.mem_mib = u64::from(self.mem_mib);
+        c.cmdline_extra = self.kernel_args.clone();
+        c.drives = self
+            .image
+            .iter()
+            .map(|path| DriveConfig {
+                path: path.clone(),
+                read_only: true,
+            })
+            .collect();
+        c
     }
 }

@@ -6,11 +6,12 @@
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use kiln::vm_process::{VmProcess, VmSpec};
+use kiln::vm_process::VmSpec;
 use kiln_agent::client;
 use kiln_agent::protocol::{ExecRequest, AGENT_VSOCK_PORT};
 
 use crate::peer::qemu::QemuMicrovm;
+use crate::vm::BenchVm;
 use crate::vsock;
 
 fn request(argv: &[String]) -> ExecRequest {
@@ -31,13 +32,14 @@ fn render(out: Vec<u8>, err: Vec<u8>, status: String) -> String {
 
 /// Runs `argv` in a fresh kiln VM; returns stdout, stderr and the status.
 pub fn in_kiln(spec: &VmSpec, argv: &[String]) -> Result<String> {
-    let mut vm = VmProcess::spawn(spec)?;
-    vm.wait_ready(Duration::from_secs(120))
-        .context("booting kiln")?;
+    let vm = BenchVm::boot(spec, Duration::from_secs(120))?;
+    let mut conn = vm.connect().context("connecting to the kiln guest")?;
+    conn.set_read_timeout(Some(Duration::from_secs(70)))?;
     let (mut out, mut err) = (Vec::new(), Vec::new());
-    let status = vm.exec(
+    let status = client::exec(
+        &mut conn,
         &request(argv),
-        std::io::empty(),
+        &[],
         |b| out.extend_from_slice(b),
         |b| err.extend_from_slice(b),
     );

@@ -5,11 +5,12 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use kiln::vm_process::{VmProcess, VmSpec};
+use kiln_agent::client;
 use kiln_agent::protocol::ExecRequest;
 
 use crate::stats::{summarize, Summary};
 use crate::transfer::{self, TransferResult};
+use crate::vm::{self, BenchVm};
 
 /// What to boot for the exec benchmark.
 pub struct ExecBench {
@@ -47,7 +48,7 @@ pub struct CaseResult {
     pub summary: Summary,
 }
 
-fn run_once(vm: &VmProcess, argv: &[&str]) -> Result<Duration> {
+fn run_once(vm: &BenchVm, argv: &[&str]) -> Result<Duration> {
     let req = ExecRequest {
         argv: argv.iter().map(|s| s.to_string()).collect(),
         timeout_ms: Some(120_000),
@@ -55,7 +56,9 @@ fn run_once(vm: &VmProcess, argv: &[&str]) -> Result<Duration> {
     };
     let mut out = Vec::new();
     let start = Instant::now();
-    let status = vm.exec(&req, std::io::empty(), |b| out.extend_from_slice(b), |_| {})?;
+    let mut conn = vm.connect()?;
+    conn.set_read_timeout(Some(Duration::from_secs(150)))?;
+    let status = client::exec(&mut conn, &req, &[], |b| out.extend_from_slice(b), |_| {})?;
     let took = start.elapsed();
     if status.code != Some(0) || out != b"1\n" {
         bail!(
@@ -70,18 +73,15 @@ impl ExecBench {
     /// Boots one VM and measures every case `n` times (after one warm-up),
     /// then the file transfers.
     pub fn run(&self) -> Result<ExecReport> {
-        let spec = VmSpec {
-            vmm: self.vmm.clone(),
-            kernel: self.kernel.clone(),
-            initramfs: self.initramfs.clone(),
-            vcpus: 1,
-            mem_mib: self.mem_mib,
-            serial_log: None,
-            kernel_args: None,
-            drives: self.image.iter().cloned().collect(),
-        };
-        let mut vm = VmProcess::spawn(&spec)?;
-        vm.wait_ready(Duration::from_secs(120)).context("booting")?;
+        let drives: Vec<PathBuf> = self.image.iter().cloned().collect();
+        let spec = vm::spec(
+            &self.vmm,
+            &self.kernel,
+            &self.initramfs,
+            self.mem_mib,
+            &drives,
+        );
+        let vm = BenchVm::boot(&spec, Duration::from_secs(120))?;
         eprintln!("booted in {:?}", vm.spawned_at().elapsed());
         let mut cases: Vec<(&str, Vec<&str>)> =
             vec![("sh -c 'echo 1'", vec!["sh", "-c", "echo 1"])];

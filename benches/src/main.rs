@@ -2,6 +2,7 @@
 //! peers measured in the same run. Run it inside the testbed on hosts without
 //! hardware KVM (`tools/bench`).
 
+mod api;
 mod child;
 mod compare;
 mod diag;
@@ -11,6 +12,7 @@ mod report;
 mod stats;
 mod stream;
 mod transfer;
+mod vm;
 mod vsock;
 
 use std::path::PathBuf;
@@ -36,6 +38,10 @@ enum Command {
     Exec(ExecArgs),
     /// Long vsock streams (exec stdout), kiln and QEMU microvm alternating.
     Stream(StreamArgs),
+    /// The daemon's API through `kiln serve`: warm vs cold create -> echo,
+    /// API overhead over a direct agent exec, concurrent creates, RSS per
+    /// pooled VM.
+    Api(api::ApiArgs),
     /// Runs one command in a kiln VM and in a QEMU microvm (same guest) and
     /// prints both outputs, to compare what each VMM exposes.
     Compare(CompareArgs),
@@ -53,16 +59,7 @@ struct CompareArgs {
 fn compare(args: CompareArgs) -> Result<()> {
     let vms = &args.vms;
     if let Some(vmm) = &vms.kiln_vmm {
-        let spec = kiln::vm_process::VmSpec {
-            vmm: vmm.clone(),
-            kernel: vms.kernel.clone(),
-            initramfs: vms.initramfs.clone(),
-            vcpus: 1,
-            mem_mib: vms.mem_mib,
-            serial_log: None,
-            kernel_args: None,
-            drives: Vec::new(),
-        };
+        let spec = vm::spec(vmm, &vms.kernel, &vms.initramfs, vms.mem_mib, &[]);
         println!("===== kiln\n{}", compare::in_kiln(&spec, &args.argv)?);
     }
     if let Some(q) = vms.qemu_microvm(1) {
@@ -172,16 +169,10 @@ fn stream(args: StreamArgs) -> Result<()> {
     std::fs::create_dir_all(&args.console_dir)
         .with_context(|| format!("creating {}", args.console_dir.display()))?;
     let vms = &args.vms;
-    let vm_spec = vms.kiln_vmm.as_ref().map(|vmm| kiln::vm_process::VmSpec {
-        vmm: vmm.clone(),
-        kernel: vms.kernel.clone(),
-        initramfs: vms.initramfs.clone(),
-        vcpus: 1,
-        mem_mib: vms.mem_mib,
-        serial_log: None,
-        kernel_args: None,
-        drives: Vec::new(),
-    });
+    let vm_spec = vms
+        .kiln_vmm
+        .as_ref()
+        .map(|vmm| vm::spec(vmm, &vms.kernel, &vms.initramfs, vms.mem_mib, &[]));
     let qemu = vms.qemu_microvm(1);
     if vm_spec.is_none() && qemu.is_none() {
         bail!("nothing to measure: give at least one VMM");
@@ -356,5 +347,6 @@ fn main() -> Result<()> {
         Command::Exec(args) => exec(args),
         Command::Stream(args) => stream(args),
         Command::Compare(args) => compare(args),
+        Command::Api(args) => api::run(args),
     }
 }

@@ -19,12 +19,13 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use kiln::vm_process::{VmProcess, VmSpec};
+use kiln::vm_process::VmSpec;
 use kiln_agent::client;
 use kiln_agent::protocol::{ExecRequest, ExitStatus, AGENT_VSOCK_PORT};
 
 use crate::diag::{self, KvmCounters};
 use crate::peer::qemu::QemuMicrovm;
+use crate::vm::BenchVm;
 use crate::vsock;
 
 /// Which way the bytes go.
@@ -325,10 +326,10 @@ fn probe_fresh_connection(
 }
 
 /// Logs kiln-vmm's device state (SIGUSR1) and returns what it wrote.
-fn kiln_state_dump(vm: &VmProcess) -> String {
+fn kiln_state_dump(vm: &BenchVm) -> String {
     let log = vm.log_path();
     let from = std::fs::metadata(log).map_or(0, |m| m.len());
-    kill(vm.pid(), libc::SIGUSR1);
+    kill(Some(vm.pid()), libc::SIGUSR1);
     std::thread::sleep(Duration::from_millis(500));
     let text = std::fs::read(log).unwrap_or_default();
     let start = usize::try_from(from).unwrap_or(0).min(text.len());
@@ -340,21 +341,19 @@ fn kiln_state_dump(vm: &VmProcess) -> String {
 pub fn kiln(vm_spec: &VmSpec, spec: &StreamSpec, console: &Path) -> Result<StreamResult> {
     let mut vm_spec = vm_spec.clone();
     let _ = std::fs::remove_file(console);
-    vm_spec.serial_log = Some(console.to_path_buf());
-    let mut vm = VmProcess::spawn(&vm_spec)?;
-    if let Err(e) = vm.wait_ready(Duration::from_secs(120)) {
-        return Err(anyhow::Error::new(e).context(format!(
-            "booting kiln\nkiln-vmm log (last 20 lines):\n{}guest console (last 30 lines):\n{}",
-            diag::tail(vm.log_path(), 20),
+    vm_spec.config.serial_log = Some(console.to_path_buf());
+    let vm = BenchVm::boot(&vm_spec, Duration::from_secs(120)).map_err(|e| {
+        e.context(format!(
+            "guest console (last 30 lines):\n{}",
             diag::tail(console, 30)
-        )));
-    }
+        ))
+    })?;
     let progress = Progress::new();
     let kvm_before = KvmCounters::read();
     let mut stdout = Vec::new();
     let vm_ref = &vm;
     let on_stall = |why: &str| {
-        let mut r = common_report(why, "kiln", vm_ref.pid());
+        let mut r = common_report(why, "kiln", Some(vm_ref.pid()));
         r.push_str("kiln-vmm state dump:\n");
         r.push_str(&kiln_state_dump(vm_ref));
         r.push_str(&probe_fresh_connection(&progress, || {
@@ -368,15 +367,19 @@ pub fn kiln(vm_spec: &VmSpec, spec: &StreamSpec, console: &Path) -> Result<Strea
         r.push_str(&kiln_state_dump(vm_ref));
         r.push_str("guest console (last 40 lines):\n");
         r.push_str(&diag::tail(console, 40));
-        kill(vm_ref.pid(), libc::SIGKILL);
+        kill(Some(vm_ref.pid()), libc::SIGKILL);
         r
     };
-    let (res, stall_report) = watched(spec, &progress, on_stall, || {
+    let (res, stall_report) = watched(spec, &progress, on_stall, || -> Result<_, String> {
         let stdin = CountingZeros {
             left: spec.bytes,
             progress: &progress,
         };
-        vm_ref.exec(
+        let mut reader = vm_ref.connect().map_err(|e| e.to_string())?;
+        let writer = reader.try_clone().map_err(|e| e.to_string())?;
+        client::exec_duplex(
+            &mut reader,
+            writer,
             &request(spec),
             stdin,
             |b| match spec.direction {
@@ -385,6 +388,7 @@ pub fn kiln(vm_spec: &VmSpec, spec: &StreamSpec, console: &Path) -> Result<Strea
             },
             |_| {},
         )
+        .map_err(|e| e.to_string())
     });
     let took = progress.start.elapsed();
     let exit_profile = stall_report.profile;

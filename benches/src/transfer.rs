@@ -5,10 +5,10 @@ use std::io::{self, Read, Write};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use kiln::vm_process::VmProcess;
 use kiln_agent::client::files;
 
 use crate::stats::{summarize, Summary};
+use crate::vm::BenchVm;
 
 /// Where the benchmark's file lives in the guest (on the tmpfs overlay).
 const GUEST_PATH: &str = "/home/sandbox/kiln-bench.bin";
@@ -59,13 +59,21 @@ impl Write for CountingSink {
     }
 }
 
-fn upload(vm: &VmProcess, size: u64, seed: u64) -> Result<Duration> {
+/// An agent connection whose transfers fail after 180 s without progress.
+fn transfer_conn(vm: &BenchVm) -> Result<std::os::unix::net::UnixStream> {
+    let conn = vm.connect()?;
+    conn.set_read_timeout(Some(Duration::from_secs(180)))?;
+    conn.set_write_timeout(Some(Duration::from_secs(180)))?;
+    Ok(conn)
+}
+
+fn upload(vm: &BenchVm, size: u64, seed: u64) -> Result<Duration> {
     let source = NoiseReader {
         left: size,
         state: seed | 1,
     };
     let start = Instant::now();
-    let written = vm.upload(GUEST_PATH, Some(0o644), source)?;
+    let written = files::upload(&mut transfer_conn(vm)?, GUEST_PATH, Some(0o644), source)?;
     let took = start.elapsed();
     if written.size != size {
         bail!("upload wrote {} bytes, expected {size}", written.size);
@@ -73,10 +81,10 @@ fn upload(vm: &VmProcess, size: u64, seed: u64) -> Result<Duration> {
     Ok(took)
 }
 
-fn download(vm: &VmProcess, size: u64) -> Result<Duration> {
+fn download(vm: &BenchVm, size: u64) -> Result<Duration> {
     let mut sink = CountingSink(0);
     let start = Instant::now();
-    let got = vm.download(GUEST_PATH, &mut sink)?;
+    let got = files::download(&mut transfer_conn(vm)?, GUEST_PATH, &mut sink)?;
     let took = start.elapsed();
     if got.size != size || sink.0 != size {
         bail!(
@@ -88,14 +96,14 @@ fn download(vm: &VmProcess, size: u64) -> Result<Duration> {
     Ok(took)
 }
 
-fn remove(vm: &VmProcess) -> Result<()> {
+fn remove(vm: &BenchVm) -> Result<()> {
     let mut stream = vm.connect()?;
     files::remove(&mut stream, GUEST_PATH, false).context("removing the benchmark file")
 }
 
 /// Uploads then downloads a `size`-byte file `n` times (after one warm-up
 /// round); the file is removed after each round so the overlay stays empty.
-pub fn measure(vm: &VmProcess, size: u64, n: usize) -> Result<Vec<TransferResult>> {
+pub fn measure(vm: &BenchVm, size: u64, n: usize) -> Result<Vec<TransferResult>> {
     let mut ups = Vec::with_capacity(n);
     let mut downs = Vec::with_capacity(n);
     for round in 0..=n {

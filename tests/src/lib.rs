@@ -43,8 +43,11 @@ pub fn require_kvm() {
 pub mod vm {
     use std::time::Duration;
 
-    use kiln::vm_process::{VmProcess, VmSpec};
-    use kiln_agent::protocol::{ExecRequest, ExitStatus};
+    use kiln::vm_process::{ExecOutput, SpawnOptions, VmProcess, VmProcessError, VmSpec, VmmExit};
+    use kiln_agent::protocol::files::FileDigest;
+    use kiln_agent::protocol::{ExecRequest, ExitStatus, Pong};
+    use kiln_vmm::config::{DriveConfig, VmConfig};
+    use tokio::io::{AsyncRead, AsyncWrite};
 
     use super::{artifact, require_kvm};
 
@@ -54,15 +57,12 @@ pub mod vm {
 
     /// The default spec: staged kernel + initramfs, 1 vCPU, 256 MiB.
     pub fn spec() -> VmSpec {
+        let mut config = VmConfig::new(artifact("guest/vmlinux"));
+        config.initramfs = Some(artifact("guest/initramfs.cpio"));
+        config.mem_mib = 256;
         VmSpec {
             vmm: artifact("bin/kiln-vmm"),
-            kernel: artifact("guest/vmlinux"),
-            initramfs: artifact("guest/initramfs.cpio"),
-            vcpus: 1,
-            mem_mib: 256,
-            serial_log: None,
-            kernel_args: None,
-            drives: Vec::new(),
+            config,
         }
     }
 
@@ -70,20 +70,157 @@ pub mod vm {
     /// /dev/vda and 512 MiB.
     pub fn python_node_spec() -> VmSpec {
         let mut s = spec();
-        s.drives = vec![artifact("guest/python-node.erofs")];
-        s.mem_mib = 512;
+        s.config.drives = vec![DriveConfig {
+            path: artifact("guest/python-node.erofs"),
+            read_only: true,
+        }];
+        s.config.mem_mib = 512;
         s
     }
 
+    /// A booted VM driven from synchronous test code: the async
+    /// [`VmProcess`] on a runtime of its own.
+    pub struct TestVm {
+        rt: tokio::runtime::Runtime,
+        vm: Option<VmProcess>,
+    }
+
+    impl TestVm {
+        /// Spawns a VM from `spec` without waiting for it.
+        pub fn spawn(spec: &VmSpec) -> Result<Self, VmProcessError> {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .expect("tokio runtime");
+            let vm = rt.block_on(async { VmProcess::spawn(spec, &SpawnOptions::default()) })?;
+            Ok(TestVm { rt, vm: Some(vm) })
+        }
+
+        /// The VM process.
+        pub fn process(&self) -> &VmProcess {
+            self.vm.as_ref().expect("the VM is there until drop")
+        }
+
+        /// Runs `f` on this VM's runtime.
+        pub fn block_on<F: std::future::Future>(&self, f: F) -> F::Output {
+            self.rt.block_on(f)
+        }
+
+        /// Waits for the agent's first answer.
+        pub fn wait_ready(&self, timeout: Duration) -> Result<Pong, VmProcessError> {
+            self.block_on(self.process().wait_ready(timeout))
+        }
+
+        /// Pings the agent.
+        pub fn ping(&self) -> Result<Pong, VmProcessError> {
+            self.block_on(self.process().ping(Duration::from_secs(60)))
+        }
+
+        /// The VMM's pid.
+        pub fn pid(&self) -> u32 {
+            self.process().pid()
+        }
+
+        /// What the VMM last said and whether it runs.
+        pub fn vmm_report(&self) -> String {
+            self.process().vmm_report()
+        }
+
+        /// Runs a request; collects its output.
+        pub fn try_exec(&self, req: ExecRequest, stdin: &[u8]) -> Result<Output, VmProcessError> {
+            let stdin: Box<dyn AsyncRead + Send + Unpin> =
+                Box::new(std::io::Cursor::new(stdin.to_vec()));
+            self.block_on(async {
+                let (tx, mut rx) = tokio::sync::mpsc::channel(16);
+                let collect = async {
+                    let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
+                    while let Some(chunk) = rx.recv().await {
+                        match chunk {
+                            ExecOutput::Stdout(b) => stdout.extend_from_slice(&b),
+                            ExecOutput::Stderr(b) => stderr.extend_from_slice(&b),
+                        }
+                    }
+                    (stdout, stderr)
+                };
+                let (status, (stdout, stderr)) =
+                    tokio::join!(self.process().exec(req, Some(stdin), tx), collect);
+                Ok(Output {
+                    status: status?,
+                    stdout,
+                    stderr,
+                })
+            })
+        }
+
+        /// Uploads `source` to `path`.
+        pub fn upload(
+            &self,
+            path: &str,
+            mode: Option<u32>,
+            source: impl AsyncRead + Send + Unpin + 'static,
+        ) -> Result<FileDigest, VmProcessError> {
+            self.block_on(self.process().upload(path, mode, source))
+        }
+
+        /// Downloads `path` into `sink`.
+        pub fn download(
+            &self,
+            path: &str,
+            sink: impl AsyncWrite + Send + Unpin + 'static,
+        ) -> Result<FileDigest, VmProcessError> {
+            self.block_on(self.process().download(path, sink))
+        }
+
+        /// Downloads `path` into memory.
+        pub fn download_vec(&self, path: &str) -> Result<Vec<u8>, VmProcessError> {
+            let (mut reader, writer) = tokio::io::duplex(1 << 16);
+            self.block_on(async {
+                let mut data = Vec::new();
+                let (got, read) = tokio::join!(
+                    self.process().download(path, writer),
+                    tokio::io::AsyncReadExt::read_to_end(&mut reader, &mut data)
+                );
+                got?;
+                read.expect("reading a duplex pipe");
+                Ok(data)
+            })
+        }
+
+        /// Asks the guest to power off; kills the VMM after `timeout`.
+        pub fn shutdown(mut self, timeout: Duration) -> Result<VmmExit, VmProcessError> {
+            let vm = self.vm.take().expect("the VM is there until drop");
+            let exit = self.block_on(vm.shutdown(timeout));
+            drop(vm);
+            exit
+        }
+    }
+
+    impl Drop for TestVm {
+        fn drop(&mut self) {
+            // Kill and reap the VMM while the runtime (whose task reaps it)
+            // still runs: no zombie outlives the test VM.
+            if let Some(vm) = self.vm.take() {
+                let _ = vm.kill();
+                // The timer is made inside the runtime (it needs its clock).
+                let _ = self.rt.block_on(async {
+                    tokio::time::timeout(Duration::from_secs(10), vm.wait()).await
+                });
+                let _guard = self.rt.enter();
+                drop(vm);
+            }
+        }
+    }
+
     /// Boots the `python-node` template.
-    pub fn boot_python_node() -> VmProcess {
+    pub fn boot_python_node() -> TestVm {
         boot_spec(&python_node_spec())
     }
 
     /// Boots a VM from `spec` and waits for its agent.
-    pub fn boot_spec(spec: &VmSpec) -> VmProcess {
+    pub fn boot_spec(spec: &VmSpec) -> TestVm {
         require_kvm();
-        let mut vm = VmProcess::spawn(spec).expect("spawn kiln-vmm");
+        let vm = TestVm::spawn(spec).expect("spawn kiln-vmm");
         if let Err(e) = vm.wait_ready(BOOT_TIMEOUT) {
             panic!("VM did not become ready: {e}");
         }
@@ -91,7 +228,7 @@ pub mod vm {
     }
 
     /// Boots the default VM.
-    pub fn boot() -> VmProcess {
+    pub fn boot() -> TestVm {
         boot_spec(&spec())
     }
 
@@ -106,7 +243,7 @@ pub mod vm {
     }
 
     /// Runs `argv` with `stdin` and collects its output.
-    pub fn exec(vm: &VmProcess, argv: &[&str], stdin: Option<&[u8]>) -> Output {
+    pub fn exec(vm: &TestVm, argv: &[&str], stdin: Option<&[u8]>) -> Output {
         exec_req(
             vm,
             ExecRequest {
@@ -122,26 +259,174 @@ pub mod vm {
     }
 
     /// Runs a full request and collects its output.
-    pub fn exec_req(vm: &VmProcess, req: ExecRequest, stdin: &[u8]) -> Output {
-        let mut stdout = Vec::new();
-        let mut stderr = Vec::new();
-        let status = vm
-            .exec(
-                &req,
-                stdin,
-                |b| stdout.extend_from_slice(b),
-                |b| stderr.extend_from_slice(b),
-            )
-            .unwrap_or_else(|e| panic!("exec {:?} failed: {e}", req.argv));
-        Output {
-            status,
-            stdout,
-            stderr,
-        }
+    pub fn exec_req(vm: &TestVm, req: ExecRequest, stdin: &[u8]) -> Output {
+        let argv = req.argv.clone();
+        vm.try_exec(req, stdin)
+            .unwrap_or_else(|e| panic!("exec {argv:?} failed: {e}"))
     }
 
     /// `sh -c script`.
-    pub fn sh(vm: &VmProcess, script: &str) -> Output {
+    pub fn sh(vm: &TestVm, script: &str) -> Output {
         exec(vm, &["sh", "-c", script], None)
+    }
+}
+
+/// A `kiln serve` daemon from the staged binaries, booting real VMs.
+pub mod daemon {
+    use std::path::{Path, PathBuf};
+    use std::process::{Child, Command, Stdio};
+    use std::time::{Duration, Instant};
+
+    use super::{artifact, require_kvm};
+
+    /// The running daemon; SIGTERMed (drained) and its VMs checked gone
+    /// when dropped.
+    pub struct Daemon {
+        /// The `kiln serve` process.
+        pub child: Child,
+        /// Its socket.
+        pub socket: PathBuf,
+        /// Its state directory.
+        pub state_dir: PathBuf,
+        config: PathBuf,
+    }
+
+    /// A fresh scratch directory.
+    pub fn scratch(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("kiln-e2e-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("scratch dir");
+        dir
+    }
+
+    impl Daemon {
+        /// Starts `kiln serve` in `dir` with `config` (TOML; `state_dir` is
+        /// set here) and waits until it answers.
+        pub fn start(dir: &Path, config: &str) -> Daemon {
+            require_kvm();
+            let state_dir = dir.join("state");
+            let path = dir.join("kiln.toml");
+            let text = format!(
+                "state_dir = {:?}\n{config}",
+                state_dir.display().to_string()
+            );
+            std::fs::write(&path, text).expect("write config");
+            let d = Daemon {
+                child: Self::spawn(&path),
+                socket: state_dir.join("kiln.sock"),
+                state_dir,
+                config: path,
+            };
+            d.wait_answering();
+            d
+        }
+
+        fn spawn(config: &Path) -> Child {
+            Command::new(artifact("bin/kiln"))
+                .arg("serve")
+                .arg("--config")
+                .arg(config)
+                .env("KILN_LOG", "info")
+                .stdin(Stdio::null())
+                .spawn()
+                .expect("spawn kiln serve")
+        }
+
+        /// Waits until the socket answers.
+        pub fn wait_answering(&self) {
+            let deadline = Instant::now() + Duration::from_secs(120);
+            loop {
+                if let Ok(mut s) = std::os::unix::net::UnixStream::connect(&self.socket) {
+                    use std::io::{Read, Write};
+                    let _ = s.write_all(
+                        b"GET /v1/health HTTP/1.1\r\nHost: k\r\nConnection: close\r\n\r\n",
+                    );
+                    let mut out = String::new();
+                    let _ = s.read_to_string(&mut out);
+                    if out.starts_with("HTTP/1.1 200") {
+                        return;
+                    }
+                }
+                assert!(Instant::now() < deadline, "kiln serve did not answer");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+
+        /// SIGKILLs the daemon (its VMs live on) and starts it again on
+        /// the same config.
+        pub fn kill_and_restart(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+            self.child = Self::spawn(&self.config);
+            self.wait_answering();
+        }
+
+        /// SIGTERM; waits up to 120 s for the drain; returns whether it
+        /// exited 0.
+        pub fn stop(&mut self) -> bool {
+            // SAFETY: kill(2) on our own child; no memory involved.
+            unsafe {
+                libc::kill(self.child.id() as i32, libc::SIGTERM);
+            }
+            let deadline = Instant::now() + Duration::from_secs(120);
+            loop {
+                if let Some(status) = self.child.try_wait().expect("try_wait") {
+                    return status.success();
+                }
+                if Instant::now() > deadline {
+                    let _ = self.child.kill();
+                    let _ = self.child.wait();
+                    return false;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+
+        /// kiln-vmm processes started from this daemon's state dir.
+        pub fn vmm_pids(&self) -> Vec<i32> {
+            vmm_pids_under(&self.state_dir)
+        }
+    }
+
+    impl Drop for Daemon {
+        fn drop(&mut self) {
+            if self.child.try_wait().ok().flatten().is_none() {
+                self.stop();
+            }
+            for pid in self.vmm_pids() {
+                // SAFETY: kill(2) on a VM this test's daemon started.
+                unsafe {
+                    libc::kill(pid, libc::SIGKILL);
+                }
+            }
+        }
+    }
+
+    /// Live kiln-vmm processes whose command line names `dir`.
+    pub fn vmm_pids_under(dir: &Path) -> Vec<i32> {
+        let needle = format!("{}/", dir.display());
+        let Ok(entries) = std::fs::read_dir("/proc") else {
+            return Vec::new();
+        };
+        entries
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+            .filter(|pid| {
+                let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+                let live = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                    .map(|s| {
+                        !s.rsplit(')')
+                            .next()
+                            .unwrap_or("")
+                            .trim_start()
+                            .starts_with('Z')
+                    })
+                    .unwrap_or(false);
+                live && cmd
+                    .split(|b| *b == 0)
+                    .any(|a| String::from_utf8_lossy(a).starts_with(&needle))
+                    && !cmd.split(|b| *b == 0).any(|a| a == b"serve")
+            })
+            .collect()
     }
 }

@@ -48,8 +48,9 @@ fn ping_exec_exit_codes_stdin_env_cwd() {
         ..Default::default()
     };
     let err = vm
-        .exec(&missing, std::io::empty(), |_| {}, |_| {})
-        .expect_err("a missing program is an error, not an exit status");
+        .try_exec(missing, &[])
+        .err()
+        .expect("a missing program is an error, not an exit status");
     assert!(
         err.to_string().contains("cannot start"),
         "unexpected error: {err}"
@@ -143,8 +144,8 @@ fn ten_mib_of_random_bytes_through_stdout() {
 #[test]
 fn two_vcpus_and_a_gibibyte() {
     let mut s = spec();
-    s.vcpus = 2;
-    s.mem_mib = 1024;
+    s.config.vcpus = 2;
+    s.config.mem_mib = 1024;
     let vm = boot_spec(&s);
     let out = sh(
         &vm,

@@ -7,9 +7,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use kiln::vm_process::{VmProcess, VmProcessError};
+use kiln::vm_process::VmProcessError;
 use kiln_e2e::cpio::{newc, Entry};
-use kiln_e2e::vm::spec;
+use kiln_e2e::vm::{spec, TestVm};
 use kiln_e2e::{artifact, require_kvm};
 
 fn scratch(name: &str) -> PathBuf {
@@ -212,20 +212,18 @@ fn custom_initramfs(dir: &Path, extra: &[Entry<'_>], keep_base: bool) -> PathBuf
 
 fn boot_expect_failure(initramfs: PathBuf, timeout: Duration) -> VmProcessError {
     let mut s = spec();
-    s.initramfs = initramfs;
-    let mut vm = VmProcess::spawn(&s).expect("spawn");
+    s.config.initramfs = Some(initramfs);
+    let vm = TestVm::spawn(&s).expect("spawn");
     let err = match vm.wait_ready(timeout) {
         Ok(pong) => panic!("a broken guest must not become ready, got {pong:?}"),
         Err(e) => e,
     };
     let pid = vm.pid();
     drop(vm);
-    if let Some(pid) = pid {
-        assert!(
-            !Path::new(&format!("/proc/{pid}")).exists(),
-            "VMM {pid} left running"
-        );
-    }
+    assert!(
+        !Path::new(&format!("/proc/{pid}")).exists(),
+        "VMM {pid} left running"
+    );
     err
 }
 

@@ -1,12 +1,16 @@
 //! Moving files in and out of a sandbox: streamed, checksummed, confined.
 
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use kiln::vm_process::VmProcessError;
+use kiln::vm_process::{AgentError, VmProcessError};
 use kiln_agent::protocol::ErrorCode;
 use kiln_e2e::vm::{boot_python_node, boot_spec, exec, python_node_spec, sh};
 use sha2::{Digest, Sha256};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 const SHUTDOWN: Duration = Duration::from_secs(30);
 
@@ -31,27 +35,52 @@ impl Read for Noise {
     }
 }
 
-/// A sink that only hashes and counts.
-#[derive(Default)]
-struct HashSink {
-    hasher: Sha256,
-    len: u64,
+impl AsyncRead for Noise {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let n = Read::read(self.get_mut(), buf.initialize_unfilled())?;
+        buf.advance(n);
+        Poll::Ready(Ok(()))
+    }
 }
 
-impl Write for HashSink {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.hasher.update(buf);
-        self.len += buf.len() as u64;
-        Ok(buf.len())
+/// A sink that only hashes and counts (shared, so the test can read it
+/// after the download consumed the sink).
+#[derive(Default, Clone)]
+struct HashSink(Arc<Mutex<(Sha256, u64)>>);
+
+impl HashSink {
+    fn finish(&self) -> ([u8; 32], u64) {
+        let state = self.0.lock().expect("hash sink");
+        (state.0.clone().finalize().into(), state.1)
     }
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
+}
+
+impl AsyncWrite for HashSink {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let mut state = self.0.lock().expect("hash sink");
+        state.0.update(buf);
+        state.1 += buf.len() as u64;
+        Poll::Ready(Ok(buf.len()))
+    }
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
     }
 }
 
 fn agent_code(e: &VmProcessError) -> Option<ErrorCode> {
     match e {
-        VmProcessError::Files { source, .. } => source.agent_code(),
+        VmProcessError::Agent(e @ AgentError::Files { .. }) => e.agent_code(),
         _ => None,
     }
 }
@@ -68,10 +97,11 @@ fn round_trips_names_and_confinement() {
         }
         .read_to_end(&mut data)
         .expect("noise");
-        let w = vm.upload("data/blob.bin", None, &data[..]).expect("upload");
+        let w = vm
+            .upload("data/blob.bin", None, io::Cursor::new(data.clone()))
+            .expect("upload");
         assert_eq!(w.size, len);
-        let mut back = Vec::new();
-        vm.download("data/blob.bin", &mut back).expect("download");
+        let back = vm.download_vec("data/blob.bin").expect("download");
         assert!(back == data, "round trip of {len} bytes differs");
     }
     // Names with spaces and unicode; Python reads what the files API wrote.
@@ -100,12 +130,12 @@ fn round_trips_names_and_confinement() {
         .upload("../../../../etc/kiln-escape", None, &b"x"[..])
         .expect_err("writing /etc as the sandbox user must fail");
     assert_eq!(agent_code(&err), Some(ErrorCode::PermissionDenied), "{err}");
-    let mut passwd = Vec::new();
-    vm.download("../../etc/passwd", &mut passwd)
+    let passwd = vm
+        .download_vec("../../etc/passwd")
         .expect("read the sandbox's own /etc/passwd");
     assert!(String::from_utf8_lossy(&passwd).contains("sandbox:x:1000"));
     let missing = vm
-        .download("no/such/file", io::sink())
+        .download("no/such/file", tokio::io::sink())
         .expect_err("missing file");
     assert_eq!(agent_code(&missing), Some(ErrorCode::NotFound), "{missing}");
     vm.shutdown(SHUTDOWN).expect("shutdown");
@@ -115,29 +145,30 @@ fn round_trips_names_and_confinement() {
 /// them back; both sides stream and checksum without holding the file.
 fn stream_both_ways(len: u64) {
     let vm = boot_python_node();
-    let mut sent = HashSink::default();
-    let mut tee = TeeRead {
-        inner: Noise {
-            state: 42,
-            left: len,
-        },
-        sink: &mut sent,
+    let noise = || Noise {
+        state: 42,
+        left: len,
     };
+    // The same seed makes the same bytes: hash them on the side.
+    let sent = HashSink::default();
+    let mut expected = sent.clone();
+    vm.block_on(tokio::io::copy(&mut noise(), &mut expected))
+        .expect("hash the noise");
+    let (sent_sum, _) = sent.finish();
     let w = vm
-        .upload("big.bin", None, &mut tee)
+        .upload("big.bin", None, noise())
         .unwrap_or_else(|e| panic!("upload: {e:?} ({})", vm.vmm_report()));
     assert_eq!(w.size, len);
-    let sent_sum: [u8; 32] = sent.hasher.finalize().into();
     assert_eq!(w.sha256, sent_sum);
     let out = sh(&vm, "sha256sum /home/sandbox/big.bin | cut -d' ' -f1");
     let hex: String = sent_sum.iter().map(|b| format!("{b:02x}")).collect();
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), hex);
-    let mut back = HashSink::default();
+    let back = HashSink::default();
     let d = vm
-        .download("big.bin", &mut back)
+        .download("big.bin", back.clone())
         .unwrap_or_else(|e| panic!("download: {e:?} ({})", vm.vmm_report()));
-    assert_eq!((d.size, back.len), (len, len));
-    let back_sum: [u8; 32] = back.hasher.finalize().into();
+    let (back_sum, back_len) = back.finish();
+    assert_eq!((d.size, back_len), (len, len));
     assert_eq!(back_sum, sent_sum);
     vm.shutdown(SHUTDOWN).expect("shutdown");
 }
@@ -158,23 +189,10 @@ fn two_hundred_mib_streams_both_ways() {
     stream_both_ways(200 << 20);
 }
 
-struct TeeRead<'a, R> {
-    inner: R,
-    sink: &'a mut HashSink,
-}
-
-impl<R: Read> Read for TeeRead<'_, R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.sink.write_all(&buf[..n])?;
-        Ok(n)
-    }
-}
-
 #[test]
 fn disk_full_is_a_clean_error_and_leaves_no_file() {
     let mut spec = python_node_spec();
-    spec.kernel_args = Some("kiln.overlay_mib=32".into());
+    spec.config.cmdline_extra = "kiln.overlay_mib=32".into();
     let vm = boot_spec(&spec);
     let err = vm
         .upload(

@@ -15,7 +15,7 @@ fn script(s: &str, timeout_ms: u64) -> ExecRequest {
 #[test]
 fn programs_run_as_the_sandbox_user_in_their_own_cgroup() {
     let vm = boot();
-    let pong = kiln_agent::client::ping(&mut vm.connect().expect("connect")).expect("ping");
+    let pong = vm.ping().expect("ping");
     assert!(pong.sandbox.contains("cgroup"), "{}", pong.sandbox);
 
     let out = sh(

@@ -11,14 +11,14 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser};
 use kiln_vmm::builder;
 use kiln_vmm::config::{DriveConfig, VmConfig, VsockConfig};
 use kiln_vmm::devices::virtio::DumpTrigger;
 use kiln_vmm::vm::exit::ExitReason;
-use kiln_vmm::vm::timings::Timings;
+use kiln_vmm::vm::timings::{Timings, TimingsReport};
 use kiln_vmm::vm::StopHandle;
 
 /// Run one kiln microVM until its guest exits.
@@ -234,33 +234,16 @@ fn install_signal_thread(handles: Arc<OnceLock<(StopHandle, DumpTrigger)>>) -> s
     Ok(())
 }
 
-fn micros(d: Option<Duration>) -> serde_json::Value {
-    d.map_or(serde_json::Value::Null, |d| {
-        serde_json::Value::from(d.as_micros() as u64)
-    })
-}
-
 fn write_timings(
     path: &PathBuf,
     start_wall: std::time::SystemTime,
     t: &Timings,
     reason: &ExitReason,
 ) -> std::io::Result<()> {
-    // Wall-clock anchor of the other (monotonic, relative) times, so callers
-    // can measure from their own spawn instant.
-    let start_unix_us = start_wall
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros() as u64);
-    let json = serde_json::json!({
-        "start_unix_us": start_unix_us,
-        "built_us": micros(t.built),
-        "kernel_entry_us": micros(t.kernel_entry),
-        "userspace_start_us": micros(t.userspace_start),
-        "exit": reason.to_string(),
-        "clean": reason.is_clean(),
-    });
+    let report = TimingsReport::new(start_wall, t, reason.to_string(), reason.is_clean());
     let mut f = std::fs::File::create(path)?;
-    writeln!(f, "{json}")
+    serde_json::to_writer(&mut f, &report)?;
+    writeln!(f)
 }
 
 /// The error and its sources on one line, skipping sources whose text the

@@ -1,6 +1,9 @@
 //! Command-line parsing and dispatch. Errors are printed as a whole chain.
 
+mod client;
+mod output;
 mod run;
+mod serve;
 
 use std::process::ExitCode;
 
@@ -10,6 +13,8 @@ use clap::{Parser, Subcommand};
 #[derive(Parser)]
 #[command(name = "kiln", version, about)]
 struct Cli {
+    #[command(flatten)]
+    conn: client::Conn,
     #[command(subcommand)]
     command: Command,
 }
@@ -18,29 +23,55 @@ struct Cli {
 enum Command {
     /// Check what this host offers for running kiln's VMs (KVM speed, MSHV).
     Doctor,
-    /// Boot a microVM, run one command in it, stream its output, exit with its code.
+    /// Boot a microVM, run one command in it, stream its output, exit with
+    /// its code (no daemon needed).
     Run(Box<run::RunArgs>),
+    /// Run the daemon: warm pools and the HTTP API on a unix socket.
+    Serve(serve::ServeArgs),
+    /// Create a sandbox (prints its id).
+    Create(client::CreateArgs),
+    /// List sandboxes.
+    Ls(client::LsArgs),
+    /// Run a command in a sandbox; streams its output, exits with its code.
+    Exec(client::ExecArgs),
+    /// Copy a file into or out of a sandbox (SANDBOX:PATH on one side).
+    Cp(client::CpArgs),
+    /// Delete sandboxes.
+    Rm(client::RmArgs),
+    /// Show the pools, or set a template's pool target.
+    Pool(client::PoolArgs),
+    /// Follow the lifecycle event feed.
+    Events(client::EventsArgs),
 }
 
 /// Parses the command line and runs the chosen command.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    match cli.command {
+    let result = match cli.command {
         Command::Doctor => {
             let report = kiln::doctor::diagnose();
             print!("{report}");
-            if report.vms_can_run_here {
+            return if report.vms_can_run_here {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::from(1)
-            }
+            };
         }
-        Command::Run(args) => match run::run(*args) {
-            Ok(code) => code,
-            Err(e) => {
-                eprintln!("kiln: {e:#}");
-                ExitCode::from(1)
-            }
-        },
+        Command::Run(args) => run::run(*args),
+        Command::Serve(args) => serve::serve(args, cli.conn.socket),
+        Command::Create(args) => client::run(cli.conn, client::Cmd::Create(args)),
+        Command::Ls(args) => client::run(cli.conn, client::Cmd::Ls(args)),
+        Command::Exec(args) => client::run(cli.conn, client::Cmd::Exec(args)),
+        Command::Cp(args) => client::run(cli.conn, client::Cmd::Cp(args)),
+        Command::Rm(args) => client::run(cli.conn, client::Cmd::Rm(args)),
+        Command::Pool(args) => client::run(cli.conn, client::Cmd::Pool(args)),
+        Command::Events(args) => client::run(cli.conn, client::Cmd::Events(args)),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("kiln: {e:#}");
+            ExitCode::from(1)
+        }
     }
 }

@@ -2,7 +2,7 @@
 //! boot a microVM, run one program in it, stream its output, exit with its
 //! exit code, tear the VM down.
 
-use std::io::{IsTerminal, Write};
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -11,8 +11,10 @@ use anyhow::{Context, Result};
 use kiln::artifacts;
 use kiln::lang::{Lang, Source};
 use kiln::template::{self, Overrides};
-use kiln::vm_process::{VmProcess, VmSpec};
+use kiln::vm_process::{ExecOutput, SpawnOptions, VmProcess, VmSpec};
 use kiln_agent::protocol::ExecRequest;
+use tokio::io::AsyncWriteExt;
+use tokio::sync::mpsc;
 
 /// Exit code for a command that hit its timeout (as coreutils `timeout`).
 const EXIT_TIMED_OUT: u8 = 124;
@@ -141,11 +143,14 @@ fn plan(args: &RunArgs) -> Result<Plan> {
     })
 }
 
-fn copy_in(vm: &VmProcess, local: &Path, guest: &str) -> Result<()> {
-    let file =
-        std::fs::File::open(local).with_context(|| format!("opening {}", local.display()))?;
-    let mode = std::os::unix::fs::PermissionsExt::mode(&file.metadata()?.permissions()) & 0o777;
-    vm.upload(guest, Some(mode), std::io::BufReader::new(file))
+async fn copy_in(vm: &VmProcess, local: &Path, guest: &str) -> Result<()> {
+    let file = tokio::fs::File::open(local)
+        .await
+        .with_context(|| format!("opening {}", local.display()))?;
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&file.metadata().await?.permissions()) & 0o777;
+    vm.upload(guest, Some(mode), tokio::io::BufReader::new(file))
+        .await
         .with_context(|| {
             format!(
                 "copying {} into the sandbox ({})",
@@ -156,13 +161,14 @@ fn copy_in(vm: &VmProcess, local: &Path, guest: &str) -> Result<()> {
     Ok(())
 }
 
-fn copy_out(vm: &VmProcess, guest: &str, local: &Path) -> Result<()> {
+async fn copy_out(vm: &VmProcess, guest: &str, local: &Path) -> Result<()> {
     // Download next to the target, then rename: a failed copy leaves no
     // half file behind.
     let tmp = local.with_extension("kiln-partial");
-    let file =
-        std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-    match vm.download(guest, std::io::BufWriter::new(file)) {
+    let file = tokio::fs::File::create(&tmp)
+        .await
+        .with_context(|| format!("creating {}", tmp.display()))?;
+    match vm.download(guest, tokio::io::BufWriter::new(file)).await {
         Ok(_) => {
             std::fs::rename(&tmp, local).with_context(|| format!("writing {}", local.display()))
         }
@@ -194,6 +200,14 @@ fn ms(d: Duration) -> String {
 pub fn run(args: RunArgs) -> Result<ExitCode> {
     let plan = plan(&args)?;
     kiln::kvm_check::ensure_hardware_kvm()?;
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?
+        .block_on(run_in_vm(args, plan))
+}
+
+async fn run_in_vm(args: RunArgs, plan: Plan) -> Result<ExitCode> {
     let t = template::resolve(
         &args.template,
         &Overrides {
@@ -202,67 +216,66 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
             image: args.image.as_deref(),
         },
     )?;
+    let mut config = t.vm_config();
+    config.vcpus = args.vcpus.unwrap_or(t.vcpus);
+    config.mem_mib = args.mem_mib.map_or(config.mem_mib, u64::from);
+    config.serial_log = args.serial_log.clone();
+    config.cmdline_extra = args.kernel_args.clone().unwrap_or_default();
     let spec = VmSpec {
         vmm: artifacts::vmm_binary(args.vmm.as_deref())?,
-        kernel: t.kernel,
-        initramfs: t.initramfs,
-        vcpus: args.vcpus.unwrap_or(t.vcpus),
-        mem_mib: args.mem_mib.unwrap_or(t.mem_mib),
-        serial_log: args.serial_log,
-        kernel_args: args.kernel_args,
-        drives: t.image.into_iter().collect(),
+        config,
     };
-    let mut vm = VmProcess::spawn(&spec)?;
-    vm.wait_ready(BOOT_TIMEOUT).context("booting the sandbox")?;
+    let vm = VmProcess::spawn(&spec, &SpawnOptions::default())?;
+    vm.wait_ready(BOOT_TIMEOUT)
+        .await
+        .context("booting the sandbox")?;
     let ready = vm.spawned_at().elapsed();
 
     if let Some((host, guest)) = &plan.program_file {
-        copy_in(&vm, host, guest)?;
+        copy_in(&vm, host, guest).await?;
     }
     for (local, guest) in &args.copy_in {
-        copy_in(&vm, Path::new(local), guest)?;
+        copy_in(&vm, Path::new(local), guest).await?;
     }
     let with_stdin = plan.program_on_stdin || !std::io::stdin().is_terminal();
     let request = ExecRequest {
         argv: plan.argv,
         max_output_bytes: args.max_output,
-        env: args.env,
-        cwd: args.cwd,
+        env: args.env.clone(),
+        cwd: args.cwd.clone(),
         stdin: with_stdin,
         timeout_ms: args.timeout.map(|s| s.saturating_mul(1000)),
     };
     let exec_start = Instant::now();
-    let stdin: Box<dyn std::io::Read + Send> = if with_stdin {
-        Box::new(std::io::stdin())
-    } else {
-        Box::new(std::io::empty())
-    };
-    let mut out = std::io::stdout().lock();
-    let mut err = std::io::stderr();
-    let status = vm.exec(
-        &request,
-        stdin,
-        |b| {
-            let _ = out.write_all(b).and_then(|()| out.flush());
-        },
-        |b| {
-            let _ = err.write_all(b);
-        },
-    );
+    let stdin: Option<Box<dyn tokio::io::AsyncRead + Send + Unpin>> =
+        with_stdin.then(|| Box::new(tokio::io::stdin()) as _);
+    let (tx, mut rx) = mpsc::channel(16);
+    let printer = tokio::spawn(async move {
+        let mut out = tokio::io::stdout();
+        let mut err = tokio::io::stderr();
+        while let Some(chunk) = rx.recv().await {
+            let _ = match chunk {
+                ExecOutput::Stdout(b) => out.write_all(&b).await.and(out.flush().await),
+                ExecOutput::Stderr(b) => err.write_all(&b).await,
+            };
+        }
+    });
+    let status = vm.exec(request, stdin, tx).await;
+    let _ = printer.await;
     let exec_time = exec_start.elapsed();
     let status = status
         .with_context(|| format!("running the command in the sandbox ({})", vm.vmm_report()))?;
     for (guest, local) in &args.copy_out {
-        copy_out(&vm, guest, Path::new(local))?;
+        copy_out(&vm, guest, Path::new(local)).await?;
     }
-    let vmm_exit = vm.shutdown(SHUTDOWN_TIMEOUT)?;
+    let vmm_exit = vm.shutdown(SHUTDOWN_TIMEOUT).await?;
     if vmm_exit.status.is_none() {
         eprintln!("kiln: the VM did not power off within {SHUTDOWN_TIMEOUT:?}; killed it");
     }
 
     if args.timings {
         let boot = vmm_exit
-            .timings
+            .timings()
             .and_then(|t| t.kernel_boot())
             .map_or_else(|| "unknown".to_string(), ms);
         eprintln!(

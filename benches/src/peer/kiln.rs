@@ -7,6 +7,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use kiln_agent::client;
 use kiln_agent::protocol::AGENT_VSOCK_PORT;
 use kiln_vmm::vm::hybrid_vsock;
+use kiln_vmm::vm::timings::TimingsReport;
 
 use super::{wait_for_pong, BootError, BootSample, Peer, BOOT_TIMEOUT};
 use crate::child::ChildGuard;
@@ -36,16 +37,13 @@ fn unix_us(t: SystemTime) -> u64 {
 fn userspace_from_timings(path: &Path, spawn_us: u64) -> Result<Duration, String> {
     let text =
         std::fs::read_to_string(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
-    let json: serde_json::Value =
+    let report: TimingsReport =
         serde_json::from_str(&text).map_err(|e| format!("timings json: {e}"))?;
-    let start = json["start_unix_us"]
-        .as_u64()
-        .ok_or("timings: no start_unix_us")?;
-    let user = json["userspace_start_us"]
-        .as_u64()
+    let user = report
+        .userspace_start_us
         .ok_or("timings: the guest never wrote the boot timer")?;
     Ok(Duration::from_micros(
-        (start + user).saturating_sub(spawn_us),
+        (report.start_unix_us + user).saturating_sub(spawn_us),
     ))
 }
 

@@ -1,0 +1,487 @@
+//! The embedded core: templates, warm pools, sandboxes, limits, timeouts,
+//! state in SQLite. `Kiln::embedded` uses it in the caller's process and
+//! `kiln serve` puts HTTP in front of it; each VM is still its own process.
+//!
+//! Locking: one `std::sync::Mutex<State>`, never held across an await.
+//! Background tasks (reconciler, expiry, one exit watcher per VM) stop on
+//! [`Core::shutdown`].
+
+mod admission;
+mod events;
+mod exec;
+mod files;
+pub mod launcher;
+mod lock;
+mod metrics;
+mod pool_state;
+mod recover;
+mod sandboxes;
+mod store;
+mod tasks;
+mod timeouts;
+mod vms;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::sync::{Notify, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::{Config, LauncherConfig, TemplateConfig};
+use crate::model::{Health, Info, PoolInfo, TemplateInfo};
+use crate::template::{self, Overrides, Template};
+use crate::{Error, Result};
+use admission::{Limits, Usage};
+use events::Events;
+use launcher::{HostAgentLauncher, KilnVmmLauncher, Launcher};
+use lock::StateLock;
+use metrics::Metrics;
+use pool_state::{Backoff, PoolState};
+use store::{Store, VmPhase};
+use vms::Vm;
+
+/// A template and whether VMs can be started from it.
+struct TemplateEntry {
+    template: Template,
+    error: Option<String>,
+}
+
+/// A live VM and what it is doing.
+struct VmSlot {
+    vm: Arc<Vm>,
+    phase: VmPhase,
+}
+
+/// A live sandbox.
+struct Sandbox {
+    info: crate::model::SandboxInfo,
+    vm: Arc<Vm>,
+    /// The deadline (ms) whose `expiring` notice went out.
+    notice_sent_for: Option<u64>,
+}
+
+/// Everything behind the lock.
+#[derive(Default)]
+struct State {
+    pools: BTreeMap<String, PoolState<Arc<Vm>>>,
+    vms: HashMap<String, VmSlot>,
+    sandboxes: HashMap<String, Sandbox>,
+    /// VMs admitted (booting, pooled, claimed) and their memory.
+    usage: Usage,
+    /// Boots in flight, pools and cold boots together.
+    booting: u32,
+}
+
+pub(crate) struct Inner {
+    config: Config,
+    templates: BTreeMap<String, TemplateEntry>,
+    launcher: Arc<dyn Launcher>,
+    store: Arc<Store>,
+    events: Events,
+    metrics: Metrics,
+    state: Mutex<State>,
+    /// Pools or capacity changed (wakes creates that wait).
+    changed: Notify,
+    /// Wakes the reconciler.
+    reconcile: Notify,
+    /// Wakes the expiry task.
+    expiry: Notify,
+    limits: Limits,
+    backoff: Backoff,
+    boot_slots: Semaphore,
+    draining: AtomicBool,
+    stop: CancellationToken,
+    tasks: TaskTracker,
+    vm_dir: PathBuf,
+    spool_dir: PathBuf,
+    _lock: StateLock,
+}
+
+/// The core; cheap to clone.
+#[derive(Clone)]
+pub(crate) struct Core {
+    inner: Arc<Inner>,
+}
+
+fn new_id(prefix: &str) -> String {
+    let u = uuid::Uuid::new_v4().simple().to_string();
+    format!("{prefix}-{}", &u[..16])
+}
+
+fn launcher_for(config: &LauncherConfig) -> Result<Arc<dyn Launcher>> {
+    Ok(match config {
+        LauncherConfig::KilnVmm { vmm } => Arc::new(KilnVmmLauncher {
+            vmm: crate::artifacts::vmm_binary(vmm.as_deref())
+                .map_err(|e| Error::invalid(e.to_string()))?,
+        }),
+        LauncherConfig::HostAgent { agent } => Arc::new(HostAgentLauncher {
+            agent: agent.clone(),
+        }),
+    })
+}
+
+/// Resolves a configured template; a missing guest file leaves it listed
+/// but unavailable (with the reason).
+fn resolve_template(name: &str, tc: &TemplateConfig, needs_files: bool) -> TemplateEntry {
+    let fallback = || Template {
+        name: name.to_string(),
+        kernel: tc.kernel.clone().unwrap_or_default(),
+        initramfs: tc.initramfs.clone().unwrap_or_default(),
+        image: tc.image.clone(),
+        vcpus: tc.vcpus,
+        mem_mib: tc.mem_mib,
+        kernel_args: tc.kernel_args.clone(),
+    };
+    if !needs_files {
+        return TemplateEntry {
+            template: fallback(),
+            error: None,
+        };
+    }
+    let resolved = match &tc.base {
+        Some(base) => template::resolve(
+            base,
+            &Overrides {
+                kernel: tc.kernel.as_deref(),
+                initramfs: tc.initramfs.as_deref(),
+                image: tc.image.as_deref(),
+            },
+        )
+        .map(|mut t| {
+            t.name = name.to_string();
+            t.vcpus = tc.vcpus;
+            t.mem_mib = tc.mem_mib;
+            t.kernel_args = tc.kernel_args.clone();
+            t
+        })
+        .map_err(|e| e.to_string()),
+        None => crate::artifacts::kernel(tc.kernel.as_deref())
+            .and_then(|kernel| {
+                Ok(Template {
+                    kernel,
+                    initramfs: crate::artifacts::initramfs(tc.initramfs.as_deref())?,
+                    ..fallback()
+                })
+            })
+            .map_err(|e| e.to_string()),
+    };
+    match resolved {
+        Ok(template) => TemplateEntry {
+            template,
+            error: None,
+        },
+        Err(e) => TemplateEntry {
+            template: fallback(),
+            error: Some(e),
+        },
+    }
+}
+
+/// The configured templates plus the built-in ones.
+fn templates_of(config: &Config, needs_files: bool) -> BTreeMap<String, TemplateEntry> {
+    let mut all = config.templates.clone();
+    for name in template::BUILTIN {
+        all.entry(name.to_string()).or_insert_with(|| {
+            let builtin = template::builtin_shape(name);
+            TemplateConfig {
+                base: Some(name.to_string()),
+                kernel: None,
+                initramfs: None,
+                image: None,
+                vcpus: builtin.0,
+                mem_mib: builtin.1,
+                kernel_args: String::new(),
+                pool_target: u32::from(name == config.default_template),
+            }
+        });
+    }
+    all.iter()
+        .map(|(name, tc)| (name.clone(), resolve_template(name, tc, needs_files)))
+        .collect()
+}
+
+impl Core {
+    /// Opens the state dir (taking its lock), re-adopts the VMs an earlier
+    /// daemon left running, and starts the pools.
+    pub async fn start(config: Config) -> Result<Self> {
+        config
+            .validate()
+            .map_err(|e| Error::invalid(e.to_string()))?;
+        let launcher = launcher_for(&config.launcher)?;
+        Self::start_with(config, launcher).await
+    }
+
+    /// [`Core::start`] with a launcher of the caller's.
+    pub async fn start_with(config: Config, launcher: Arc<dyn Launcher>) -> Result<Self> {
+        let dir = &config.state_dir;
+        let mkdir = |p: &PathBuf| {
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(p)
+                .map_err(|e| Error::Internal(format!("creating {}: {e}", p.display())))
+        };
+        mkdir(dir)?;
+        let lock = StateLock::acquire(dir)?;
+        let vm_dir = dir.join("vms");
+        let spool_dir = dir.join("spool");
+        mkdir(&vm_dir)?;
+        mkdir(&spool_dir)?;
+        // Downloads spooled by a daemon that died are garbage.
+        if let Ok(entries) = std::fs::read_dir(&spool_dir) {
+            for e in entries.flatten() {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+        let store = Arc::new(Store::open(&dir.join("kiln.db"))?);
+        let templates = templates_of(&config, launcher.needs_guest_files());
+        let mut pools = BTreeMap::new();
+        let saved: HashMap<String, u32> = store.pool_targets()?.into_iter().collect();
+        for name in templates.keys() {
+            // Targets set through the API win over the config.
+            let configured = config
+                .templates
+                .get(name)
+                .map(|t| t.pool_target)
+                .unwrap_or(u32::from(*name == config.default_template));
+            let target = saved.get(name).copied().unwrap_or(configured);
+            pools.insert(name.clone(), PoolState::new(target));
+        }
+        let inner = Inner {
+            limits: Limits {
+                max_vms: u64::from(config.limits.max_vms),
+                max_memory_mib: config.limits.max_memory_mib,
+            },
+            backoff: Backoff {
+                base: Duration::from_millis(config.pool.backoff_base_ms),
+                max: Duration::from_millis(config.pool.backoff_max_ms),
+            },
+            boot_slots: Semaphore::new(config.limits.max_parallel_boots as usize),
+            events: Events::new(Arc::clone(&store)),
+            metrics: Metrics::new(),
+            state: Mutex::new(State {
+                pools,
+                ..State::default()
+            }),
+            changed: Notify::new(),
+            reconcile: Notify::new(),
+            expiry: Notify::new(),
+            draining: AtomicBool::new(false),
+            stop: CancellationToken::new(),
+            tasks: TaskTracker::new(),
+            templates,
+            launcher,
+            store,
+            vm_dir,
+            spool_dir,
+            _lock: lock,
+            config,
+        };
+        let core = Core {
+            inner: Arc::new(inner),
+        };
+        core.recover().await?;
+        core.start_tasks();
+        Ok(core)
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.inner.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn config(&self) -> &Config {
+        &self.inner.config
+    }
+
+    fn draining(&self) -> bool {
+        self.inner.draining.load(Ordering::SeqCst)
+    }
+
+    fn refuse_if_draining(&self) -> Result<()> {
+        if self.draining() {
+            Err(Error::Draining)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// A template that can start VMs.
+    fn template(&self, name: &str) -> Result<&Template> {
+        let entry = self.inner.templates.get(name).ok_or_else(|| {
+            Error::NotFound(format!(
+                "template {name:?} (known: {})",
+                self.inner
+                    .templates
+                    .keys()
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))
+        })?;
+        match &entry.error {
+            None => Ok(&entry.template),
+            Some(e) => Err(Error::invalid(format!(
+                "template {name} is unavailable: {e}"
+            ))),
+        }
+    }
+
+    /// `GET /v1/health`.
+    pub fn health(&self) -> Health {
+        Health {
+            status: if self.draining() { "draining" } else { "ok" }.into(),
+        }
+    }
+
+    /// `GET /v1/info`.
+    pub fn info(&self) -> Info {
+        let usage = self.state().usage;
+        let t = &self.config().timeouts;
+        Info {
+            version: env!("CARGO_PKG_VERSION").into(),
+            draining: self.draining(),
+            vms: usage.vms,
+            max_vms: self.inner.limits.max_vms,
+            memory_mib: usage.memory_mib,
+            max_memory_mib: self.inner.limits.max_memory_mib,
+            ttl_secs: t.ttl(),
+            idle_timeout_secs: t.idle(),
+            exec_timeout_ms: t.exec(),
+        }
+    }
+
+    /// `GET /v1/templates`.
+    pub fn templates(&self) -> Vec<TemplateInfo> {
+        let path =
+            |p: &std::path::Path| (!p.as_os_str().is_empty()).then(|| p.display().to_string());
+        self.inner
+            .templates
+            .iter()
+            .map(|(name, e)| TemplateInfo {
+                name: name.clone(),
+                vcpus: e.template.vcpus,
+                mem_mib: e.template.mem_mib,
+                kernel: path(&e.template.kernel),
+                initramfs: path(&e.template.initramfs),
+                image: e.template.image.as_deref().and_then(path),
+                available: e.error.is_none(),
+                error: e.error.clone(),
+            })
+            .collect()
+    }
+
+    fn pool_info(name: &str, p: &PoolState<Arc<Vm>>) -> PoolInfo {
+        let now = std::time::Instant::now();
+        PoolInfo {
+            template: name.to_string(),
+            target: p.target,
+            ready: u32::try_from(p.ready.len()).unwrap_or(u32::MAX),
+            booting: p.booting,
+            consecutive_failures: p.consecutive_failures,
+            last_error: p.last_error.clone(),
+            backoff_until_ms: p.backoff_until.filter(|t| *t > now).map(|t| {
+                let left = u64::try_from(t.duration_since(now).as_millis()).unwrap_or(u64::MAX);
+                crate::model::now_ms().saturating_add(left)
+            }),
+        }
+    }
+
+    /// `GET /v1/pools`.
+    pub fn pools(&self) -> Vec<PoolInfo> {
+        let st = self.state();
+        st.pools
+            .iter()
+            .map(|(name, p)| Self::pool_info(name, p))
+            .collect()
+    }
+
+    /// `GET /v1/pools/{template}`.
+    pub fn pool(&self, template: &str) -> Result<PoolInfo> {
+        let st = self.state();
+        st.pools
+            .get(template)
+            .map(|p| Self::pool_info(template, p))
+            .ok_or_else(|| Error::NotFound(format!("pool {template:?}")))
+    }
+
+    /// `PUT /v1/pools/{template}`: sets the target (kept across restarts).
+    pub fn set_pool(&self, template: &str, target: u32, caller: Option<u32>) -> Result<PoolInfo> {
+        let max = u32::try_from(self.inner.limits.max_vms).unwrap_or(u32::MAX);
+        if target > max {
+            return Err(Error::out_of_range(
+                "target",
+                u64::from(target),
+                0,
+                u64::from(max),
+            ));
+        }
+        if target > 0 {
+            self.template(template)?;
+        }
+        let info = {
+            let mut st = self.state();
+            let p = st
+                .pools
+                .get_mut(template)
+                .ok_or_else(|| Error::NotFound(format!("pool {template:?}")))?;
+            p.target = target;
+            Self::pool_info(template, p)
+        };
+        self.inner.store.set_pool_target(template, target)?;
+        self.inner
+            .store
+            .audit(caller, "set_pool", template, &format!("target={target}"));
+        self.inner.reconcile.notify_one();
+        Ok(info)
+    }
+
+    /// Live events from now on.
+    pub fn subscribe_events(&self) -> tokio::sync::broadcast::Receiver<crate::model::Event> {
+        self.inner.events.subscribe()
+    }
+
+    /// Stored events after `seq`, oldest first.
+    pub fn events_after(&self, seq: u64, limit: u32) -> Result<Vec<crate::model::Event>> {
+        self.inner.events.after(seq, limit)
+    }
+
+    /// `GET /metrics`.
+    pub fn metrics_text(&self) -> String {
+        self.refresh_gauges();
+        self.inner.metrics.encode()
+    }
+
+    fn refresh_gauges(&self) {
+        let m = &self.inner.metrics;
+        let st = self.state();
+        for (name, p) in &st.pools {
+            let set = |state: &str, v: i64| {
+                m.pool_vms
+                    .get_or_create(&metrics::TemplateState {
+                        template: name.clone(),
+                        state: state.into(),
+                    })
+                    .set(v);
+            };
+            set("ready", i64::try_from(p.ready.len()).unwrap_or(i64::MAX));
+            set("booting", i64::from(p.booting));
+            m.pool_target
+                .get_or_create(&metrics::TemplateLabel {
+                    template: name.clone(),
+                })
+                .set(i64::from(p.target));
+        }
+        m.sandboxes
+            .get_or_create(&metrics::StateLabel {
+                state: "ready".into(),
+            })
+            .set(i64::try_from(st.sandboxes.len()).unwrap_or(i64::MAX));
+        m.committed_memory
+            .set(i64::try_from(st.usage.memory_mib.saturating_mul(1 << 20)).unwrap_or(i64::MAX));
+    }
+}

@@ -1,0 +1,542 @@
+//! The daemon's state in SQLite (bundled) under the state dir: VMs (for
+//! re-adoption), sandboxes and their tombstones, pool targets, execs,
+//! idempotency keys, the event feed and the audit trail. Records are JSON
+//! in one column each: the schema stays small, the types stay in Rust.
+
+use std::path::Path;
+use std::sync::Mutex;
+
+use rusqlite::{params, Connection, OptionalExtension};
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+
+use crate::model::{Event, ExecResult, SandboxInfo};
+use crate::vm_process::{AgentAddr, ProcessIdentity};
+use crate::Error;
+
+/// Store failures (always a daemon fault for the API).
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum StoreError {
+    /// SQLite failed.
+    #[error("state database: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// A stored record does not parse.
+    #[error("state database record: {0}")]
+    Json(#[from] serde_json::Error),
+}
+
+impl From<StoreError> for Error {
+    fn from(e: StoreError) -> Self {
+        Error::Internal(e.to_string())
+    }
+}
+
+type Result<T> = std::result::Result<T, StoreError>;
+
+/// Where a VM is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum VmPhase {
+    /// Booting.
+    Booting,
+    /// Ready in its pool.
+    Pooled,
+    /// Serving a sandbox.
+    Claimed,
+}
+
+/// What the daemon must remember of a VM to re-adopt it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct VmRow {
+    /// VM id.
+    pub id: String,
+    /// Template.
+    pub template: String,
+    /// Process identity (pid + start time).
+    pub identity: ProcessIdentity,
+    /// Run directory.
+    pub run_dir: std::path::PathBuf,
+    /// Agent address.
+    pub agent: AgentAddr,
+    /// Guest memory, MiB.
+    pub mem_mib: u64,
+    /// Phase.
+    pub phase: VmPhase,
+    /// Sandbox it serves.
+    pub sandbox_id: Option<String>,
+    /// When it became ready, ms since the epoch.
+    pub ready_at_ms: Option<u64>,
+}
+
+/// An exec as stored (for idempotent replays).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct ExecRecord {
+    /// Exec id.
+    pub id: String,
+    /// Sandbox.
+    pub sandbox_id: String,
+    /// Program.
+    pub argv: Vec<String>,
+    /// Started, ms since the epoch.
+    pub started_at_ms: u64,
+    /// The result once it ended.
+    pub result: Option<ExecResult>,
+}
+
+/// What an idempotency key says about a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Reservation {
+    /// First use: go ahead (and complete or release it).
+    New,
+    /// Done before with the same body: this resource.
+    Replay(String),
+    /// A request with this key is still running.
+    InFlight,
+    /// Used before with another body.
+    Mismatch,
+}
+
+/// The database.
+pub(crate) struct Store {
+    conn: Mutex<Connection>,
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS vms (id TEXT PRIMARY KEY, row TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS sandboxes (
+    id TEXT PRIMARY KEY, info TEXT NOT NULL, ended INTEGER NOT NULL, ended_at_ms INTEGER);
+CREATE TABLE IF NOT EXISTS pools (template TEXT PRIMARY KEY, target INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS execs (id TEXT PRIMARY KEY, sandbox_id TEXT NOT NULL, record TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS idempotency (
+    scope TEXT NOT NULL, key TEXT NOT NULL, body_hash TEXT NOT NULL, resource_id TEXT,
+    created_at_ms INTEGER NOT NULL, PRIMARY KEY (scope, key));
+CREATE TABLE IF NOT EXISTS events (seq INTEGER PRIMARY KEY AUTOINCREMENT, event TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS audit (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, at_ms INTEGER NOT NULL, peer_uid INTEGER,
+    action TEXT NOT NULL, target TEXT NOT NULL, result TEXT NOT NULL);
+";
+
+/// Events kept for `GET /v1/events?after_seq=` (older ones are trimmed).
+const EVENTS_KEPT: i64 = 100_000;
+
+fn to_json<T: Serialize>(v: &T) -> Result<String> {
+    Ok(serde_json::to_string(v)?)
+}
+
+fn from_json<T: DeserializeOwned>(s: &str) -> Result<T> {
+    Ok(serde_json::from_str(s)?)
+}
+
+impl Store {
+    /// Opens (creating) the database at `path`.
+    pub fn open(path: &Path) -> Result<Self> {
+        let conn = Connection::open(path)?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        conn.execute_batch(SCHEMA)?;
+        Ok(Store {
+            conn: Mutex::new(conn),
+        })
+    }
+
+    /// An in-memory database (tests).
+    #[cfg(test)]
+    pub fn in_memory() -> Self {
+        let conn = Connection::open_in_memory().expect("in-memory sqlite");
+        conn.execute_batch(SCHEMA).expect("schema");
+        Store {
+            conn: Mutex::new(conn),
+        }
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
+        let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        f(&conn)
+    }
+
+    /// Inserts or replaces a VM.
+    pub fn put_vm(&self, row: &VmRow) -> Result<()> {
+        let json = to_json(row)?;
+        self.with(|c| {
+            c.execute(
+                "INSERT OR REPLACE INTO vms (id, row) VALUES (?1, ?2)",
+                params![row.id, json],
+            )?;
+            Ok(())
+        })
+    }
+
+    /// Forgets a VM.
+    pub fn delete_vm(&self, id: &str) -> Result<()> {
+        self.with(|c| {
+            c.execute("DELETE FROM vms WHERE id = ?1", params![id])?;
+            Ok(())
+        })
+    }
+
+    /// Every VM.
+    pub fn vms(&self) -> Result<Vec<VmRow>> {
+        self.with(|c| {
+            let mut stmt = c.prepare("SELECT row FROM vms ORDER BY id")?;
+            let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
+            rows.map(|r| from_json(&r?)).collect()
+        })
+    }
+
+    /// Inserts or replaces a sandbox (a tombstone when it has ended).
+    pub fn put_sandbox(&self, info: &SandboxInfo) -> Result<()> {
+        let json = to_json(info)?;
+        let ended = i64::from(info.end_reason.is_some());
+        let ended_at = info
+            .ended_at_ms
+            .map(|t| i64::try_from(t).unwrap_or(i64::MAX));
+        self.with(|c| {
+            c.execute(
+                "INSERT OR REPLACE INTO sandboxes (id, info, ended, ended_at_ms) VALUES (?1, ?2, ?3, ?4)",
+                params![info.id, json, ended, ended_at],
+            )?;
+            Ok(())
+        })
+    }
+
+    /// One sandbox or tombstone.
+    pub fn sandbox(&self, id: &str) -> Result<Option<SandboxInfo>> {
+        self.with(|c| {
+            let json: Option<String> = c
+                .query_row(
+                    "SELECT info FROM sandboxes WHERE id = ?1",
+                    params![id],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            json.map(|j| from_json(&j)).transpose()
+        })
+    }
+
+    /// Sandboxes, live ones only or tombstones only.
+    pub fn sandboxes(&self, ended: bool) -> Result<Vec<SandboxInfo>> {
+        self.with(|c| {
+            let mut stmt = c.prepare("SELECT info FROM sandboxes WHERE ended = ?1 ORDER BY id")?;
+            let rows = stmt.query_map(params![i64::from(ended)], |r| r.get::<_, String>(0))?;
+            rows.map(|r| from_json(&r?)).collect()
+        })
+    }
+
+    /// Drops tombstones (and their execs) that ended before `before_ms`.
+    pub fn purge_tombstones(&self, before_ms: u64) -> Result<usize> {
+        let before = i64::try_from(before_ms).unwrap_or(i64::MAX);
+        self.with(|c| {
+            c.execute(
+                "DELETE FROM execs WHERE sandbox_id IN
+                   (SELECT id FROM sandboxes WHERE ended = 1 AND ended_at_ms < ?1)",
+                params![before],
+            )?;
+            Ok(c.execute(
+                "DELETE FROM sandboxes WHERE ended = 1 AND ended_at_ms < ?1",
+                params![before],
+            )?)
+        })
+    }
+
+    /// Sets a pool's target.
+    pub fn set_pool_target(&self, template: &str, target: u32) -> Result<()> {
+        self.with(|c| {
+            c.execute(
+                "INSERT OR REPLACE INTO pools (template, target) VALUES (?1, ?2)",
+                params![template, target],
+            )?;
+            Ok(())
+        })
+    }
+
+    /// Pool targets set through the API (they win over the config).
+    pub fn pool_targets(&self) -> Result<Vec<(String, u32)>> {
+        self.with(|c| {
+            let mut stmt = c.prepare("SELECT template, target FROM pools")?;
+            let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            Ok(rows.collect::<rusqlite::Result<_>>()?)
+        })
+    }
+
+    /// Inserts or replaces an exec.
+    pub fn put_exec(&self, e: &ExecRecord) -> Result<()> {
+        let json = to_json(e)?;
+        self.with(|c| {
+            c.execute(
+                "INSERT OR REPLACE INTO execs (id, sandbox_id, record) VALUES (?1, ?2, ?3)",
+                params![e.id, e.sandbox_id, json],
+            )?;
+            Ok(())
+        })
+    }
+
+    /// One exec.
+    pub fn exec(&self, id: &str) -> Result<Option<ExecRecord>> {
+        self.with(|c| {
+            let json: Option<String> = c
+                .query_row("SELECT record FROM execs WHERE id = ?1", params![id], |r| {
+                    r.get(0)
+                })
+                .optional()?;
+            json.map(|j| from_json(&j)).transpose()
+        })
+    }
+
+    /// Claims idempotency key `key` in `scope` for a request whose body
+    /// hashes to `hash`.
+    pub fn reserve(&self, scope: &str, key: &str, hash: &str, now_ms: u64) -> Result<Reservation> {
+        self.with(|c| {
+            let found: Option<(String, Option<String>)> = c
+                .query_row(
+                    "SELECT body_hash, resource_id FROM idempotency WHERE scope = ?1 AND key = ?2",
+                    params![scope, key],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .optional()?;
+            Ok(match found {
+                None => {
+                    c.execute(
+                        "INSERT INTO idempotency (scope, key, body_hash, created_at_ms) VALUES (?1, ?2, ?3, ?4)",
+                        params![scope, key, hash, i64::try_from(now_ms).unwrap_or(i64::MAX)],
+                    )?;
+                    Reservation::New
+                }
+                Some((h, _)) if h != hash => Reservation::Mismatch,
+                Some((_, Some(id))) => Reservation::Replay(id),
+                Some((_, None)) => Reservation::InFlight,
+            })
+        })
+    }
+
+    /// Records the resource a reserved key produced.
+    pub fn complete(&self, scope: &str, key: &str, resource_id: &str) -> Result<()> {
+        self.with(|c| {
+            c.execute(
+                "UPDATE idempotency SET resource_id = ?3 WHERE scope = ?1 AND key = ?2",
+                params![scope, key, resource_id],
+            )?;
+            Ok(())
+        })
+    }
+
+    /// Frees a reserved key whose request failed (a retry may use it).
+    pub fn release(&self, scope: &str, key: &str) -> Result<()> {
+        self.with(|c| {
+            c.execute(
+                "DELETE FROM idempotency WHERE scope = ?1 AND key = ?2 AND resource_id IS NULL",
+                params![scope, key],
+            )?;
+            Ok(())
+        })
+    }
+
+    /// Drops keys older than `before_ms`, and keys left in flight by a
+    /// daemon that died.
+    pub fn purge_keys(&self, before_ms: u64, in_flight_too: bool) -> Result<()> {
+        let before = i64::try_from(before_ms).unwrap_or(i64::MAX);
+        self.with(|c| {
+            c.execute(
+                "DELETE FROM idempotency WHERE created_at_ms < ?1 OR (?2 AND resource_id IS NULL)",
+                params![before, in_flight_too],
+            )?;
+            Ok(())
+        })
+    }
+
+    /// Appends an event; returns it with its sequence number.
+    pub fn append_event(&self, mut event: Event) -> Result<Event> {
+        self.with(|c| {
+            let tx = c.unchecked_transaction()?;
+            tx.execute("INSERT INTO events (event) VALUES ('')", [])?;
+            let seq = tx.last_insert_rowid();
+            event.seq = u64::try_from(seq).unwrap_or_default();
+            tx.execute(
+                "UPDATE events SET event = ?2 WHERE seq = ?1",
+                params![seq, to_json(&event)?],
+            )?;
+            tx.execute(
+                "DELETE FROM events WHERE seq <= ?1",
+                params![seq - EVENTS_KEPT],
+            )?;
+            tx.commit()?;
+            Ok(event)
+        })
+    }
+
+    /// Up to `limit` events after `after_seq`, oldest first.
+    pub fn events_after(&self, after_seq: u64, limit: u32) -> Result<Vec<Event>> {
+        let after = i64::try_from(after_seq).unwrap_or(i64::MAX);
+        self.with(|c| {
+            let mut stmt =
+                c.prepare("SELECT event FROM events WHERE seq > ?1 ORDER BY seq LIMIT ?2")?;
+            let rows = stmt.query_map(params![after, limit], |r| r.get::<_, String>(0))?;
+            rows.map(|r| from_json(&r?)).collect()
+        })
+    }
+
+    /// Records who changed what, and how it went.
+    pub fn audit(&self, peer_uid: Option<u32>, action: &str, target: &str, result: &str) {
+        let at = i64::try_from(crate::model::now_ms()).unwrap_or(i64::MAX);
+        let done = self.with(|c| {
+            c.execute(
+                "INSERT INTO audit (at_ms, peer_uid, action, target, result) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![at, peer_uid, action, target, result],
+            )?;
+            Ok(())
+        });
+        if let Err(e) = done {
+            tracing::warn!(error = %e, action, target, "audit record lost");
+        }
+    }
+
+    /// Audit records, newest last (tests and diagnostics).
+    #[cfg(test)]
+    pub fn audit_log(&self) -> Vec<(Option<u32>, String, String, String)> {
+        self.with(|c| {
+            let mut stmt =
+                c.prepare("SELECT peer_uid, action, target, result FROM audit ORDER BY id")?;
+            let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?;
+            Ok(rows.collect::<rusqlite::Result<_>>()?)
+        })
+        .expect("audit log")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::EndReason;
+    use crate::model::{EventKind, LaunchType, SandboxState};
+
+    fn info(id: &str) -> SandboxInfo {
+        SandboxInfo {
+            id: id.into(),
+            template: "minimal".into(),
+            state: SandboxState::Ready,
+            launch_type: LaunchType::Warm,
+            labels: [("team".to_string(), "a".to_string())].into(),
+            env: Default::default(),
+            cwd: None,
+            ttl_secs: 60,
+            idle_timeout_secs: 30,
+            created_at_ms: 1,
+            ready_at_ms: Some(2),
+            last_activity_ms: 2,
+            expires_at_ms: Some(32_002),
+            running_execs: 0,
+            created_by_uid: Some(1000),
+            ended_at_ms: None,
+            end_reason: None,
+        }
+    }
+
+    #[test]
+    fn sandboxes_and_tombstones() {
+        let s = Store::in_memory();
+        s.put_sandbox(&info("a")).expect("put");
+        s.put_sandbox(&info("b")).expect("put");
+        let mut gone = info("b");
+        gone.state = SandboxState::Ended;
+        gone.end_reason = Some(EndReason::Idle);
+        gone.ended_at_ms = Some(100);
+        s.put_sandbox(&gone).expect("tombstone");
+        assert_eq!(s.sandboxes(false).expect("live").len(), 1);
+        assert_eq!(s.sandboxes(true).expect("ended"), vec![gone.clone()]);
+        assert_eq!(s.sandbox("b").expect("get"), Some(gone));
+        assert_eq!(s.purge_tombstones(100).expect("purge"), 0);
+        assert_eq!(s.purge_tombstones(101).expect("purge"), 1);
+        assert_eq!(s.sandbox("b").expect("get"), None);
+        assert_eq!(s.sandbox("a").expect("get"), Some(info("a")));
+    }
+
+    #[test]
+    fn vms_round_trip() {
+        let s = Store::in_memory();
+        let row = VmRow {
+            id: "vm-1".into(),
+            template: "minimal".into(),
+            identity: ProcessIdentity {
+                pid: 42,
+                start_ticks: 7,
+            },
+            run_dir: "/tmp/x".into(),
+            agent: AgentAddr::HybridVsock("/tmp/x/vsock.sock".into()),
+            mem_mib: 256,
+            phase: VmPhase::Pooled,
+            sandbox_id: None,
+            ready_at_ms: Some(5),
+        };
+        s.put_vm(&row).expect("put");
+        assert_eq!(s.vms().expect("vms"), vec![row.clone()]);
+        s.delete_vm("vm-1").expect("delete");
+        assert!(s.vms().expect("vms").is_empty());
+    }
+
+    #[test]
+    fn idempotency_keys() {
+        let s = Store::in_memory();
+        assert_eq!(
+            s.reserve("create", "k", "h1", 1).expect("r"),
+            Reservation::New
+        );
+        assert_eq!(
+            s.reserve("create", "k", "h1", 1).expect("r"),
+            Reservation::InFlight
+        );
+        assert_eq!(
+            s.reserve("create", "k", "h2", 1).expect("r"),
+            Reservation::Mismatch
+        );
+        s.complete("create", "k", "sbx-1").expect("complete");
+        assert_eq!(
+            s.reserve("create", "k", "h1", 1).expect("r"),
+            Reservation::Replay("sbx-1".into())
+        );
+        // Another scope is another key space.
+        assert_eq!(
+            s.reserve("exec:a", "k", "h9", 1).expect("r"),
+            Reservation::New
+        );
+        s.release("exec:a", "k").expect("release");
+        assert_eq!(
+            s.reserve("exec:a", "k", "h8", 1).expect("r"),
+            Reservation::New
+        );
+        s.purge_keys(2, false).expect("purge");
+        assert_eq!(
+            s.reserve("create", "k", "h2", 3).expect("r"),
+            Reservation::New
+        );
+    }
+
+    #[test]
+    fn events_get_growing_sequence_numbers() {
+        let s = Store::in_memory();
+        let ev = |kind| Event {
+            seq: 0,
+            at_ms: 1,
+            kind,
+            sandbox_id: Some("a".into()),
+            template: None,
+            reason: None,
+            expires_at_ms: None,
+            message: None,
+        };
+        let a = s.append_event(ev(EventKind::Created)).expect("append");
+        let b = s.append_event(ev(EventKind::Ready)).expect("append");
+        assert_eq!((a.seq, b.seq), (1, 2));
+        assert_eq!(s.events_after(0, 10).expect("after"), vec![a, b.clone()]);
+        assert_eq!(s.events_after(1, 10).expect("after"), vec![b]);
+        assert!(s.events_after(2, 10).expect("after").is_empty());
+    }
+
+    #[test]
+    fn audit_records_the_peer() {
+        let s = Store::in_memory();
+        s.audit(Some(1000), "create", "sbx-1", "ok");
+        assert_eq!(
+            s.audit_log(),
+            vec![(Some(1000), "create".into(), "sbx-1".into(), "ok".into())]
+        );
+    }
+}

@@ -1,0 +1,278 @@
+//! VMs: booting (bounded in parallel, admitted against the host limits),
+//! watching for their death, and retiring them (a VM is never reused:
+//! retiring kills it and removes its run directory).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tracing::Instrument;
+
+use super::admission::Usage;
+use super::store::{VmPhase, VmRow};
+use super::{metrics, new_id, Core, VmSlot};
+use crate::model::{now_ms, EventKind};
+use crate::template::Template;
+use crate::vm_process::VmProcess;
+use crate::{Error, Result};
+
+/// A live VM.
+#[derive(Debug)]
+pub(crate) struct Vm {
+    /// Id (`vm-...`), also its run directory's name.
+    pub id: String,
+    /// Template.
+    pub template: String,
+    /// Guest memory, MiB (what admission counted).
+    pub mem_mib: u64,
+    /// The process.
+    pub process: VmProcess,
+}
+
+impl Vm {
+    fn usage(&self) -> Usage {
+        Usage {
+            vms: 1,
+            memory_mib: self.mem_mib,
+        }
+    }
+}
+
+fn add(usage: &mut Usage, u: Usage) {
+    usage.vms = usage.vms.saturating_add(u.vms);
+    usage.memory_mib = usage.memory_mib.saturating_add(u.memory_mib);
+}
+
+fn sub(usage: &mut Usage, u: Usage) {
+    usage.vms = usage.vms.saturating_sub(u.vms);
+    usage.memory_mib = usage.memory_mib.saturating_sub(u.memory_mib);
+}
+
+impl Core {
+    /// Counts a VM of `mem_mib` against the limits, or names the limit.
+    /// The caller then boots it (and [`Core::boot_vm`] gives the count back
+    /// when the boot fails).
+    pub(super) fn admit(&self, mem_mib: u64) -> Result<()> {
+        let mut st = self.state();
+        self.inner.limits.admit(st.usage, mem_mib)?;
+        add(
+            &mut st.usage,
+            Usage {
+                vms: 1,
+                memory_mib: mem_mib,
+            },
+        );
+        st.booting += 1;
+        Ok(())
+    }
+
+    /// Boots an admitted VM and waits for its agent. On failure the VM is
+    /// gone and its admission given back. `stage` of a failure: `spawn` or
+    /// `ready`.
+    pub(super) async fn boot_vm(
+        &self,
+        template: &Template,
+    ) -> Result<Arc<Vm>, (Error, &'static str)> {
+        let id = new_id("vm");
+        let span = tracing::info_span!("vm", vm_id = %id, template = %template.name);
+        let admitted = Usage {
+            vms: 1,
+            memory_mib: u64::from(template.mem_mib),
+        };
+        let result = self.boot_admitted(id, template).instrument(span).await;
+        let mut st = self.state();
+        st.booting = st.booting.saturating_sub(1);
+        if result.is_err() {
+            sub(&mut st.usage, admitted);
+            drop(st);
+            self.inner.changed.notify_waiters();
+        }
+        result
+    }
+
+    async fn boot_admitted(
+        &self,
+        id: String,
+        template: &Template,
+    ) -> Result<Arc<Vm>, (Error, &'static str)> {
+        let _slot = self
+            .inner
+            .boot_slots
+            .acquire()
+            .await
+            .map_err(|_| (Error::Draining, "spawn"))?;
+        let started = Instant::now();
+        let run_dir = self.inner.vm_dir.join(&id);
+        let process = self
+            .inner
+            .launcher
+            .launch(template, run_dir.clone())
+            .map_err(|e| (Error::BootTimeout(e.to_string()), "spawn"))?;
+        let vm = Arc::new(Vm {
+            id: id.clone(),
+            template: template.name.clone(),
+            mem_mib: u64::from(template.mem_mib),
+            process,
+        });
+        let row = VmRow {
+            id: id.clone(),
+            template: template.name.clone(),
+            identity: vm.process.identity(),
+            run_dir,
+            agent: vm.process.agent().clone(),
+            mem_mib: vm.mem_mib,
+            phase: VmPhase::Booting,
+            sandbox_id: None,
+            ready_at_ms: None,
+        };
+        if let Err(e) = self.inner.store.put_vm(&row) {
+            let _ = vm.process.kill();
+            return Err((e.into(), "spawn"));
+        }
+        self.state().vms.insert(
+            id.clone(),
+            VmSlot {
+                vm: Arc::clone(&vm),
+                phase: VmPhase::Booting,
+            },
+        );
+        self.watch_vm(&vm);
+        let timeout = Duration::from_secs(self.config().timeouts.boot_timeout_secs);
+        match vm.process.wait_ready(timeout).await {
+            Ok(_) => {
+                self.inner
+                    .metrics
+                    .vm_boot
+                    .observe(started.elapsed().as_secs_f64());
+                tracing::info!(took = ?started.elapsed(), "VM ready");
+                Ok(vm)
+            }
+            Err(e) => {
+                let message = format!("{e} ({})", vm.process.vmm_report());
+                tracing::warn!(error = %message, "VM failed to boot");
+                self.forget_vm(&id);
+                self.retire(vm).await;
+                Err((Error::BootTimeout(message), "ready"))
+            }
+        }
+    }
+
+    /// Moves a VM to `phase` (in memory and in the store).
+    pub(super) fn set_phase(&self, vm: &Vm, phase: VmPhase, sandbox_id: Option<&str>) {
+        if let Some(slot) = self.state().vms.get_mut(&vm.id) {
+            slot.phase = phase;
+        }
+        let row = VmRow {
+            id: vm.id.clone(),
+            template: vm.template.clone(),
+            identity: vm.process.identity(),
+            run_dir: vm.process.run_dir().to_path_buf(),
+            agent: vm.process.agent().clone(),
+            mem_mib: vm.mem_mib,
+            phase,
+            sandbox_id: sandbox_id.map(str::to_string),
+            ready_at_ms: Some(now_ms()),
+        };
+        if let Err(e) = self.inner.store.put_vm(&row) {
+            tracing::warn!(vm_id = %vm.id, error = %e, "VM state not recorded");
+        }
+    }
+
+    /// Takes a VM out of the books (memory, admission, store). Returns false
+    /// when it was not there (already retired).
+    pub(super) fn forget_vm(&self, id: &str) -> bool {
+        let removed = {
+            let mut st = self.state();
+            let slot = st.vms.remove(id);
+            if let Some(slot) = &slot {
+                let u = slot.vm.usage();
+                sub(&mut st.usage, u);
+            }
+            slot.is_some()
+        };
+        if removed {
+            if let Err(e) = self.inner.store.delete_vm(id) {
+                tracing::warn!(vm_id = %id, error = %e, "VM removal not recorded");
+            }
+            self.inner.changed.notify_waiters();
+            self.inner.reconcile.notify_one();
+        }
+        removed
+    }
+
+    /// Kills a VM and waits for it to end; its run directory goes with the
+    /// last reference.
+    pub(super) async fn retire(&self, vm: Arc<Vm>) {
+        if let Err(e) = vm.process.kill() {
+            tracing::warn!(vm_id = %vm.id, error = %e, "cannot kill VM");
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(10), vm.process.wait()).await;
+    }
+
+    /// Starts the task that notices the VM's death.
+    pub(super) fn watch_vm(&self, vm: &Arc<Vm>) {
+        let core = self.clone();
+        let vm = Arc::clone(vm);
+        let stop = self.inner.stop.clone();
+        self.inner.tasks.spawn(async move {
+            tokio::select! {
+                end = vm.process.wait() => core.on_vm_exit(&vm, &end.to_string()).await,
+                () = stop.cancelled() => {}
+            }
+        });
+    }
+
+    /// A VM ended on its own: a pooled one leaves its pool, a claimed one
+    /// ends its sandbox (`vm_died`). Booting ones are the boot's business.
+    async fn on_vm_exit(&self, vm: &Arc<Vm>, how: &str) {
+        let (phase, sandbox) = {
+            let st = self.state();
+            let Some(slot) = st.vms.get(&vm.id) else {
+                return; // retired on purpose
+            };
+            let sandbox = st
+                .sandboxes
+                .iter()
+                .find(|(_, s)| s.vm.id == vm.id)
+                .map(|(id, _)| id.clone());
+            (slot.phase, sandbox)
+        };
+        match phase {
+            VmPhase::Booting => {}
+            VmPhase::Pooled => {
+                tracing::warn!(vm_id = %vm.id, template = %vm.template, how, "pooled VM died");
+                {
+                    let mut st = self.state();
+                    if let Some(p) = st.pools.get_mut(&vm.template) {
+                        p.remove(|v| v.id == vm.id);
+                    }
+                }
+                self.inner
+                    .metrics
+                    .boot_failures
+                    .get_or_create(&metrics::BootFailure {
+                        template: vm.template.clone(),
+                        stage: "pooled".into(),
+                    })
+                    .inc();
+                self.inner.events.emit(
+                    EventKind::PoolError,
+                    None,
+                    Some(&vm.template),
+                    None,
+                    None,
+                    Some(format!("a pooled VM {how}")),
+                );
+                self.forget_vm(&vm.id);
+            }
+            VmPhase::Claimed => {
+                tracing::warn!(vm_id = %vm.id, sandbox = ?sandbox, how, "VM died under a sandbox");
+                if let Some(id) = sandbox {
+                    self.end_sandbox(&id, crate::error::EndReason::VmDied, None)
+                        .await;
+                } else {
+                    self.forget_vm(&vm.id);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,52 @@
+//! Templates and their warm pools.
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+/// A template (the pool key).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct TemplateInfo {
+    /// Name.
+    pub name: String,
+    /// vCPUs.
+    pub vcpus: u8,
+    /// Guest memory, MiB.
+    pub mem_mib: u32,
+    /// Guest kernel.
+    pub kernel: Option<String>,
+    /// Initramfs.
+    pub initramfs: Option<String>,
+    /// Runtime image.
+    pub image: Option<String>,
+    /// Whether VMs can be started from it (its files exist).
+    pub available: bool,
+    /// Why not, when not.
+    pub error: Option<String>,
+}
+
+/// A template's warm pool.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct PoolInfo {
+    /// Template.
+    pub template: String,
+    /// VMs the pool keeps ready.
+    pub target: u32,
+    /// VMs ready now.
+    pub ready: u32,
+    /// VMs booting now.
+    pub booting: u32,
+    /// Boot failures in a row.
+    pub consecutive_failures: u32,
+    /// The last boot failure.
+    pub last_error: Option<String>,
+    /// While backing off: when the next boot may start, ms since the epoch.
+    pub backoff_until_ms: Option<u64>,
+}
+
+/// `PUT /v1/pools/{template}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PoolUpdate {
+    /// VMs to keep ready (0 turns pooling off).
+    pub target: u32,
+}

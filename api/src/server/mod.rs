@@ -1,0 +1,171 @@
+//! `kiln serve`: the HTTP/1.1 API on a unix socket, a thin axum layer over
+//! the embedded core. Routes and the OpenAPI document come from the same
+//! handler annotations (utoipa), so they cannot disagree.
+
+mod error;
+mod ndjson;
+mod peer;
+mod routes;
+mod socket;
+
+use std::sync::Arc;
+
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Request};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use tracing::Instrument;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::config::Config;
+use crate::core::Core;
+use crate::Error;
+use error::ApiError;
+use peer::Peer;
+use routes::{execs, files, pools, sandboxes, system};
+
+pub use socket::SocketError;
+
+/// What every handler gets.
+#[derive(Clone)]
+pub(crate) struct AppState {
+    core: Core,
+    /// The OpenAPI document, serialized once.
+    openapi: Arc<String>,
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "kiln",
+        description = "Sandboxes from warm pools of microVMs. HTTP/1.1 on a unix socket; \
+            JSON bodies; errors as {\"error\":{\"code\",\"message\",\"retryable\",\"details\"}}; \
+            exec output and events as NDJSON."
+    ),
+    tags(
+        (name = "sandboxes", description = "Create, find, keep alive, delete"),
+        (name = "execs", description = "Run commands"),
+        (name = "files", description = "Move files in and out"),
+        (name = "pools", description = "Templates and warm pools"),
+        (name = "system", description = "Health, info, metrics, events")
+    )
+)]
+struct ApiDoc;
+
+/// The routes (axum) and the document (OpenAPI) from one description.
+/// Guest file routes take slashes in `{path}`, so axum routes them as a
+/// catch-all while the document names the parameter `{path}`.
+fn parts() -> (Router<AppState>, utoipa::openapi::OpenApi) {
+    let (router, mut api) = OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(system::health))
+        .routes(routes!(system::info))
+        .routes(routes!(system::metrics))
+        .routes(routes!(system::openapi))
+        .routes(routes!(system::events))
+        .routes(routes!(system::templates))
+        .routes(routes!(pools::list))
+        .routes(routes!(pools::get, pools::put))
+        .routes(routes!(sandboxes::create, sandboxes::list))
+        .routes(routes!(sandboxes::get, sandboxes::patch, sandboxes::delete))
+        .routes(routes!(sandboxes::keepalive))
+        .routes(routes!(execs::start))
+        .routes(routes!(files::list))
+        .routes(routes!(files::stat))
+        .routes(routes!(files::mkdir))
+        .routes(routes!(files::rename))
+        .split_for_parts();
+    let (schemas, paths, _single_segment) =
+        routes!(files::put, files::get, files::head, files::delete);
+    for (path, item) in paths.paths {
+        api.paths.paths.insert(path, item);
+    }
+    api.components
+        .get_or_insert_with(utoipa::openapi::Components::new)
+        .schemas
+        .extend(schemas);
+    let router = router.route(
+        "/v1/sandboxes/{id}/files/{*path}",
+        get(files::get)
+            .put(files::put)
+            .head(files::head)
+            .delete(files::delete)
+            .layer(DefaultBodyLimit::disable()),
+    );
+    (router, api)
+}
+
+/// The OpenAPI document.
+pub fn openapi_json() -> String {
+    parts()
+        .1
+        .to_pretty_json()
+        .expect("the OpenAPI document serializes")
+}
+
+async fn no_route() -> ApiError {
+    ApiError(Error::NotFound("no such route".into()))
+}
+
+/// A span per request, with the peer's uid.
+async fn trace_request(ConnectInfo(peer): ConnectInfo<Peer>, req: Request, next: Next) -> Response {
+    let span = tracing::info_span!(
+        "request",
+        method = %req.method(),
+        path = %req.uri().path(),
+        peer_uid = ?peer.uid,
+        peer_pid = ?peer.pid,
+    );
+    next.run(req).instrument(span).await.into_response()
+}
+
+/// The whole app over `core`.
+pub(crate) fn app(core: Core, max_request_bytes: u64) -> Router {
+    let (router, api) = parts();
+    let openapi = Arc::new(
+        api.to_pretty_json()
+            .expect("the OpenAPI document serializes"),
+    );
+    router
+        .fallback(no_route)
+        .layer(axum::middleware::from_fn(trace_request))
+        .layer(DefaultBodyLimit::max(
+            usize::try_from(max_request_bytes).unwrap_or(usize::MAX),
+        ))
+        .with_state(AppState { core, openapi })
+}
+
+/// Runs `kiln serve` until SIGTERM or SIGINT, then drains: new work gets
+/// 503 `draining`, running execs get the drain timeout, every VM stops.
+pub async fn serve(config: Config) -> Result<(), SocketError> {
+    let path = config.socket_path();
+    let listener = socket::bind(&path, &config.server)?;
+    let max_request = config.limits.max_request_bytes;
+    let core = match Core::start(config).await {
+        Ok(core) => core,
+        Err(e) => {
+            let _ = std::fs::remove_file(&path);
+            return Err(SocketError::Core(e));
+        }
+    };
+    tracing::info!(socket = %path.display(), "kiln serve: listening");
+    let app = app(core.clone(), max_request);
+    let drained = {
+        let core = core.clone();
+        async move {
+            socket::terminated().await;
+            tracing::info!("signal: draining");
+            core.shutdown().await;
+        }
+    };
+    let served = axum::serve(listener, app.into_make_service_with_connect_info::<Peer>())
+        .with_graceful_shutdown(drained)
+        .await;
+    let _ = std::fs::remove_file(&path);
+    served.map_err(SocketError::Serve)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,343 @@
+//! `kiln-bench api`: the daemon's API, measured through `kiln serve` on the
+//! same guest: create -> first `echo` result from a warm pool and with
+//! pooling off, the API's overhead over a direct agent exec on the same
+//! VM, concurrent creates against pools of different sizes, host RSS per
+//! idle pooled VM.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use kiln::model::SandboxSpec;
+use kiln::Kiln;
+use kiln_agent::client;
+use kiln_agent::protocol::{ExecRequest, AGENT_VSOCK_PORT};
+use kiln_vmm::vm::hybrid_vsock;
+
+use crate::stats::{summarize, Summary};
+
+/// `kiln-bench api` arguments.
+#[derive(clap::Args)]
+pub struct ApiArgs {
+    /// The `kiln` binary (runs `kiln serve`).
+    #[arg(long, default_value = "bin/kiln")]
+    kiln: PathBuf,
+    /// Guest kernel.
+    #[arg(long, default_value = "guest/vmlinux")]
+    kernel: PathBuf,
+    /// Guest initramfs.
+    #[arg(long, default_value = "guest/initramfs.cpio")]
+    initramfs: PathBuf,
+    /// Memory per VM, MiB (untouched guest memory costs the host nothing).
+    #[arg(long, default_value_t = 256)]
+    mem_mib: u32,
+    /// Samples per latency case.
+    #[arg(long, default_value_t = 20)]
+    n: usize,
+    /// Pool sizes for the concurrent-create case (creates = the last one).
+    #[arg(long, value_delimiter = ',', default_value = "4,50")]
+    pools: Vec<u32>,
+    /// Concurrent creates.
+    #[arg(long, default_value_t = 50)]
+    concurrent: usize,
+}
+
+/// A `kiln serve` for the benchmark, killed (with its VMs drained) on drop.
+struct Serve {
+    child: Child,
+    socket: PathBuf,
+    state: PathBuf,
+}
+
+impl Serve {
+    fn start(a: &ApiArgs, dir: &Path) -> Result<Serve> {
+        let state = dir.join("state");
+        let abs = |p: &Path| std::fs::canonicalize(p).with_context(|| format!("{}", p.display()));
+        let config = format!(
+            r#"state_dir = {state:?}
+default_template = "bench"
+[templates.bench]
+kernel = {kernel:?}
+initramfs = {initramfs:?}
+mem_mib = {mem}
+pool_target = 0
+[limits]
+max_vms = 256
+max_memory_mib = 1048576
+max_parallel_boots = 4
+"#,
+            state = state.display().to_string(),
+            kernel = abs(&a.kernel)?.display().to_string(),
+            initramfs = abs(&a.initramfs)?.display().to_string(),
+            mem = a.mem_mib,
+        );
+        let path = dir.join("kiln.toml");
+        std::fs::write(&path, config)?;
+        let child = Command::new(abs(&a.kiln)?)
+            .arg("serve")
+            .arg("--config")
+            .arg(&path)
+            .env("KILN_LOG", "warn")
+            .stdin(Stdio::null())
+            .spawn()
+            .context("starting kiln serve")?;
+        Ok(Serve {
+            child,
+            socket: state.join("kiln.sock"),
+            state,
+        })
+    }
+
+    async fn connect(&self) -> Result<Kiln> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            match Kiln::connect_unix(&self.socket).await {
+                Ok(k) => return Ok(k),
+                Err(e) if Instant::now() > deadline => return Err(e.into()),
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+    }
+
+    /// Pids of the VMs (kiln-vmm processes under the state dir).
+    fn vm_pids(&self) -> Vec<u32> {
+        let needle = format!("{}/", self.state.display());
+        std::fs::read_dir("/proc")
+            .map(|d| {
+                d.flatten()
+                    .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+                    .filter(|pid| {
+                        let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+                        cmd.split(|b| *b == 0)
+                            .any(|a| String::from_utf8_lossy(a).starts_with(&needle))
+                            && !cmd.split(|b| *b == 0).any(|a| a == b"serve")
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) on our own child; no memory involved.
+        unsafe {
+            libc::kill(self.child.id() as i32, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while self.child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+async fn wait_ready(kiln: &Kiln, n: u32) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        let p = kiln.pool("bench").await?;
+        if p.ready >= n {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("the pool did not reach {n} ready VMs: {p:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Create -> `echo` result, `n` times; with `pool` > 0 each create waits
+/// for a full pool first (a warm hit).
+async fn create_to_echo(kiln: &Kiln, pool: u32, n: usize) -> Result<Vec<Duration>> {
+    kiln.set_pool_target("bench", pool).await?;
+    let mut samples = Vec::with_capacity(n);
+    for _ in 0..n {
+        if pool > 0 {
+            wait_ready(kiln, pool).await?;
+        }
+        let start = Instant::now();
+        let sandbox = kiln.sandboxes().create(SandboxSpec::default()).await?;
+        let out = sandbox.exec(["echo", "1"]).output().await?;
+        samples.push(start.elapsed());
+        if out.stdout != b"1\n" {
+            bail!("echo gave {:?}", out);
+        }
+        sandbox.delete().await?;
+    }
+    Ok(samples)
+}
+
+/// The same `echo` through the API and straight to the agent, same VM.
+async fn api_overhead(
+    kiln: &Kiln,
+    serve: &Serve,
+    n: usize,
+) -> Result<(Vec<Duration>, Vec<Duration>)> {
+    kiln.set_pool_target("bench", 0).await?;
+    let sandbox = kiln.sandboxes().create(SandboxSpec::default()).await?;
+    let runs = std::fs::read_dir(serve.state.join("vms"))?
+        .flatten()
+        .map(|e| e.path().join("vsock.sock"))
+        .filter(|p| p.exists())
+        .collect::<Vec<_>>();
+    let [uds] = runs.as_slice() else {
+        bail!("expected one VM, found {}", runs.len());
+    };
+    let (mut api, mut direct) = (Vec::new(), Vec::new());
+    for _ in 0..n {
+        let start = Instant::now();
+        sandbox.exec(["echo", "1"]).output().await?;
+        api.push(start.elapsed());
+        let uds = uds.clone();
+        let took = tokio::task::spawn_blocking(move || -> Result<Duration> {
+            let start = Instant::now();
+            let mut s = hybrid_vsock::connect(&uds, AGENT_VSOCK_PORT, Duration::from_secs(30))?;
+            s.set_read_timeout(Some(Duration::from_secs(60)))?;
+            let req = ExecRequest {
+                argv: vec!["echo".into(), "1".into()],
+                timeout_ms: Some(30_000),
+                ..ExecRequest::default()
+            };
+            client::exec(&mut s, &req, &[], |_| {}, |_| {})?;
+            Ok(start.elapsed())
+        })
+        .await??;
+        direct.push(took);
+    }
+    sandbox.delete().await?;
+    Ok((api, direct))
+}
+
+/// `count` creates at once against a pool of `pool`; per-create latency
+/// and the wall time of all.
+async fn concurrent(
+    kiln: &Kiln,
+    pool: u32,
+    count: usize,
+) -> Result<(Vec<Duration>, Duration, usize)> {
+    kiln.set_pool_target("bench", pool).await?;
+    wait_ready(kiln, pool).await?;
+    let start = Instant::now();
+    let tasks: Vec<_> = (0..count)
+        .map(|_| {
+            let kiln = kiln.clone();
+            tokio::spawn(async move {
+                let t = Instant::now();
+                let s = kiln.sandboxes().create(SandboxSpec::default()).await?;
+                let warm = s.cached_info().launch_type == kiln::model::LaunchType::Warm;
+                Ok::<_, kiln::Error>((t.elapsed(), warm, s))
+            })
+        })
+        .collect();
+    let mut samples = Vec::new();
+    let mut sandboxes = Vec::new();
+    let mut warm = 0;
+    for t in tasks {
+        let (took, w, s) = t.await??;
+        samples.push(took);
+        warm += usize::from(w);
+        sandboxes.push(s);
+    }
+    let wall = start.elapsed();
+    kiln.set_pool_target("bench", 0).await?;
+    for s in sandboxes {
+        s.delete().await?;
+    }
+    Ok((samples, wall, warm))
+}
+
+fn line(name: &str, s: Option<Summary>) -> String {
+    match s {
+        None => format!("{name:<44} (no samples)"),
+        Some(s) => format!(
+            "{name:<44} n={:<3} p50 {:>8.1} ms  p95 {:>8.1} ms  p99 {:>8.1} ms",
+            s.n,
+            s.p50.as_secs_f64() * 1e3,
+            s.p95.as_secs_f64() * 1e3,
+            s.p99.as_secs_f64() * 1e3
+        ),
+    }
+}
+
+/// Runs every case and prints the report.
+pub fn run(a: ApiArgs) -> Result<()> {
+    let dir = std::env::temp_dir().join(format!("kiln-bench-api-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    let serve = Serve::start(&a, &dir)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let report = rt.block_on(async {
+        let kiln = serve.connect().await?;
+        let mut out = vec![format!(
+            "kiln-bench api: {} MiB guests, {} samples per case",
+            a.mem_mib, a.n
+        )];
+        let warm = create_to_echo(&kiln, 2, a.n).await?;
+        out.push(line("create -> echo, warm pool (2)", summarize(&warm)));
+        let cold = create_to_echo(&kiln, 0, a.n).await?;
+        out.push(line("create -> echo, pooling off (cold)", summarize(&cold)));
+        if let (Some(w), Some(c)) = (summarize(&warm), summarize(&cold)) {
+            out.push(format!(
+                "  warm p50 is {:.1}x faster than cold",
+                c.p50.as_secs_f64() / w.p50.as_secs_f64()
+            ));
+        }
+        let (api, direct) = api_overhead(&kiln, &serve, a.n).await?;
+        out.push(line("echo through the API (same VM)", summarize(&api)));
+        out.push(line(
+            "echo straight to the agent (same VM)",
+            summarize(&direct),
+        ));
+        if let (Some(x), Some(y)) = (summarize(&api), summarize(&direct)) {
+            out.push(format!(
+                "  API overhead at p50: {:.1} ms",
+                (x.p50.as_secs_f64() - y.p50.as_secs_f64()) * 1e3
+            ));
+        }
+        for &pool in &a.pools {
+            let (samples, wall, warm) = concurrent(&kiln, pool, a.concurrent).await?;
+            out.push(line(
+                &format!("{} concurrent creates, pool of {pool}", a.concurrent),
+                summarize(&samples),
+            ));
+            out.push(format!(
+                "  all done in {:.1} ms; {warm} warm, {} cold",
+                wall.as_secs_f64() * 1e3,
+                a.concurrent - warm
+            ));
+        }
+        let idle = a.pools.iter().copied().max().unwrap_or(4).max(1);
+        kiln.set_pool_target("bench", idle).await?;
+        wait_ready(&kiln, idle).await?;
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let pids = serve.vm_pids();
+        let total: u64 = pids.iter().map(|&p| rss_kib(p)).sum();
+        out.push(format!(
+            "host RSS per idle pooled VM: {:.1} MiB ({} VMs, {:.1} MiB in all)",
+            total as f64 / 1024.0 / pids.len().max(1) as f64,
+            pids.len(),
+            total as f64 / 1024.0
+        ));
+        anyhow::Ok(out)
+    });
+    drop(serve);
+    let _ = std::fs::remove_dir_all(&dir);
+    for l in report? {
+        println!("{l}");
+    }
+    Ok(())
+}

@@ -1,0 +1,253 @@
+//! `kiln serve` booting real microVMs: warm creates and execs through the
+//! API, concurrent creates against a small pool, a VM killed under a live
+//! sandbox, the daemon SIGKILLed and restarted, a template that cannot
+//! boot, the admission limit.
+
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use kiln::model::{EventKind, LaunchType, SandboxSpec};
+use kiln::{EndReason, Error, Kiln};
+use kiln_e2e::daemon::{scratch, Daemon};
+
+const MINIMAL: &str = r#"
+default_template = "minimal"
+[templates.minimal]
+base = "minimal"
+mem_mib = 256
+pool_target = POOL
+"#;
+
+fn config(pool: u32, extra: &str) -> String {
+    format!("{}{extra}", MINIMAL.replace("POOL", &pool.to_string()))
+}
+
+async fn wait_ready(kiln: &Kiln, template: &str, n: u32) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(300);
+    loop {
+        let p = kiln.pool(template).await.expect("pool");
+        if p.ready >= n {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "pool never reached {n}: {p:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn warm_creates_exec_files_and_concurrent_creates() {
+    let dir = scratch("warm");
+    let mut daemon = Daemon::start(&dir, &config(2, ""));
+    let kiln = Kiln::connect_unix(&daemon.socket).await.expect("connect");
+    wait_ready(&kiln, "minimal", 2).await;
+
+    let sandbox = kiln
+        .sandboxes()
+        .create(SandboxSpec {
+            env: [("WHO".into(), "api".into())].into(),
+            ..SandboxSpec::default()
+        })
+        .await
+        .expect("create");
+    assert_eq!(sandbox.cached_info().launch_type, LaunchType::Warm);
+    let out = sandbox
+        .exec(["sh", "-c", "echo hello $WHO; id -u"])
+        .output()
+        .await
+        .expect("exec");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "hello api\n1000\n");
+    let files = sandbox.files();
+    let data: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    files
+        .write("d/blob", std::io::Cursor::new(data.clone()))
+        .await
+        .expect("write");
+    let back = files
+        .read("d/blob")
+        .await
+        .expect("read")
+        .to_vec()
+        .await
+        .expect("bytes");
+    assert!(back == data, "file round trip differs");
+    let id = sandbox.id().to_string();
+    sandbox.delete().await.expect("delete");
+    let err = kiln.sandboxes().get(&id).await.expect_err("deleted");
+    assert!(
+        matches!(
+            err,
+            Error::SandboxExpired {
+                reason: EndReason::Deleted,
+                ..
+            }
+        ),
+        "{err}"
+    );
+
+    // Four creates at once against a pool of two: all succeed, the pool
+    // serves what it has and the rest boot cold.
+    wait_ready(&kiln, "minimal", 2).await;
+    let creates = (0..4).map(|_| {
+        let kiln = kiln.clone();
+        tokio::spawn(async move { kiln.sandboxes().create(SandboxSpec::default()).await })
+    });
+    let mut sandboxes = Vec::new();
+    for c in creates {
+        sandboxes.push(c.await.expect("task").expect("create"));
+    }
+    let warm = sandboxes
+        .iter()
+        .filter(|s| s.cached_info().launch_type == LaunchType::Warm)
+        .count();
+    assert!(warm >= 2, "{warm} warm of 4");
+    for (i, s) in sandboxes.iter().enumerate() {
+        let out = s
+            .exec(["echo", &i.to_string()])
+            .output()
+            .await
+            .expect("exec");
+        assert_eq!(String::from_utf8_lossy(&out.stdout), format!("{i}\n"));
+    }
+    for s in sandboxes {
+        s.delete().await.expect("delete");
+    }
+    assert!(daemon.stop(), "drain and exit 0");
+    assert!(daemon.vmm_pids().is_empty(), "VMs left after the drain");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_vm_and_a_sigkilled_daemon() {
+    let dir = scratch("restart");
+    let mut daemon = Daemon::start(&dir, &config(0, ""));
+    let kiln = Kiln::connect_unix(&daemon.socket).await.expect("connect");
+    let victim = kiln
+        .sandboxes()
+        .create(SandboxSpec::default())
+        .await
+        .expect("cold create");
+    assert_eq!(victim.cached_info().launch_type, LaunchType::Cold);
+    let pids = daemon.vmm_pids();
+    assert_eq!(pids.len(), 1, "{pids:?}");
+    // SAFETY: kill(2) on the VM this test's daemon started.
+    unsafe {
+        libc::kill(pids[0], libc::SIGKILL);
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        match kiln.sandboxes().get(victim.id()).await {
+            Err(Error::SandboxExpired { reason, .. }) => {
+                assert_eq!(reason, EndReason::VmDied);
+                break;
+            }
+            Ok(_) => {}
+            Err(e) => panic!("{e}"),
+        }
+        assert!(tokio::time::Instant::now() < deadline, "VM death unnoticed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        kiln.info().await.expect("info").vms,
+        0,
+        "resources released"
+    );
+
+    let survivor = kiln
+        .sandboxes()
+        .create(SandboxSpec::default())
+        .await
+        .expect("create");
+    survivor
+        .files()
+        .write("note", std::io::Cursor::new(b"still here".to_vec()))
+        .await
+        .expect("write");
+    let pids = daemon.vmm_pids();
+    daemon.kill_and_restart();
+    let kiln = Kiln::connect_unix(&daemon.socket).await.expect("reconnect");
+    let again = kiln
+        .sandboxes()
+        .get(survivor.id())
+        .await
+        .expect("re-adopted");
+    let out = again.exec(["cat", "note"]).output().await.expect("exec");
+    assert_eq!(out.stdout, b"still here");
+    assert_eq!(daemon.vmm_pids(), pids, "same VM, no new one, no orphan");
+    assert!(daemon.stop());
+    assert!(daemon.vmm_pids().is_empty());
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broken_template_backs_off_and_the_admission_limit_holds() {
+    let dir = scratch("broken");
+    // The "kernel" is the initramfs: kiln-vmm refuses it at once.
+    let broken = format!(
+        r#"
+[templates.broken]
+kernel = {:?}
+initramfs = {:?}
+pool_target = 3
+[pool]
+backoff_base_ms = 1000
+backoff_max_ms = 4000
+[limits]
+max_vms = 1
+"#,
+        kiln_e2e::artifact("guest/initramfs.cpio")
+            .display()
+            .to_string(),
+        kiln_e2e::artifact("guest/initramfs.cpio")
+            .display()
+            .to_string(),
+    );
+    let daemon = Daemon::start(&dir, &config(0, &broken));
+    let kiln = Kiln::connect_unix(&daemon.socket).await.expect("connect");
+    let mut events = kiln.events(0).await.expect("events");
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let pool = kiln.pool("broken").await.expect("pool");
+    assert_eq!(pool.ready, 0);
+    assert!(pool.booting <= 1, "{pool:?}");
+    assert!(pool.consecutive_failures >= 1, "{pool:?}");
+    assert!(pool.last_error.is_some(), "{pool:?}");
+    let mut failures = 0;
+    while let Ok(Some(e)) = tokio::time::timeout(Duration::from_millis(300), events.next()).await {
+        if e.expect("event").kind == EventKind::PoolError {
+            failures += 1;
+        }
+    }
+    // 1 + 2 + 4 + 4 s of backoff in 8 s: a handful, never a storm.
+    assert!(
+        (1..=6).contains(&failures),
+        "{failures} failed boots in 8 s"
+    );
+
+    // Admission: max_vms = 1 (with the broken pool off: its probes would
+    // hold the slot for a moment).
+    kiln.set_pool_target("broken", 0).await.expect("pool off");
+    let first = kiln
+        .sandboxes()
+        .create(SandboxSpec::default())
+        .await
+        .expect("first VM");
+    let err = kiln
+        .sandboxes()
+        .create(SandboxSpec::default())
+        .await
+        .expect_err("over the limit");
+    assert!(
+        matches!(&err, Error::HostCapacity { limit, .. } if limit == "max_vms"),
+        "{err}"
+    );
+    assert_eq!(err.http_status(), 429);
+    first.delete().await.expect("delete");
+    kiln.sandboxes()
+        .create(SandboxSpec::default())
+        .await
+        .expect("room again after delete");
+    drop(daemon);
+    let _ = std::fs::remove_dir_all(dir);
+}
