@@ -122,6 +122,23 @@ pub mod vm {
             self.process().pid()
         }
 
+        /// A fresh blocking connection to the agent (for the agent's own
+        /// client API, e.g. the process operations).
+        pub fn connect(&self) -> std::io::Result<std::os::unix::net::UnixStream> {
+            use kiln::vm_process::AgentAddr;
+            match self.process().agent() {
+                AgentAddr::HybridVsock(uds) => kiln_vmm::vm::hybrid_vsock::connect(
+                    uds,
+                    kiln_agent::protocol::AGENT_VSOCK_PORT,
+                    Duration::from_secs(30),
+                )
+                .map_err(std::io::Error::other),
+                other => Err(std::io::Error::other(format!(
+                    "not a kiln-vmm VM: {other:?}"
+                ))),
+            }
+        }
+
         /// What the VMM last said and whether it runs.
         pub fn vmm_report(&self) -> String {
             self.process().vmm_report()

@@ -3,16 +3,15 @@
 use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
-use kiln::vm_process::VmProcess;
 use kiln_agent::client::{process, AttachEvent};
 use kiln_agent::protocol::{ExecRequest, OutputStream};
-use kiln_e2e::vm::boot;
+use kiln_e2e::vm::{boot, TestVm};
 
 const SHUTDOWN: Duration = Duration::from_secs(30);
 /// Generous: the testbed is an order of magnitude slower than native.
 const IO_TIMEOUT: Duration = Duration::from_secs(120);
 
-fn connect(vm: &VmProcess) -> UnixStream {
+fn connect(vm: &TestVm) -> UnixStream {
     let s = vm.connect().expect("connect");
     s.set_read_timeout(Some(IO_TIMEOUT)).expect("timeout");
     s.set_write_timeout(Some(IO_TIMEOUT)).expect("timeout");
