@@ -19,5 +19,6 @@ pub mod hypervisor;
 pub mod layout;
 pub mod memory;
 pub mod probe;
+pub mod seccomp;
 pub mod vcpu;
 pub mod vm;
