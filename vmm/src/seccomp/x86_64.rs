@@ -14,6 +14,7 @@ use libc::{
     SYS_timerfd_settime, SYS_unlink, SYS_wait4, SYS_write, SYS_writev, AF_UNIX, FIONBIO,
     MAP_SHARED, PROT_EXEC, SOCK_STREAM,
 };
+use libc::{SYS_fcntl, F_GETFD};
 
 use super::rules::{any, when, when_any, Allowed, ArgCheck, Runtime, ThreadKind};
 use crate::hypervisor::kvm::seccomp::vcpu_run_ioctls;
@@ -67,6 +68,11 @@ fn process_basics() -> Vec<Allowed> {
         any(SYS_sched_yield, "lock back-off"),
         any(SYS_getrandom, "hash map keys"),
         any(SYS_close, "dropping descriptors"),
+        when(
+            SYS_fcntl,
+            vec![ArgCheck::eq32(1, F_GETFD as u64)],
+            "debug builds of std check a descriptor is open before closing it",
+        ),
         any(SYS_rt_sigreturn, "returning from the vCPU kick handler"),
         any(SYS_rt_sigprocmask, "thread exit blocks signals"),
         any(
