@@ -16,6 +16,7 @@ pub mod builder;
 pub mod config;
 pub mod devices;
 pub mod hypervisor;
+pub mod jail;
 pub mod layout;
 pub mod memory;
 pub mod probe;

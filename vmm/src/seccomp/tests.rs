@@ -260,9 +260,9 @@ fn a_forbidden_syscall_kills_the_process_with_a_report() {
 #[test]
 fn a_forbidden_ioctl_number_kills_and_allowed_calls_pass() {
     let (status, stderr) = in_filtered_child(ThreadKind::Vcpu, || {
-        // SAFETY: TCGETS on stdin writes into `t`, which outlives the call.
-        let mut t: libc::termios = unsafe { std::mem::zeroed() };
-        unsafe { libc::ioctl(0, libc::TCGETS, &mut t) };
+        let mut t = [0u8; 64];
+        // SAFETY: TCGETS writes a termios (60 bytes) into `t`, which outlives the call.
+        unsafe { libc::ioctl(0, libc::TCGETS, t.as_mut_ptr()) };
     });
     assert!(libc::WIFSIGNALED(status) && libc::WTERMSIG(status) == libc::SIGSYS);
     assert!(
@@ -270,8 +270,8 @@ fn a_forbidden_ioctl_number_kills_and_allowed_calls_pass() {
         "{stderr}"
     );
     let (status, stderr) = in_filtered_child(ThreadKind::Virtio, || {
-        // SAFETY: getrandom writes into `b`, which outlives the call.
         let mut b = [0u8; 8];
+        // SAFETY: getrandom writes into `b`, which outlives the call.
         unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
     });
     assert!(libc::WIFEXITED(status), "status {status:#x}: {stderr}");

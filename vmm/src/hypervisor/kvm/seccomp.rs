@@ -20,17 +20,17 @@ use numbers::{KVM_GET_REGS, KVM_GET_SREGS, KVM_GET_VCPU_EVENTS, KVM_RUN};
 /// the run loop.
 pub fn vcpu_run_ioctls() -> [(u64, &'static str); 4] {
     [
-        (u64::from(KVM_RUN()), "enter the guest"),
+        (KVM_RUN(), "enter the guest"),
         (
-            u64::from(KVM_GET_REGS()),
+            KVM_GET_REGS(),
             "registers for the crash report of a dying guest",
         ),
         (
-            u64::from(KVM_GET_SREGS()),
+            KVM_GET_SREGS(),
             "control registers for the crash report",
         ),
         (
-            u64::from(KVM_GET_VCPU_EVENTS()),
+            KVM_GET_VCPU_EVENTS(),
             "pending events for the crash report",
         ),
     ]
