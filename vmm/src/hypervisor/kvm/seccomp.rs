@@ -25,14 +25,8 @@ pub fn vcpu_run_ioctls() -> [(u64, &'static str); 4] {
             KVM_GET_REGS(),
             "registers for the crash report of a dying guest",
         ),
-        (
-            KVM_GET_SREGS(),
-            "control registers for the crash report",
-        ),
-        (
-            KVM_GET_VCPU_EVENTS(),
-            "pending events for the crash report",
-        ),
+        (KVM_GET_SREGS(), "control registers for the crash report"),
+        (KVM_GET_VCPU_EVENTS(), "pending events for the crash report"),
     ]
 }
 
