@@ -56,12 +56,17 @@ fn the_jailed_vmm_seen_from_outside() {
     let sup_pid = supervisor.id() as i32;
     let vmm = inspect::children(sup_pid);
     assert_eq!(vmm.len(), 1, "one VMM under the supervisor: {vmm:?}");
+    // The socket is bound while the VM is built, before its threads start.
+    let all_threads = |v: &inspect::ProcessView| {
+        let names: Vec<&str> = v.thread_seccomp.iter().map(|(n, _)| n.as_str()).collect();
+        ["kiln-vmm", "kiln-virtio", "kiln-vcpu0", "kiln-signals"]
+            .iter()
+            .all(|t| names.contains(t))
+    };
+    wait_for("every VMM thread", || {
+        inspect::view(vmm[0]).is_ok_and(|v| all_threads(&v))
+    });
     let vmm = inspect::view(vmm[0]).unwrap();
-
-    let names: Vec<&str> = vmm.thread_seccomp.iter().map(|(n, _)| n.as_str()).collect();
-    for expected in ["kiln-vmm", "kiln-virtio", "kiln-vcpu0", "kiln-signals"] {
-        assert!(names.contains(&expected), "threads {names:?}");
-    }
     assert!(
         vmm.thread_seccomp.iter().all(|(_, mode)| *mode == 2),
         "every thread filtered: {:?}",

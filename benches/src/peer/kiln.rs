@@ -25,6 +25,8 @@ pub struct KilnVmm {
     pub mem_mib: u32,
     /// Scratch directory for sockets and timings.
     pub scratch: PathBuf,
+    /// Run with `--no-jail` (to measure what the jail costs).
+    pub no_jail: bool,
 }
 
 fn unix_us(t: SystemTime) -> u64 {
@@ -51,13 +53,18 @@ fn userspace_from_timings(path: &Path, spawn_us: u64) -> Result<Duration, String
 
 impl Peer for KilnVmm {
     fn name(&self) -> String {
-        "kiln".into()
+        if self.no_jail {
+            "kiln-nojail".into()
+        } else {
+            "kiln".into()
+        }
     }
 
     fn boot_once(&self, i: usize) -> Result<BootSample, BootError> {
         let what = "kiln";
-        let uds = self.scratch.join(format!("kiln-{i}.sock"));
-        let timings = self.scratch.join(format!("kiln-{i}.json"));
+        let name = self.name();
+        let uds = self.scratch.join(format!("{name}-{i}.sock"));
+        let timings = self.scratch.join(format!("{name}-{i}.json"));
         let _ = std::fs::remove_file(&uds);
         let spawn_wall = SystemTime::now();
         let start = Instant::now();
@@ -76,6 +83,7 @@ impl Peer for KilnVmm {
             .arg(&uds)
             .arg("--timings-json")
             .arg(&timings)
+            .args(self.no_jail.then_some("--no-jail"))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())

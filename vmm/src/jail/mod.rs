@@ -89,6 +89,8 @@ pub enum Role {
 
 /// The VMM's side of the jail, with the privilege drop still to come.
 pub struct Jailed {
+    /// Whether the jail is on at all.
+    enabled: bool,
     /// Switch to these ids (a root caller).
     ids: Option<(u32, u32)>,
     /// Drop capabilities held in a user namespace (an unprivileged caller).
@@ -101,6 +103,7 @@ impl Jailed {
     /// The process as it is: nothing to drop (the jail is off).
     pub fn none() -> Self {
         Jailed {
+            enabled: false,
             ids: None,
             drop_caps: false,
             sync: None,
@@ -110,6 +113,9 @@ impl Jailed {
     /// Drops privileges for good: the jail ids or every capability, then
     /// `no_new_privs`. Call after the VM is built and before any thread.
     pub fn finish(mut self) -> Result<(), JailError> {
+        if !self.enabled {
+            return Ok(());
+        }
         if let Some((uid, gid)) = self.ids {
             privileges::switch_ids(uid, gid).map_err(setup("switching to the jail uid/gid"))?;
         } else if self.drop_caps {
@@ -190,17 +196,20 @@ pub fn enter(config: &mut VmConfig) -> Result<Role, JailError> {
     if pid_ns {
         match supervisor::fork().map_err(setup("forking the VMM"))? {
             Forked::Parent { child, mut sync } => {
-                let answer = sync.recv(SYNC_TIMEOUT).ok_or(JailError::Handshake("vmm"))?;
-                if answer == NEEDS_MAPS {
-                    namespaces::map_child(child, config.jail.uid, config.jail.gid)
-                        .map_err(setup("writing the vmm's id maps"))?;
-                }
-                if let Some(cg) = &mut vm_cgroup {
-                    if let Err(e) = cg.add(child) {
-                        tracing::warn!("jail: no cgroup limits: {e}");
+                // No answer: the VMM failed its own setup and says why on
+                // stderr; the supervisor only waits for it and ends alike.
+                if let Some(answer) = sync.recv(SYNC_TIMEOUT) {
+                    if answer == NEEDS_MAPS {
+                        namespaces::map_child(child, config.jail.uid, config.jail.gid)
+                            .map_err(setup("writing the vmm's id maps"))?;
                     }
+                    if let Some(cg) = &mut vm_cgroup {
+                        if let Err(e) = cg.add(child) {
+                            tracing::warn!("jail: no cgroup limits: {e}");
+                        }
+                    }
+                    sync.send(GO).map_err(setup("starting the vmm"))?;
                 }
-                sync.send(GO).map_err(setup("starting the vmm"))?;
                 if let Err(e) = privileges::set_rlimits() {
                     tracing::warn!("jail: supervisor rlimits: {e}");
                 }
@@ -255,6 +264,7 @@ pub fn enter(config: &mut VmConfig) -> Result<Role, JailError> {
     }
     privileges::set_rlimits().map_err(setup("rlimits"))?;
     Ok(Role::Vmm(Jailed {
+        enabled: true,
         ids: caller.root.then_some((config.jail.uid, config.jail.gid)),
         drop_caps: in_userns,
         sync,
