@@ -334,26 +334,19 @@ fn boot(args: BootArgs) -> Result<()> {
     std::fs::create_dir_all(&scratch).with_context(|| format!("creating {}", scratch.display()))?;
     let vms = &args.vms;
     if let Some(vmm) = &vms.kiln_vmm {
-        peers.push(Box::new(KilnVmm {
+        let kiln = |no_jail| KilnVmm {
             vmm: vmm.clone(),
             kernel: vms.kernel.clone(),
             initramfs: vms.initramfs.clone(),
             vcpus: args.vcpus,
             mem_mib: vms.mem_mib,
             scratch: scratch.clone(),
-            no_jail: false,
-        }));
+            no_jail,
+        };
+        peers.push(Box::new(kiln(false)));
         if args.jail_compare {
             testbed_cgroup2()?;
-            peers.push(Box::new(KilnVmm {
-                vmm: vmm.clone(),
-                kernel: vms.kernel.clone(),
-                initramfs: vms.initramfs.clone(),
-                vcpus: args.vcpus,
-                mem_mib: vms.mem_mib,
-                scratch: scratch.clone(),
-                no_jail: true,
-            }));
+            peers.push(Box::new(kiln(true)));
         }
     }
     if let Some(qemu) = vms.qemu_microvm(args.vcpus) {

@@ -57,26 +57,15 @@ fn a_jailed_vm_seen_from_outside() {
     );
     let vmm = inspect::view(the_vmm(&vm)).expect("read /proc");
 
-    assert!(
-        vmm.thread_seccomp.len() >= 4 && vmm.thread_seccomp.iter().all(|(_, m)| *m == 2),
-        "every thread under seccomp: {:?}",
-        vmm.thread_seccomp
-    );
-    assert_eq!(vmm.no_new_privs, 1);
-    assert_eq!((vmm.cap_eff, vmm.cap_bnd), (0, 0));
+    assert!(vmm.thread_seccomp.len() >= 4, "{:?}", vmm.thread_seccomp);
     // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } == 0 {
-        assert!(
-            vmm.uids.iter().all(|u| *u == DEFAULT_JAIL_ID),
-            "uids {:?}",
-            vmm.uids
-        );
-    }
-    assert!(
-        vmm.shared_namespaces.is_empty(),
-        "shares {:?}",
-        vmm.shared_namespaces
-    );
+    let uid = if unsafe { libc::geteuid() } == 0 {
+        DEFAULT_JAIL_ID
+    } else {
+        // SAFETY: getuid has no preconditions.
+        unsafe { libc::getuid() }
+    };
+    assert_eq!(vmm.jail_gaps(uid), Vec::<String>::new());
 
     let run_dir = vm.vsock_uds().parent().expect("run dir").to_owned();
     let mut expected: Vec<PathBuf> = vec![

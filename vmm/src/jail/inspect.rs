@@ -52,6 +52,37 @@ fn hex(status: &str, name: &str) -> io::Result<u64> {
         .ok_or_else(|| bad(format!("no {name} in status")))
 }
 
+impl ProcessView {
+    /// What is missing for this process to count as a jailed VMM running
+    /// as `uid`: every thread under a seccomp filter, `no_new_privs`, no
+    /// capability left, the uid, no namespace shared with the viewer.
+    /// Empty when it is jailed.
+    pub fn jail_gaps(&self, uid: u32) -> Vec<String> {
+        let mut gaps = Vec::new();
+        for (thread, mode) in &self.thread_seccomp {
+            if *mode != 2 {
+                gaps.push(format!("thread {thread} has seccomp mode {mode}"));
+            }
+        }
+        if self.no_new_privs != 1 {
+            gaps.push("no_new_privs is off".into());
+        }
+        if self.cap_eff != 0 || self.cap_bnd != 0 {
+            gaps.push(format!(
+                "capabilities left: effective {:#x}, bounding {:#x}",
+                self.cap_eff, self.cap_bnd
+            ));
+        }
+        if self.uids.iter().any(|u| *u != uid) {
+            gaps.push(format!("uids {:?}, not {uid}", self.uids));
+        }
+        if !self.shared_namespaces.is_empty() {
+            gaps.push(format!("shares namespaces {:?}", self.shared_namespaces));
+        }
+        gaps
+    }
+}
+
 /// Reads process `pid`'s jail state.
 pub fn view(pid: i32) -> io::Result<ProcessView> {
     let proc_dir = PathBuf::from(format!("/proc/{pid}"));
@@ -150,5 +181,11 @@ mod tests {
         assert_eq!(me.shared_namespaces, NAMESPACES.to_vec());
         assert!(me.thread_seccomp.iter().all(|(_, mode)| *mode == 0));
         assert!(!me.uids.is_empty());
+        let gaps = me.jail_gaps(u32::MAX);
+        assert!(
+            gaps.iter().any(|g| g.starts_with("shares namespaces")),
+            "{gaps:?}"
+        );
+        assert!(gaps.iter().any(|g| g.starts_with("uids")), "{gaps:?}");
     }
 }
