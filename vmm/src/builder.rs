@@ -99,7 +99,7 @@ pub fn start(config: &VmConfig) -> Result<MicroVm, BuildError> {
 /// (usually the first instant of `main`). Its threads run under seccomp
 /// filters when `config.jail` asks for them.
 pub fn start_at(config: &VmConfig, vmm_start: Instant) -> Result<MicroVm, BuildError> {
-    let filters = if config.jail.seccomp_on() {
+    let filters = if config.jail.seccomp_on() && crate::seccomp::kernel_supports_seccomp() {
         Some(Arc::new(ThreadFilters::for_vmm()?))
     } else {
         None

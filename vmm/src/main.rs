@@ -149,13 +149,19 @@ fn main() {
     if let Err(e) = jailed.finish() {
         fail(2, &error_chain(&e));
     }
-    let filters = if config.jail.seccomp_on() {
+    let filters = if !config.jail.seccomp_on() {
+        if config.jail.enabled {
+            tracing::warn!("seccomp off (--no-seccomp): every thread may make any syscall");
+        }
+        None
+    } else if !seccomp::kernel_supports_seccomp() {
+        tracing::warn!("jail: this kernel has no seccomp: the VMM runs without syscall filters");
+        None
+    } else {
         match ThreadFilters::for_vmm() {
             Ok(f) => Some(Arc::new(f)),
             Err(e) => fail(2, &error_chain(&e)),
         }
-    } else {
-        None
     };
     let vm = match built.start(filters.clone()) {
         Ok(vm) => vm,

@@ -34,8 +34,9 @@ fn unix_us(t: SystemTime) -> u64 {
         .map_or(0, |d| d.as_micros() as u64)
 }
 
-/// Guest userspace start relative to `spawn_us`, from kiln-vmm's timings file.
-fn userspace_from_timings(path: &Path, spawn_us: u64) -> Result<Duration, String> {
+/// Guest userspace start relative to `spawn_us`, and kiln-vmm's own setup
+/// time (its start to the guest's first instruction), from its timings file.
+fn from_timings(path: &Path, spawn_us: u64) -> Result<(Duration, Option<Duration>), String> {
     let text =
         std::fs::read_to_string(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
     let json: serde_json::Value =
@@ -46,8 +47,10 @@ fn userspace_from_timings(path: &Path, spawn_us: u64) -> Result<Duration, String
     let user = json["userspace_start_us"]
         .as_u64()
         .ok_or("timings: the guest never wrote the boot timer")?;
-    Ok(Duration::from_micros(
-        (start + user).saturating_sub(spawn_us),
+    let setup = json["kernel_entry_us"].as_u64().map(Duration::from_micros);
+    Ok((
+        Duration::from_micros((start + user).saturating_sub(spawn_us)),
+        setup,
     ))
 }
 
@@ -112,9 +115,13 @@ impl Peer for KilnVmm {
                 detail: format!("kiln-vmm did not exit cleanly: {status:?}"),
             });
         }
-        let userspace = userspace_from_timings(&timings, unix_us(spawn_wall))
+        let (userspace, vmm_setup) = from_timings(&timings, unix_us(spawn_wall))
             .map_err(|detail| BootError::Guest { what, detail })?;
         let _ = std::fs::remove_file(&timings);
-        Ok(BootSample { userspace, ping })
+        Ok(BootSample {
+            userspace,
+            ping,
+            vmm_setup,
+        })
     }
 }

@@ -92,8 +92,9 @@ pub fn probe(cgroup_parent: &Path) -> Vec<Piece> {
             "started unprivileged: the VMM keeps this uid and drops every capability"
         },
     ));
-    let seccomp = std::fs::read_to_string("/proc/sys/kernel/seccomp/actions_avail")
-        .is_ok_and(|a| a.split_whitespace().any(|x| x == "trap"));
+    let seccomp = crate::seccomp::kernel_supports_seccomp()
+        && std::fs::read_to_string("/proc/sys/kernel/seccomp/actions_avail")
+            .is_ok_and(|a| a.split_whitespace().any(|x| x == "trap"));
     pieces.push(piece(
         "seccomp",
         seccomp,

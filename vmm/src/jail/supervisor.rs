@@ -169,7 +169,7 @@ enum Ended {
 impl Supervisor {
     /// Waits for the VMM, cleans up after it and ends the same way.
     pub fn run(self) -> ! {
-        if self.seccomp {
+        if self.seccomp && crate::seccomp::kernel_supports_seccomp() {
             let filters = ThreadFilters::compile(&Runtime {
                 pid: u64::from(std::process::id()),
                 kick_signal: 0,

@@ -74,6 +74,13 @@ pub struct ThreadFilters {
     programs: BTreeMap<ThreadKind, BpfProgram>,
 }
 
+/// Whether this kernel has seccomp (a syscall, so it also answers inside
+/// the jail, where there is no /proc).
+pub fn kernel_supports_seccomp() -> bool {
+    // SAFETY: PR_GET_SECCOMP takes no pointers; EINVAL means no seccomp.
+    unsafe { libc::prctl(libc::PR_GET_SECCOMP, 0, 0, 0, 0) >= 0 }
+}
+
 /// Every syscall `kind` may make (the architecture's table).
 pub fn allowed(kind: ThreadKind, rt: &Runtime) -> Vec<Allowed> {
     arch::allowed(kind, rt)

@@ -19,6 +19,12 @@ fn admits(kind: ThreadKind, syscall: i64, args: [u64; 6]) -> bool {
 }
 
 #[test]
+fn this_kernel_has_seccomp() {
+    // The fork-based tests below would fail without it anyway; say why.
+    assert!(kernel_supports_seccomp());
+}
+
+#[test]
 fn every_filter_compiles_and_fits_in_bpf() {
     let filters = ThreadFilters::compile(&runtime()).unwrap();
     for kind in ThreadKind::ALL {
