@@ -30,6 +30,9 @@ pub enum ConfigError {
     /// The CPU quota is zero or more than every vCPU kiln allows.
     #[error("cpu quota must be between 1 and {MAX_CPU_QUOTA_PERCENT} percent, got {0}")]
     CpuQuota(u32),
+    /// The jail uid or gid is root's.
+    #[error("the jail uid and gid must not be 0 (root)")]
+    JailRoot,
     /// The cgroup parent is absolute or climbs out of the cgroup mount.
     #[error("cgroup parent must be a relative path without '..', got {0:?}")]
     CgroupParent(PathBuf),
@@ -218,6 +221,9 @@ impl VmConfig {
                 return Err(ConfigError::CpuQuota(q));
             }
         }
+        if self.jail.uid == 0 || self.jail.gid == 0 {
+            return Err(ConfigError::JailRoot);
+        }
         let parent = &self.jail.cgroup_parent;
         let plain = parent
             .components()
@@ -324,5 +330,7 @@ mod tests {
         }
         c.jail.cgroup_parent = PathBuf::from("kiln/pool-a");
         assert_eq!(c.validate(), Ok(()));
+        c.jail.gid = 0;
+        assert_eq!(c.validate(), Err(ConfigError::JailRoot));
     }
 }
