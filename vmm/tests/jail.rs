@@ -78,6 +78,12 @@ fn the_jailed_vmm_seen_from_outside() {
     let sup = inspect::view(sup_pid).unwrap();
     assert_eq!(sup.thread_seccomp, vec![("kiln-vmm".to_string(), 2)]);
     assert_eq!(sup.no_new_privs, 1);
+    let kill_only = 1u64 << 5; // CAP_KILL
+    assert_eq!(
+        (sup.cap_eff, sup.cap_bnd),
+        (kill_only, kill_only),
+        "the supervisor keeps only CAP_KILL"
+    );
 
     // Its root: /dev/kvm, the kernel, and the socket's directory (which
     // holds the kernel too, here).

@@ -14,7 +14,15 @@ pub const MAX_OPEN_FILES: u64 = crate::devices::virtio::vsock::MAX_CONNECTIONS a
 /// `Capability` enum cannot name capabilities newer than itself, and the
 /// loop must reach the kernel's last one (it ends on EINVAL).
 fn clear_bounding_set() -> io::Result<()> {
+    clear_bounding_set_but(None)
+}
+
+/// Empties the bounding set except `keep`.
+fn clear_bounding_set_but(keep: Option<libc::c_int>) -> io::Result<()> {
     for cap in 0..64 {
+        if Some(cap) == keep {
+            continue;
+        }
         // SAFETY: PR_CAPBSET_DROP takes integer arguments only.
         let rc = unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) };
         if rc != 0 {
@@ -54,6 +62,25 @@ pub fn drop_capabilities() -> io::Result<()> {
         CapabilitySets {
             effective: CapabilitySet::empty(),
             permitted: CapabilitySet::empty(),
+            inheritable: CapabilitySet::empty(),
+        },
+    )?;
+    Ok(())
+}
+
+/// `CAP_KILL`'s number (linux/capability.h).
+pub const CAP_KILL: libc::c_int = 5;
+
+/// The supervisor's capabilities: only CAP_KILL, to signal a VMM that no
+/// longer runs as its uid. Removing the VMM's socket and cgroup needs none
+/// (it owns both directories).
+pub fn keep_only_kill() -> io::Result<()> {
+    clear_bounding_set_but(Some(CAP_KILL))?;
+    rustix::thread::set_capabilities(
+        None,
+        CapabilitySets {
+            effective: CapabilitySet::KILL,
+            permitted: CapabilitySet::KILL,
             inheritable: CapabilitySet::empty(),
         },
     )?;

@@ -169,6 +169,9 @@ enum Ended {
 impl Supervisor {
     /// Waits for the VMM, cleans up after it and ends the same way.
     pub fn run(self) -> ! {
+        if let Err(e) = crate::jail::privileges::keep_only_kill() {
+            tracing::warn!("jail: the supervisor keeps its capabilities: {e}");
+        }
         if self.seccomp && crate::seccomp::kernel_supports_seccomp() {
             let filters = ThreadFilters::compile(&Runtime {
                 pid: u64::from(std::process::id()),
