@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use kiln_vmm::hypervisor::kvm::{KvmHypervisor, KVM_PATH};
 use kiln_vmm::hypervisor::Hypervisor;
+use kiln_vmm::jail::probe as jail_probe;
 use kiln_vmm::probe::{self, ProbeReport};
 
 /// Path of the MSHV device node (Microsoft Hypervisor).
@@ -56,7 +57,30 @@ fn check(name: &'static str, status: Status, detail: impl Into<String>) -> Check
     }
 }
 
-/// Checks /dev/kvm, times a tiny CPL0 guest on it, and looks for MSHV.
+/// The jail pieces this host gives kiln-vmm; a missing one is not fatal
+/// (kiln-vmm runs with the rest and warns), so it is reported as info.
+fn jail_checks() -> Vec<Check> {
+    let parent = kiln_vmm::config::JailConfig::default().cgroup_parent;
+    jail_probe::probe(&parent)
+        .into_iter()
+        .map(|p| Check {
+            name: p.name,
+            status: if p.available {
+                Status::Ok
+            } else {
+                Status::Info
+            },
+            detail: if p.available {
+                p.detail
+            } else {
+                format!("jail runs without it: {}", p.detail)
+            },
+        })
+        .collect()
+}
+
+/// Checks /dev/kvm, times a tiny CPL0 guest on it, looks for MSHV, and
+/// lists what the VMM's jail gets on this host.
 pub fn diagnose() -> Report {
     let mut checks = Vec::new();
     let mut probe_report = None;
@@ -131,6 +155,8 @@ pub fn diagnose() -> Report {
             format!("{MSHV_PATH} absent"),
         ));
     }
+
+    checks.extend(jail_checks());
 
     let advice = if usable {
         "kiln's VMs can run directly on this host.".to_string()

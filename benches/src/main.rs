@@ -289,8 +289,34 @@ struct BootArgs {
     /// vCPUs per VM.
     #[arg(long, default_value_t = 1)]
     vcpus: u8,
+    /// Also boot kiln-vmm with `--no-jail`, interleaved, to measure what
+    /// the jail costs.
+    #[arg(long)]
+    jail_compare: bool,
     #[command(flatten)]
     vms: VmArgs,
+}
+
+/// In the testbed (a bare initramfs, run as root) mounts cgroup v2, so the
+/// jail's cgroup step is part of what is measured.
+fn testbed_cgroup2() -> Result<()> {
+    if std::env::var_os("KILN_TESTBED").is_none() || kiln_vmm::jail::cgroup2_mount().is_ok() {
+        return Ok(());
+    }
+    // SAFETY: constant C strings; the testbed runs the bench as root.
+    let rc = unsafe {
+        libc::mount(
+            c"cgroup2".as_ptr(),
+            c"/sys/fs/cgroup".as_ptr(),
+            c"cgroup2".as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    if rc != 0 {
+        bail!("mounting cgroup2: {}", std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 fn boot(args: BootArgs) -> Result<()> {
@@ -299,14 +325,20 @@ fn boot(args: BootArgs) -> Result<()> {
     std::fs::create_dir_all(&scratch).with_context(|| format!("creating {}", scratch.display()))?;
     let vms = &args.vms;
     if let Some(vmm) = &vms.kiln_vmm {
-        peers.push(Box::new(KilnVmm {
+        let kiln = |no_jail| KilnVmm {
             vmm: vmm.clone(),
             kernel: vms.kernel.clone(),
             initramfs: vms.initramfs.clone(),
             vcpus: args.vcpus,
             mem_mib: vms.mem_mib,
             scratch: scratch.clone(),
-        }));
+            no_jail,
+        };
+        peers.push(Box::new(kiln(false)));
+        if args.jail_compare {
+            testbed_cgroup2()?;
+            peers.push(Box::new(kiln(true)));
+        }
     }
     if let Some(qemu) = vms.qemu_microvm(args.vcpus) {
         peers.push(Box::new(qemu));

@@ -40,17 +40,18 @@ pub fn boot_table(results: &[(String, Vec<BootSample>)]) -> String {
         "| vmm | metric | n | min ms | p50 ms | p95 ms | p99 ms | max ms | p50 vs first |\n",
     );
     out.push_str("|---|---|---|---|---|---|---|---|---|\n");
-    type Metric = fn(&BootSample) -> Duration;
-    let metrics: [(&str, Metric); 2] = [
-        ("(a) start -> userspace", |s| s.userspace),
-        ("(b) start -> agent pong", |s| s.ping),
+    type Metric = fn(&BootSample) -> Option<Duration>;
+    let metrics: [(&str, Metric); 3] = [
+        ("(a) start -> userspace", |s| Some(s.userspace)),
+        ("(b) start -> agent pong", |s| Some(s.ping)),
+        ("(c) vmm start -> guest entry", |s| s.vmm_setup),
     ];
     for (metric, get) in metrics {
         let base = results
             .first()
-            .and_then(|(_, v)| summarize(&v.iter().map(get).collect::<Vec<_>>()));
+            .and_then(|(_, v)| summarize(&v.iter().filter_map(get).collect::<Vec<_>>()));
         for (name, samples) in results {
-            if let Some(s) = summarize(&samples.iter().map(get).collect::<Vec<_>>()) {
+            if let Some(s) = summarize(&samples.iter().filter_map(get).collect::<Vec<_>>()) {
                 row(&mut out, name, metric, &s, base.as_ref());
             }
         }

@@ -41,6 +41,7 @@ pub fn require_kvm() {
 
 /// Booting test VMs from the staged artifacts.
 pub mod vm {
+    use std::path::Path;
     use std::time::Duration;
 
     use kiln::vm_process::{ExecOutput, SpawnOptions, VmProcess, VmProcessError, VmSpec, VmmExit};
@@ -120,6 +121,14 @@ pub mod vm {
         /// The VMM's pid.
         pub fn pid(&self) -> u32 {
             self.process().pid()
+        }
+
+        /// The VM's hybrid-vsock socket (every test VM is a kiln-vmm VM).
+        pub fn vsock_uds(&self) -> &Path {
+            match self.process().agent() {
+                kiln::vm_process::AgentAddr::HybridVsock(uds) => uds,
+                other => panic!("not a kiln-vmm VM: {other:?}"),
+            }
         }
 
         /// A fresh blocking connection to the agent (for the agent's own

@@ -2,7 +2,9 @@
 //!
 //! Order: hypervisor VM and interrupt controller, guest RAM, legacy devices,
 //! virtio devices (their command-line fragments), command line, kernel and
-//! boot structures, vCPUs, the device event loop, then the vCPU threads.
+//! boot structures, vCPUs ([`build`]); then the device event loop and the
+//! vCPU threads ([`BuiltVm::start`]). `kiln-vmm` drops its privileges in
+//! between.
 
 use std::io;
 use std::os::unix::fs::FileTypeExt;
@@ -24,6 +26,7 @@ use crate::layout::{
     BOOT_TIMER_ADDR, BOOT_TIMER_SIZE, I8042_PORT_BASE, I8042_PORT_LEN, SERIAL_IRQ, SERIAL_PORT_BASE,
 };
 use crate::memory::{self, MemoryError};
+use crate::seccomp::{SeccompError, ThreadFilters};
 use crate::vcpu::run_loop::VcpuContext;
 use crate::vcpu::threads::VcpuThreads;
 use crate::vm::exit::ExitState;
@@ -81,6 +84,9 @@ pub enum BuildError {
     /// The vCPU threads could not be started.
     #[error("cannot start vcpu threads: {0}")]
     Threads(#[source] io::Error),
+    /// The seccomp filters could not be built.
+    #[error(transparent)]
+    Seccomp(#[from] SeccompError),
 }
 
 /// Builds and starts the VM described by `config`; boot times are measured
@@ -90,16 +96,44 @@ pub fn start(config: &VmConfig) -> Result<MicroVm, BuildError> {
 }
 
 /// Builds and starts the VM; boot times are measured from `vmm_start`
-/// (usually the first instant of `main`).
+/// (usually the first instant of `main`). Its threads run under seccomp
+/// filters when `config.jail` asks for them.
 pub fn start_at(config: &VmConfig, vmm_start: Instant) -> Result<MicroVm, BuildError> {
+    let filters = if config.jail.seccomp_on() && crate::seccomp::kernel_supports_seccomp() {
+        Some(Arc::new(ThreadFilters::for_vmm()?))
+    } else {
+        None
+    };
+    build(config, vmm_start)?.start(filters)
+}
+
+/// A VM whose memory, devices, kernel and vCPUs are ready and whose files
+/// are open, but that runs no thread yet: the moment for `kiln-vmm` to
+/// drop its privileges before any guest code runs.
+pub struct BuiltVm {
+    exit: Arc<ExitState>,
+    clock: Arc<BootClock>,
+    contexts: Vec<VcpuContext>,
+    virtio: VirtioDevices,
+    serial_log: Option<PathBuf>,
+    socket: Option<SocketGuard>,
+    cmdline: String,
+    vm: Box<dyn Vm>,
+    mem: memory::GuestMemoryMmap,
+}
+
+/// Builds the VM described by `config` without starting any thread: opens
+/// `/dev/kvm`, the kernel, initramfs, drives and serial log, and binds the
+/// vsock socket.
+pub fn build(config: &VmConfig, vmm_start: Instant) -> Result<BuiltVm, BuildError> {
     config.validate()?;
     let hv = hypervisor::open_default()?;
     let vm = hv.create_vm()?;
     vm.create_irq_controller()?;
     let mem = memory::create(config.mem_bytes())?;
-    // SAFETY: `mem` is moved into the returned MicroVm (or dropped on error
-    // after `vm`, which is declared before it is used by any vCPU); the
-    // handle drops the VM before the memory.
+    // SAFETY: `mem` is moved into the returned BuiltVm and then MicroVm (or
+    // dropped on error after `vm`, which is declared before it is used by
+    // any vCPU); the handle drops the VM before the memory.
     unsafe { memory::register(vm.as_ref(), &mem)? };
 
     let exit = Arc::new(ExitState::new());
@@ -139,34 +173,53 @@ pub fn start_at(config: &VmConfig, vmm_start: Instant) -> Result<MicroVm, BuildE
     tracing::debug!("kernel loaded ({:?}), cmdline: {cmdline}", boot.protocol);
 
     let (pio, mmio) = (Arc::new(pio), Arc::new(mmio));
-    let contexts = create_vcpus(
-        vm.as_ref(),
-        config.vcpus,
-        &boot.entry,
-        &pio,
-        &mmio,
-        &exit,
-        &clock,
-    )?;
-    let event_loop = virtio.spawn()?;
-    clock.mark_built();
-
-    let handle = MicroVm {
+    let shared = Shared {
+        pio: &pio,
+        mmio: &mmio,
+        exit: &exit,
+        clock: &clock,
+        test_seccomp_violation: config.jail.test_seccomp_violation,
+    };
+    let contexts = create_vcpus(vm.as_ref(), config.vcpus, &boot.entry, &shared)?;
+    Ok(BuiltVm {
         exit,
         clock,
-        vcpus: VcpuThreads::default(),
-        dump: event_loop.dump_trigger(),
-        event_loop: Mutex::new(Some(event_loop)),
+        contexts,
+        virtio,
         serial_log: config.serial_log.clone(),
-        vsock_uds: socket.map(SocketGuard::disarm),
+        socket,
         cmdline,
-        finishing: Mutex::new(()),
-        _vm: vm,
-        _mem: mem,
-    };
-    // On error the handle's Drop stops the threads already started.
-    handle.vcpus.spawn(contexts).map_err(BuildError::Threads)?;
-    Ok(handle)
+        vm,
+        mem,
+    })
+}
+
+impl BuiltVm {
+    /// Starts the device event loop, then the vCPU threads; with `filters`
+    /// each thread installs its seccomp filter before it does anything.
+    pub fn start(self, filters: Option<Arc<ThreadFilters>>) -> Result<MicroVm, BuildError> {
+        let event_loop = self.virtio.spawn(filters.clone())?;
+        self.clock.mark_built();
+        let handle = MicroVm {
+            exit: self.exit,
+            clock: self.clock,
+            vcpus: VcpuThreads::default(),
+            dump: event_loop.dump_trigger(),
+            event_loop: Mutex::new(Some(event_loop)),
+            serial_log: self.serial_log,
+            vsock_uds: self.socket.map(SocketGuard::disarm),
+            cmdline: self.cmdline,
+            finishing: Mutex::new(()),
+            _vm: self.vm,
+            _mem: self.mem,
+        };
+        // On error the handle's Drop stops the threads already started.
+        handle
+            .vcpus
+            .spawn(self.contexts, filters)
+            .map_err(BuildError::Threads)?;
+        Ok(handle)
+    }
 }
 
 /// COM1 (when configured), the i8042 and the boot timer.
@@ -203,16 +256,22 @@ fn attach_legacy(
     Ok(())
 }
 
+/// What every vCPU context shares.
+struct Shared<'a> {
+    pio: &'a Arc<Bus>,
+    mmio: &'a Arc<Bus>,
+    exit: &'a Arc<ExitState>,
+    clock: &'a Arc<BootClock>,
+    test_seccomp_violation: bool,
+}
+
 /// Creates and configures every vCPU; only vCPU 0 gets the entry state (the
 /// others wait for the guest's INIT/SIPI in the in-kernel local APIC).
 fn create_vcpus(
     vm: &dyn Vm,
     count: u8,
     entry: &EntryState,
-    pio: &Arc<Bus>,
-    mmio: &Arc<Bus>,
-    exit: &Arc<ExitState>,
-    clock: &Arc<BootClock>,
+    shared: &Shared<'_>,
 ) -> Result<Vec<VcpuContext>, BuildError> {
     (0..count)
         .map(|id| {
@@ -224,10 +283,11 @@ fn create_vcpus(
             Ok(VcpuContext {
                 id,
                 vcpu,
-                pio: Arc::clone(pio),
-                mmio: Arc::clone(mmio),
-                exit: Arc::clone(exit),
-                clock: Arc::clone(clock),
+                pio: Arc::clone(shared.pio),
+                mmio: Arc::clone(shared.mmio),
+                exit: Arc::clone(shared.exit),
+                clock: Arc::clone(shared.clock),
+                test_seccomp_violation: shared.test_seccomp_violation && id == 0,
             })
         })
         .collect()

@@ -27,6 +27,15 @@ pub enum ConfigError {
     /// More drives than virtio-mmio windows.
     #[error("at most {MAX_DRIVES} drives, got {0}")]
     Drives(usize),
+    /// The CPU quota is zero or more than every vCPU kiln allows.
+    #[error("cpu quota must be between 1 and {MAX_CPU_QUOTA_PERCENT} percent, got {0}")]
+    CpuQuota(u32),
+    /// The jail uid or gid is root's.
+    #[error("the jail uid and gid must not be 0 (root)")]
+    JailRoot,
+    /// The cgroup parent is absolute or climbs out of the cgroup mount.
+    #[error("cgroup parent must be a relative path without '..', got {0:?}")]
+    CgroupParent(PathBuf),
 }
 
 /// Most virtio-blk drives per VM (the virtio-mmio windows after vsock and rng).
@@ -102,6 +111,76 @@ pub struct VmConfig {
     /// virtio-blk disks, attached after vsock and rng.
     #[serde(default)]
     pub drives: Vec<DriveConfig>,
+    /// How `kiln-vmm` confines itself (on by default).
+    #[serde(default)]
+    pub jail: JailConfig,
+}
+
+/// The uid and gid `kiln-vmm` switches to when started as root: an id no
+/// account should own (Debian leaves 64000 unassigned on a fresh system).
+pub const DEFAULT_JAIL_ID: u32 = 64_000;
+/// Memory the VMM itself may use beyond guest RAM before its cgroup's
+/// `memory.max` stops it: thread stacks, virtio buffers, KVM's page
+/// tables and the page cache of its drives (reclaimable).
+pub const DEFAULT_VMM_MEMORY_ALLOWANCE_MIB: u64 = 64;
+/// Most CPU quota accepted: all of [`MAX_VCPUS`] CPUs.
+pub const MAX_CPU_QUOTA_PERCENT: u32 = MAX_VCPUS as u32 * 100;
+
+/// How `kiln-vmm` confines itself before the guest runs; see
+/// `kiln_vmm::jail`. Pieces the host cannot give are logged at warn and
+/// left out; `kiln doctor` lists them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct JailConfig {
+    /// Master switch: namespaces, private root, unprivileged ids,
+    /// `no_new_privs`, rlimits, cgroup and seccomp. Off only for debugging.
+    pub enabled: bool,
+    /// Per-thread seccomp filters (only when `enabled`).
+    pub seccomp: bool,
+    /// uid the VMM runs as when started as root (otherwise it keeps the
+    /// caller's uid and drops every capability).
+    pub uid: u32,
+    /// gid the VMM runs as when started as root.
+    pub gid: u32,
+    /// Parent of the per-VM cgroup, relative to the cgroup v2 mount; created
+    /// when missing.
+    pub cgroup_parent: PathBuf,
+    /// `memory.max` is guest RAM plus this many MiB.
+    pub vmm_memory_allowance_mib: u64,
+    /// `cpu.max` quota in percent of one CPU (200 = two CPUs); none by default.
+    pub cpu_quota_percent: Option<u32>,
+    /// Self-test of the seccomp report: once the guest's userspace starts,
+    /// vCPU 0 calls a syscall its filter forbids, so the VMM dies with
+    /// "seccomp violation". Only the host sets it (a flag or the config
+    /// file); nothing a guest does can.
+    #[serde(skip_serializing_if = "is_false")]
+    pub test_seccomp_violation: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+impl Default for JailConfig {
+    fn default() -> Self {
+        JailConfig {
+            enabled: true,
+            seccomp: true,
+            uid: DEFAULT_JAIL_ID,
+            gid: DEFAULT_JAIL_ID,
+            cgroup_parent: PathBuf::from("kiln"),
+            vmm_memory_allowance_mib: DEFAULT_VMM_MEMORY_ALLOWANCE_MIB,
+            cpu_quota_percent: None,
+            test_seccomp_violation: false,
+        }
+    }
+}
+
+impl JailConfig {
+    /// Whether the vCPU and device threads install seccomp filters.
+    pub fn seccomp_on(&self) -> bool {
+        self.enabled && self.seccomp
+    }
 }
 
 impl VmConfig {
@@ -117,6 +196,7 @@ impl VmConfig {
             vsock: None,
             boot_timer: true,
             drives: Vec::new(),
+            jail: JailConfig::default(),
         }
     }
 
@@ -135,6 +215,21 @@ impl VmConfig {
         }
         if self.drives.len() > MAX_DRIVES {
             return Err(ConfigError::Drives(self.drives.len()));
+        }
+        if let Some(q) = self.jail.cpu_quota_percent {
+            if q == 0 || q > MAX_CPU_QUOTA_PERCENT {
+                return Err(ConfigError::CpuQuota(q));
+            }
+        }
+        if self.jail.uid == 0 || self.jail.gid == 0 {
+            return Err(ConfigError::JailRoot);
+        }
+        let parent = &self.jail.cgroup_parent;
+        let plain = parent
+            .components()
+            .all(|c| matches!(c, std::path::Component::Normal(_)));
+        if !plain || parent.as_os_str().is_empty() {
+            return Err(ConfigError::CgroupParent(parent.clone()));
         }
         Ok(())
     }
@@ -204,5 +299,38 @@ mod tests {
             r#"{"kernel":"/k","drives":[{"path":"/a","ro":true}]}"#
         )
         .is_err());
+    }
+
+    #[test]
+    fn jail_is_on_by_default_and_checked() {
+        let c: VmConfig = serde_json::from_str(r#"{"kernel":"/k"}"#).unwrap();
+        assert!(c.jail.enabled && c.jail.seccomp_on());
+        assert_eq!(c.jail.uid, DEFAULT_JAIL_ID);
+        let c: VmConfig = serde_json::from_str(
+            r#"{"kernel":"/k","jail":{"enabled":false,"cpu_quota_percent":150}}"#,
+        )
+        .unwrap();
+        assert!(!c.jail.seccomp_on(), "no seccomp without the jail");
+        assert_eq!(c.jail.cpu_quota_percent, Some(150));
+        assert_eq!(c.jail.cgroup_parent, PathBuf::from("kiln"));
+        assert!(serde_json::from_str::<VmConfig>(r#"{"kernel":"/k","jail":{"bogus":1}}"#).is_err());
+        let mut c = VmConfig::new("/k");
+        c.jail.cpu_quota_percent = Some(0);
+        assert_eq!(c.validate(), Err(ConfigError::CpuQuota(0)));
+        c.jail.cpu_quota_percent = Some(MAX_CPU_QUOTA_PERCENT + 1);
+        assert!(c.validate().is_err());
+        c.jail.cpu_quota_percent = Some(MAX_CPU_QUOTA_PERCENT);
+        assert_eq!(c.validate(), Ok(()));
+        for bad in ["/sys/fs/cgroup", "../up", "a/../b", ""] {
+            c.jail.cgroup_parent = PathBuf::from(bad);
+            assert!(
+                matches!(c.validate(), Err(ConfigError::CgroupParent(_))),
+                "{bad:?} accepted"
+            );
+        }
+        c.jail.cgroup_parent = PathBuf::from("kiln/pool-a");
+        assert_eq!(c.validate(), Ok(()));
+        c.jail.gid = 0;
+        assert_eq!(c.validate(), Err(ConfigError::JailRoot));
     }
 }

@@ -6,8 +6,15 @@
 //! stderr. SIGUSR1 logs every virtio device's state (queue indexes,
 //! interrupt status, vsock connections and their credit) without stopping
 //! anything.
+//!
+//! The VMM jails itself before the guest runs (`kiln_vmm::jail`,
+//! `kiln_vmm::seccomp`; `--no-jail` turns it off for debugging). With a pid
+//! namespace, this process supervises the VMM (pid 1 of that namespace)
+//! and ends as it ends; a seccomp violation kills it with SIGSYS after the
+//! line `kiln-vmm: seccomp violation: syscall N in the K thread`.
 
-use std::io::Write;
+use std::fs::File;
+use std::io::{Seek, Write};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -17,6 +24,8 @@ use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser};
 use kiln_vmm::builder;
 use kiln_vmm::config::{DriveConfig, VmConfig, VsockConfig};
 use kiln_vmm::devices::virtio::DumpTrigger;
+use kiln_vmm::jail::{self, Jailed, Role};
+use kiln_vmm::seccomp::{self, ThreadFilters, ThreadKind};
 use kiln_vmm::vm::exit::ExitReason;
 use kiln_vmm::vm::timings::{Timings, TimingsReport};
 use kiln_vmm::vm::StopHandle;
@@ -66,6 +75,32 @@ struct Args {
     /// Attach a read-write virtio-blk disk backed by PATH (repeatable).
     #[arg(long, value_name = "PATH")]
     drive_rw: Vec<PathBuf>,
+    /// Run without the jail (namespaces, private root, unprivileged ids,
+    /// cgroup, rlimits, seccomp): for debugging only.
+    #[arg(long)]
+    no_jail: bool,
+    /// Keep the jail but without seccomp filters: for debugging only.
+    #[arg(long)]
+    no_seccomp: bool,
+    /// uid the VMM switches to when started as root.
+    #[arg(long, value_name = "UID")]
+    jail_uid: Option<u32>,
+    /// gid the VMM switches to when started as root.
+    #[arg(long, value_name = "GID")]
+    jail_gid: Option<u32>,
+    /// Parent of the VM's cgroup, relative to the cgroup v2 mount.
+    #[arg(long, value_name = "PATH")]
+    cgroup_parent: Option<PathBuf>,
+    /// CPU quota in percent of one CPU (cgroup cpu.max).
+    #[arg(long, value_name = "PERCENT")]
+    cpu_quota_percent: Option<u32>,
+    /// Memory the VMM may use beyond guest RAM (cgroup memory.max).
+    #[arg(long, value_name = "MIB")]
+    vmm_memory_allowance_mib: Option<u64>,
+    /// Jail self-test: once the guest's userspace starts, vCPU 0 makes a
+    /// syscall its seccomp filter forbids, which must kill the VMM.
+    #[arg(long, hide = true)]
+    test_seccomp_violation: bool,
 }
 
 /// The signal that stopped the VM, if any.
@@ -77,28 +112,77 @@ fn main() {
     let matches = Args::command().get_matches();
     let args = Args::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     init_logging();
-    let handles = Arc::new(OnceLock::<(StopHandle, DumpTrigger)>::new());
-    if let Err(e) = install_signal_thread(Arc::clone(&handles)) {
+    // Blocked before any thread exists, so every thread inherits the mask;
+    // the signal thread (or the supervisor) takes them with sigwait.
+    if let Err(e) = block_signals() {
         fail(2, &format!("cannot set up signal handling: {e}"));
     }
-    let config = match build_config(&args, &matches) {
+    let mut config = match build_config(&args, &matches) {
         Ok(c) => c,
         Err(e) => fail(2, &e),
     };
-    let vm = match builder::start_at(&config, start) {
+    // Opened before the jail, whose root may not hold its directory.
+    let mut timings_file = args.timings_json.as_ref().map(|path| {
+        File::options()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
+            .unwrap_or_else(|e| fail(2, &format!("cannot open {}: {e}", path.display())))
+    });
+    let jailed = if config.jail.enabled {
+        match jail::enter(&mut config) {
+            Ok(Role::Supervisor(supervisor)) => supervisor.run(),
+            Ok(Role::Vmm(jailed)) => jailed,
+            Err(e) => fail(2, &error_chain(&e)),
+        }
+    } else {
+        tracing::warn!(
+            "jail off (--no-jail): the VMM runs with the caller's privileges and view of the host"
+        );
+        Jailed::none()
+    };
+    let built = match builder::build(&config, start) {
+        Ok(built) => built,
+        Err(e) => fail(2, &error_chain(&e)),
+    };
+    if let Err(e) = jailed.finish() {
+        fail(2, &error_chain(&e));
+    }
+    let filters = if !config.jail.seccomp_on() {
+        if config.jail.enabled {
+            tracing::warn!("seccomp off (--no-seccomp): every thread may make any syscall");
+        }
+        None
+    } else if !seccomp::kernel_supports_seccomp() {
+        tracing::warn!("jail: this kernel has no seccomp: the VMM runs without syscall filters");
+        None
+    } else {
+        match ThreadFilters::for_vmm() {
+            Ok(f) => Some(Arc::new(f)),
+            Err(e) => fail(2, &error_chain(&e)),
+        }
+    };
+    let vm = match built.start(filters.clone()) {
         Ok(vm) => vm,
         Err(e) => fail(2, &error_chain(&e)),
     };
+    let handles = Arc::new(OnceLock::<(StopHandle, DumpTrigger)>::new());
     let _ = handles.set((vm.stop_handle(), vm.dump_trigger()));
-    if STOP_SIGNAL.load(Ordering::SeqCst) != 0 {
-        vm.stop_handle().stop();
+    if let Err(e) = spawn_signal_thread(handles, filters.clone()) {
+        fail(2, &format!("cannot set up signal handling: {e}"));
+    }
+    if let Some(filters) = &filters {
+        if let Err(e) = filters.install(ThreadKind::Main) {
+            fail(2, &error_chain(&e));
+        }
     }
     let reason = vm.wait();
     let timings = vm.timings();
     let crash_state = vm.crash_state();
     drop(vm);
-    if let Some(path) = &args.timings_json {
-        if let Err(e) = write_timings(path, start_wall, &timings, &reason) {
+    if let (Some(path), Some(file)) = (&args.timings_json, &mut timings_file) {
+        if let Err(e) = write_timings(file, start_wall, &timings, &reason) {
             eprintln!("kiln-vmm: cannot write {}: {e}", path.display());
         }
     }
@@ -154,8 +238,37 @@ fn build_config(a: &Args, matches: &ArgMatches) -> Result<VmConfig, String> {
         config.boot_timer = false;
     }
     config.drives.extend(drives_in_order(a, matches));
+    apply_jail_flags(a, &mut config.jail);
     config.validate().map_err(|e| e.to_string())?;
     Ok(config)
+}
+
+/// The jail flags over the config's `jail` section.
+fn apply_jail_flags(a: &Args, jail: &mut kiln_vmm::config::JailConfig) {
+    if a.no_jail {
+        jail.enabled = false;
+    }
+    if a.no_seccomp {
+        jail.seccomp = false;
+    }
+    if let Some(uid) = a.jail_uid {
+        jail.uid = uid;
+    }
+    if let Some(gid) = a.jail_gid {
+        jail.gid = gid;
+    }
+    if let Some(parent) = &a.cgroup_parent {
+        jail.cgroup_parent = parent.clone();
+    }
+    if a.cpu_quota_percent.is_some() {
+        jail.cpu_quota_percent = a.cpu_quota_percent;
+    }
+    if let Some(mib) = a.vmm_memory_allowance_mib {
+        jail.vmm_memory_allowance_mib = mib;
+    }
+    if a.test_seccomp_violation {
+        jail.test_seccomp_violation = true;
+    }
 }
 
 /// `--drive` and `--drive-rw` in the order they were given.
@@ -197,26 +310,50 @@ fn init_logging() {
         .init();
 }
 
-/// Blocks SIGTERM, SIGINT and SIGUSR1 in every thread (threads inherit the
-/// mask, so this runs before any other thread starts) and handles them on a
-/// dedicated thread: the first two stop the VM, SIGUSR1 logs the devices'
-/// state.
-fn install_signal_thread(handles: Arc<OnceLock<(StopHandle, DumpTrigger)>>) -> std::io::Result<()> {
-    let set = vmm_sys_util::signal::create_sigset(&[libc::SIGTERM, libc::SIGINT, libc::SIGUSR1])
-        .map_err(|e| std::io::Error::from_raw_os_error(e.errno()))?;
+/// The signals this process takes with sigwait: the three the VM acts on,
+/// and SIGCHLD for a supervisor.
+fn handled_signals() -> Result<libc::sigset_t, std::io::Error> {
+    vmm_sys_util::signal::create_sigset(&[
+        libc::SIGTERM,
+        libc::SIGINT,
+        libc::SIGUSR1,
+        libc::SIGCHLD,
+    ])
+    .map_err(|e| std::io::Error::from_raw_os_error(e.errno()))
+}
+
+/// Blocks SIGTERM, SIGINT, SIGUSR1 and SIGCHLD in the calling thread, and
+/// so in every thread started after it.
+fn block_signals() -> std::io::Result<()> {
+    let set = handled_signals()?;
     // SAFETY: `set` is an initialized sigset; a null old-set pointer is allowed.
     let rc = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
     if rc != 0 {
         return Err(std::io::Error::from_raw_os_error(rc));
     }
-    std::thread::Builder::new()
-        .name("kiln-signals".into())
-        .spawn(move || loop {
+    Ok(())
+}
+
+/// Handles the blocked signals on a dedicated thread (under its seccomp
+/// filter): SIGTERM and SIGINT stop the VM, SIGUSR1 logs the devices' state.
+fn spawn_signal_thread(
+    handles: Arc<OnceLock<(StopHandle, DumpTrigger)>>,
+    filters: Option<Arc<ThreadFilters>>,
+) -> Result<(), seccomp::SeccompError> {
+    let set = handled_signals().map_err(|source| seccomp::SeccompError::Thread {
+        name: "kiln-signals".into(),
+        source,
+    })?;
+    seccomp::spawn_filtered(
+        "kiln-signals".into(),
+        ThreadKind::Signals,
+        filters,
+        move || loop {
             let mut sig: libc::c_int = 0;
             // SAFETY: `set` and `sig` are valid for the call; the signals in `set`
             // are blocked in every thread, as sigwait requires.
             let rc = unsafe { libc::sigwait(&set, &mut sig) };
-            if rc != 0 {
+            if rc != 0 || sig == libc::SIGCHLD {
                 continue;
             }
             if sig == libc::SIGUSR1 {
@@ -230,20 +367,22 @@ fn install_signal_thread(handles: Arc<OnceLock<(StopHandle, DumpTrigger)>>) -> s
             if let Some((stop, _)) = handles.get() {
                 stop.stop();
             }
-        })?;
+        },
+    )?;
     Ok(())
 }
 
 fn write_timings(
-    path: &PathBuf,
+    file: &mut File,
     start_wall: std::time::SystemTime,
     t: &Timings,
     reason: &ExitReason,
 ) -> std::io::Result<()> {
     let report = TimingsReport::new(start_wall, t, reason.to_string(), reason.is_clean());
-    let mut f = std::fs::File::create(path)?;
-    serde_json::to_writer(&mut f, &report)?;
-    writeln!(f)
+    file.set_len(0)?;
+    file.rewind()?;
+    serde_json::to_writer(&mut *file, &report)?;
+    writeln!(file)
 }
 
 /// The error and its sources on one line, skipping sources whose text the

@@ -26,6 +26,8 @@ pub struct KilnVmm {
     pub mem_mib: u32,
     /// Scratch directory for sockets and timings.
     pub scratch: PathBuf,
+    /// Run with `--no-jail` (to measure what the jail costs).
+    pub no_jail: bool,
 }
 
 fn unix_us(t: SystemTime) -> u64 {
@@ -33,8 +35,9 @@ fn unix_us(t: SystemTime) -> u64 {
         .map_or(0, |d| d.as_micros() as u64)
 }
 
-/// Guest userspace start relative to `spawn_us`, from kiln-vmm's timings file.
-fn userspace_from_timings(path: &Path, spawn_us: u64) -> Result<Duration, String> {
+/// Guest userspace start relative to `spawn_us`, and kiln-vmm's own setup
+/// time (its start to the guest's first instruction), from its timings file.
+fn from_timings(path: &Path, spawn_us: u64) -> Result<(Duration, Option<Duration>), String> {
     let text =
         std::fs::read_to_string(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
     let report: TimingsReport =
@@ -42,20 +45,27 @@ fn userspace_from_timings(path: &Path, spawn_us: u64) -> Result<Duration, String
     let user = report
         .userspace_start_us
         .ok_or("timings: the guest never wrote the boot timer")?;
-    Ok(Duration::from_micros(
-        (report.start_unix_us + user).saturating_sub(spawn_us),
+    let setup = report.kernel_entry_us.map(Duration::from_micros);
+    Ok((
+        Duration::from_micros((report.start_unix_us + user).saturating_sub(spawn_us)),
+        setup,
     ))
 }
 
 impl Peer for KilnVmm {
     fn name(&self) -> String {
-        "kiln".into()
+        if self.no_jail {
+            "kiln-nojail".into()
+        } else {
+            "kiln".into()
+        }
     }
 
     fn boot_once(&self, i: usize) -> Result<BootSample, BootError> {
         let what = "kiln";
-        let uds = self.scratch.join(format!("kiln-{i}.sock"));
-        let timings = self.scratch.join(format!("kiln-{i}.json"));
+        let name = self.name();
+        let uds = self.scratch.join(format!("{name}-{i}.sock"));
+        let timings = self.scratch.join(format!("{name}-{i}.json"));
         let _ = std::fs::remove_file(&uds);
         let spawn_wall = SystemTime::now();
         let start = Instant::now();
@@ -74,6 +84,7 @@ impl Peer for KilnVmm {
             .arg(&uds)
             .arg("--timings-json")
             .arg(&timings)
+            .args(self.no_jail.then_some("--no-jail"))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
@@ -102,9 +113,13 @@ impl Peer for KilnVmm {
                 detail: format!("kiln-vmm did not exit cleanly: {status:?}"),
             });
         }
-        let userspace = userspace_from_timings(&timings, unix_us(spawn_wall))
+        let (userspace, vmm_setup) = from_timings(&timings, unix_us(spawn_wall))
             .map_err(|detail| BootError::Guest { what, detail })?;
         let _ = std::fs::remove_file(&timings);
-        Ok(BootSample { userspace, ping })
+        Ok(BootSample {
+            userspace,
+            ping,
+            vmm_setup,
+        })
     }
 }

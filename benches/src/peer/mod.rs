@@ -15,6 +15,10 @@ pub struct BootSample {
     pub userspace: Duration,
     /// To the guest agent answering a ping over vsock.
     pub ping: Duration,
+    /// VMM process start to the guest's first instruction, as the VMM
+    /// measured it (kiln only): the VMM's own setup, jail included, without
+    /// the guest's boot.
+    pub vmm_setup: Option<Duration>,
 }
 
 /// Errors from one boot.

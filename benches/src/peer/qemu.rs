@@ -157,6 +157,10 @@ impl Peer for QemuMicrovm {
             let _ = client::shutdown(&mut sock);
         }
         let _ = guard.wait_or_kill(Duration::from_secs(30));
-        Ok(BootSample { userspace, ping })
+        Ok(BootSample {
+            userspace,
+            ping,
+            vmm_setup: None,
+        })
     }
 }

@@ -26,6 +26,9 @@ pub struct VcpuContext {
     pub exit: Arc<ExitState>,
     /// Boot milestones (vCPU 0 marks kernel entry).
     pub clock: Arc<BootClock>,
+    /// Jail self-test (`JailConfig::test_seccomp_violation`): make a
+    /// forbidden syscall once the guest's userspace has started.
+    pub test_seccomp_violation: bool,
 }
 
 /// Maps a guest-visible exit to what the loop does with it: `None` to keep
@@ -98,6 +101,24 @@ pub fn run(mut ctx: VcpuContext) {
         // A kick may have set immediate exit on the way out; clear it so a
         // later run (if the VM is not stopping) enters the guest.
         ctx.vcpu.set_immediate_exit(false);
+        if ctx.test_seccomp_violation && ctx.clock.timings().userspace_start.is_some() {
+            seccomp_self_test();
+        }
+    }
+}
+
+/// Opens a network socket, which no vCPU filter allows: under the jail the
+/// VMM dies here with a seccomp report. Without seccomp the socket is
+/// closed again and the self-test is logged as failed.
+#[cold]
+fn seccomp_self_test() {
+    tracing::warn!("jail self-test: a vcpu thread opens a network socket");
+    // SAFETY: socket(2) takes no pointers; a returned descriptor is closed.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0) };
+    if fd >= 0 {
+        // SAFETY: `fd` was just returned to us and nothing else owns it.
+        unsafe { libc::close(fd) };
+        tracing::error!("jail self-test: the vcpu thread was allowed a network socket");
     }
 }
 

@@ -1,12 +1,13 @@
 //! Starting vCPU threads and stopping them.
 
 use std::os::unix::thread::JoinHandleExt;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use super::kick;
 use super::run_loop::{self, VcpuContext};
+use crate::seccomp::{self, ThreadFilters, ThreadKind};
 use crate::vm::exit::ExitReason;
 
 /// How often a stopping vCPU thread is signalled until it returns.
@@ -17,24 +18,34 @@ pub const STOP_TIMEOUT: Duration = Duration::from_secs(5);
 /// The running vCPU threads of one VM.
 #[derive(Default)]
 pub struct VcpuThreads {
-    handles: Mutex<Vec<(u8, JoinHandle<()>)>>,
+    handles: Mutex<Vec<(u8, JoinHandle<Option<()>>)>>,
 }
 
 impl VcpuThreads {
-    /// Spawns one thread per context. On error the already-started threads
-    /// remain registered; stop them with [`VcpuThreads::stop`].
-    pub fn spawn(&self, contexts: Vec<VcpuContext>) -> std::io::Result<()> {
+    /// Spawns one thread per context; with `filters`, each installs the
+    /// vCPU seccomp filter before it enters the guest. On error the
+    /// already-started threads remain registered; stop them with
+    /// [`VcpuThreads::stop`].
+    pub fn spawn(
+        &self,
+        contexts: Vec<VcpuContext>,
+        filters: Option<Arc<ThreadFilters>>,
+    ) -> std::io::Result<()> {
         kick::install_handler()?;
         for ctx in contexts {
             let id = ctx.id;
-            let exit = std::sync::Arc::clone(&ctx.exit);
-            let handle = std::thread::Builder::new()
-                .name(format!("kiln-vcpu{id}"))
-                .spawn(move || {
+            let exit = Arc::clone(&ctx.exit);
+            let handle = seccomp::spawn_filtered(
+                format!("kiln-vcpu{id}"),
+                ThreadKind::Vcpu,
+                filters.clone(),
+                move || {
                     let guard = PanicGuard { exit, id };
                     run_loop::run(ctx);
                     std::mem::forget(guard);
-                })?;
+                },
+            )
+            .map_err(std::io::Error::other)?;
             self.handles
                 .lock()
                 .expect("vcpu thread list poisoned")
@@ -70,7 +81,7 @@ impl VcpuThreads {
 /// Records a failure if the vCPU thread unwinds (debug builds; release
 /// builds abort on panic).
 struct PanicGuard {
-    exit: std::sync::Arc<crate::vm::exit::ExitState>,
+    exit: Arc<crate::vm::exit::ExitState>,
     id: u8,
 }
 

@@ -4,7 +4,7 @@
 //! let mut virtio = VirtioDevices::new(mem.clone());
 //! cmdline.push(virtio.attach(vm, &mut mmio_bus, 0, Rng::new()?)?);
 //! cmdline.push(virtio.attach(vm, &mut mmio_bus, 1, Vsock::new(3, uds_path)?)?);
-//! let event_loop = virtio.spawn()?;   // before the vCPUs start
+//! let event_loop = virtio.spawn(None)?;   // before the vCPUs start
 //! // ... run the VM ...
 //! event_loop.stop()?;
 //! ```
@@ -25,6 +25,7 @@ use crate::hypervisor::{IoEventAddress, Vm};
 use crate::layout::{
     IRQ_MAX, MMIO_SIZE, MMIO_START, VIRTIO_IRQ_BASE, VIRTIO_MMIO_BASE, VIRTIO_MMIO_SIZE,
 };
+use crate::seccomp::{self, ThreadFilters, ThreadKind};
 
 /// The virtio devices of one VM, before their event loop starts.
 pub struct VirtioDevices {
@@ -85,8 +86,9 @@ impl VirtioDevices {
         Ok(cmdline_fragment(base, irq))
     }
 
-    /// Starts the event loop thread that serves every attached device.
-    pub fn spawn(self) -> Result<EventLoop, VirtioError> {
+    /// Starts the event loop thread that serves every attached device;
+    /// with `filters` it runs under the virtio seccomp filter.
+    pub fn spawn(self, filters: Option<Arc<ThreadFilters>>) -> Result<EventLoop, VirtioError> {
         let mut manager = EventManager::<Box<dyn MutEventSubscriber + Send>>::new()
             .map_err(VirtioError::EventManager)?;
         let dump = EventFd::new(EFD_NONBLOCK).map_err(VirtioError::EventFd)?;
@@ -103,15 +105,18 @@ impl VirtioDevices {
             evt: exit.try_clone().map_err(VirtioError::EventFd)?,
             stop: stop.clone(),
         }));
-        let thread = std::thread::Builder::new()
-            .name("kiln-virtio".into())
-            .spawn(move || {
+        let thread = seccomp::spawn_filtered(
+            "kiln-virtio".into(),
+            ThreadKind::Virtio,
+            filters,
+            move || {
                 while !stop.load(Ordering::SeqCst) {
                     manager.run().map_err(VirtioError::EventManager)?;
                 }
                 Ok(())
-            })
-            .map_err(VirtioError::Thread)?;
+            },
+        )
+        .map_err(|e| VirtioError::Thread(std::io::Error::other(e)))?;
         Ok(EventLoop {
             exit,
             dump: DumpTrigger(Arc::new(dump)),
@@ -138,7 +143,7 @@ impl DumpTrigger {
 pub struct EventLoop {
     exit: EventFd,
     dump: DumpTrigger,
-    thread: Option<JoinHandle<Result<(), VirtioError>>>,
+    thread: Option<JoinHandle<Option<Result<(), VirtioError>>>>,
 }
 
 impl EventLoop {
@@ -158,7 +163,11 @@ impl EventLoop {
         };
         // A failed write leaves the loop running; join would hang, so report it.
         self.exit.write(1).map_err(VirtioError::EventFd)?;
-        thread.join().map_err(|_| VirtioError::ThreadPanicked)?
+        // `None`: the thread never ran (its filter failed, reported at spawn).
+        thread
+            .join()
+            .map_err(|_| VirtioError::ThreadPanicked)?
+            .unwrap_or(Ok(()))
     }
 }
 
@@ -311,7 +320,7 @@ mod tests {
             Err(VirtioError::Bus(_))
         ));
         // The loop starts and stops promptly.
-        let el = devs.spawn().unwrap();
+        let el = devs.spawn(None).unwrap();
         el.dump_trigger().request();
         el.stop().unwrap();
     }

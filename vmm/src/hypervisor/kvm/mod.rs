@@ -1,5 +1,6 @@
 //! KVM backend of the hypervisor traits.
 
+pub mod seccomp;
 mod vcpu;
 mod x86_64;
 
