@@ -428,13 +428,15 @@ pub mod daemon {
         }
     }
 
-    /// Live kiln-vmm processes whose command line names `dir`.
+    /// Pids of the kiln-vmm processes (supervisors: the pids their callers
+    /// started, not the jailed VMMs under them) whose command line mentions
+    /// `dir`.
     pub fn vmm_pids_under(dir: &Path) -> Vec<i32> {
         let needle = format!("{}/", dir.display());
         let Ok(entries) = std::fs::read_dir("/proc") else {
             return Vec::new();
         };
-        entries
+        let matched: Vec<i32> = entries
             .flatten()
             .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
             .filter(|pid| {
@@ -453,6 +455,21 @@ pub mod daemon {
                     .any(|a| String::from_utf8_lossy(a).starts_with(&needle))
                     && !cmd.split(|b| *b == 0).any(|a| a == b"serve")
             })
+            .collect();
+        // A jailed kiln-vmm's VMM is its child, with the same command line.
+        let parent = |pid: i32| -> Option<i32> {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            stat.rsplit_once(')')?
+                .1
+                .split_whitespace()
+                .nth(1)?
+                .parse()
+                .ok()
+        };
+        matched
+            .iter()
+            .copied()
+            .filter(|pid| parent(*pid).is_none_or(|ppid| !matched.contains(&ppid)))
             .collect()
     }
 }

@@ -23,13 +23,15 @@ use crate::Result;
 const ADOPT_PING: Duration = Duration::from_secs(10);
 
 /// Pids of processes whose command line mentions `dir` (VMs this state
-/// dir started).
+/// dir started), leaving out those whose parent is one of them: a jailed
+/// kiln-vmm is a supervisor (the pid the daemon started and records) with
+/// the VMM as its child, and the child goes when its supervisor goes.
 fn processes_under(dir: &Path) -> Vec<u32> {
     let needle = dir.as_os_str().as_encoded_bytes();
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
-    entries
+    let matched: Vec<u32> = entries
         .flatten()
         .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
         .filter(|pid| *pid != std::process::id())
@@ -39,7 +41,24 @@ fn processes_under(dir: &Path) -> Vec<u32> {
                     .any(|arg| arg.starts_with(needle) && arg.get(needle.len()) == Some(&b'/'))
             })
         })
+        .collect();
+    matched
+        .iter()
+        .copied()
+        .filter(|pid| parent_of(*pid).is_none_or(|ppid| !matched.contains(&ppid)))
         .collect()
+}
+
+/// The parent pid, from `/proc/PID/stat` (the field after the state, which
+/// follows the parenthesised command name).
+fn parent_of(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
 }
 
 impl Core {
