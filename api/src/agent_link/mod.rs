@@ -15,6 +15,8 @@ mod files;
 mod process;
 mod vsock;
 
+pub(crate) use process::AttachEvents;
+
 use std::io;
 use std::path::PathBuf;
 use std::pin::Pin;
@@ -29,7 +31,6 @@ use tokio::io::AsyncRead;
 use tokio::net::UnixStream;
 use tokio::sync::mpsc;
 use tokio_io_timeout::TimeoutStream;
-
 
 /// How to reach a VM's agent.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

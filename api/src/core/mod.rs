@@ -9,6 +9,9 @@
 mod admission;
 mod events;
 mod exec;
+mod exec_control;
+mod exec_events;
+mod exec_watch;
 mod files;
 pub mod launcher;
 mod lock;
@@ -62,6 +65,8 @@ struct Sandbox {
     vm: Arc<Vm>,
     /// The deadline (ms) whose `expiring` notice went out.
     notice_sent_for: Option<u64>,
+    /// Its running execs.
+    execs: exec_watch::RunningExecs,
 }
 
 /// Everything behind the lock.
@@ -286,6 +291,7 @@ impl Core {
             inner: Arc::new(inner),
         };
         core.recover().await?;
+        core.recover_execs()?;
         core.start_tasks();
         Ok(core)
     }

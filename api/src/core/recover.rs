@@ -177,6 +177,7 @@ impl Core {
                             info,
                             vm: Arc::clone(&vm),
                             notice_sent_for: None,
+                            execs: Default::default(),
                         },
                     );
                 }

@@ -266,6 +266,7 @@ impl Core {
                 info: info.clone(),
                 vm,
                 notice_sent_for: None,
+                execs: Default::default(),
             },
         );
         let m = &self.inner.metrics;
