@@ -15,6 +15,9 @@ pub mod config;
 mod core;
 pub mod doctor;
 mod error;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 pub(crate) mod kiln;
 pub mod kvm_check;
 pub mod lang;

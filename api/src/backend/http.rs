@@ -17,6 +17,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio_util::io::ReaderStream;
 
+use super::lines::LineSplitter;
 use super::{Backend, CreateOutcome, Download, ExecEvents, Upload};
 use crate::model::{
     Event, ExecEvent, ExecInfo, ExecSpec, FileEntry, FileWritten, Health, Info, PoolInfo,
@@ -101,46 +102,35 @@ fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
 fn lines(body: Incoming) -> BoxStream<'static, Result<Bytes>> {
     struct St {
         body: Incoming,
-        buf: BytesMut,
+        lines: LineSplitter,
         done: bool,
     }
     stream::unfold(
         St {
             body,
-            buf: BytesMut::new(),
+            lines: LineSplitter::new(MAX_RESPONSE),
             done: false,
         },
         |mut st| async move {
             loop {
-                if let Some(i) = st.buf.iter().position(|b| *b == b'\n') {
-                    let line = st.buf.split_to(i + 1).freeze();
-                    return Some((Ok(line.slice(..i)), st));
-                }
                 if st.done {
-                    if st.buf.is_empty() {
-                        return None;
-                    }
-                    let rest = st.buf.split().freeze();
-                    return Some((Ok(rest), st));
+                    return st.lines.finish().map(|line| (line, st));
                 }
-                if st.buf.len() > MAX_RESPONSE {
-                    st.done = true;
-                    st.buf.clear();
-                    return Some((
-                        Err(Error::TooLarge("an NDJSON line is too long".into())),
-                        st,
-                    ));
+                if let Some(line) = st.lines.next_line() {
+                    // A line over the bound ends the stream.
+                    st.done |= line.is_err();
+                    return Some((line, st));
                 }
                 match st.body.frame().await {
                     None => st.done = true,
                     Some(Ok(frame)) => {
                         if let Ok(data) = frame.into_data() {
-                            st.buf.extend_from_slice(&data);
+                            st.lines.push(&data);
                         }
                     }
                     Some(Err(e)) => {
                         st.done = true;
-                        st.buf.clear();
+                        st.lines = LineSplitter::new(0);
                         return Some((
                             Err(Error::Unavailable(format!("the stream broke: {e}"))),
                             st,

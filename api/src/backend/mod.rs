@@ -4,6 +4,7 @@
 
 pub(crate) mod embedded;
 pub(crate) mod http;
+pub(crate) mod lines;
 
 use bytes::Bytes;
 use futures_util::future::BoxFuture;

@@ -18,6 +18,7 @@ use super::files::vm_error;
 use super::sandboxes::{body_hash, check_env, check_path};
 use super::store::{ExecRecord, Reservation};
 use super::{new_id, Core};
+use crate::config::TimeoutsConfig;
 use crate::model::{now_ms, ExecEvent, ExecSpec};
 use crate::vm_process::{AgentAddr, EXEC_TIMEOUT_GRACE};
 use crate::{Error, Result};
@@ -39,6 +40,25 @@ fn stdin_of(spec: &ExecSpec) -> Result<Option<Vec<u8>>> {
         )));
     }
     Ok(Some(bytes))
+}
+
+/// Checks an exec's spec; returns its timeout (ms) and initial stdin.
+pub(crate) fn check_exec(
+    spec: &ExecSpec,
+    timeouts: &TimeoutsConfig,
+) -> Result<(u64, Option<Vec<u8>>)> {
+    if spec.argv.is_empty() || spec.argv[0].is_empty() {
+        return Err(Error::invalid("argv must name a program"));
+    }
+    if spec.argv.iter().any(|a| a.contains('\0')) {
+        return Err(Error::invalid("argv may not contain NUL"));
+    }
+    let timeout_ms = timeouts.exec().check("timeout_ms", spec.timeout_ms)?;
+    check_env(&spec.env)?;
+    if let Some(cwd) = &spec.cwd {
+        check_path(cwd)?;
+    }
+    Ok((timeout_ms, stdin_of(spec)?))
 }
 
 /// A stream that replays a finished exec whose output the agent no longer
@@ -116,19 +136,7 @@ impl Core {
         caller: Option<u32>,
     ) -> Result<(ExecRecord, bool)> {
         self.refuse_if_draining()?;
-        if spec.argv.is_empty() || spec.argv[0].is_empty() {
-            return Err(Error::invalid("argv must name a program"));
-        }
-        let timeout_ms = self
-            .config()
-            .timeouts
-            .exec()
-            .check("timeout_ms", spec.timeout_ms)?;
-        check_env(&spec.env)?;
-        if let Some(cwd) = &spec.cwd {
-            check_path(cwd)?;
-        }
-        let stdin = stdin_of(spec)?;
+        let (timeout_ms, stdin) = check_exec(spec, &self.config().timeouts)?;
         let scope = format!("exec:{id}");
         if let Some(key) = &key {
             match self

@@ -24,6 +24,11 @@ mod tasks;
 mod timeouts;
 mod vms;
 
+#[cfg(feature = "fuzzing")]
+pub(crate) use exec::check_exec;
+#[cfg(feature = "fuzzing")]
+pub(crate) use sandboxes::{check_create, check_patch, check_path};
+
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};

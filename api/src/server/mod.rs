@@ -5,7 +5,7 @@
 mod error;
 mod ndjson;
 mod peer;
-mod routes;
+pub(crate) mod routes;
 mod socket;
 
 use std::sync::Arc;
