@@ -450,10 +450,15 @@ async fn the_cli_detaches_lists_attaches_writes_stdin_and_signals() {
     let id = sandbox.id().to_string();
     let run = move |args: Vec<String>, stdin: &'static [u8]| {
         let sock = sock.clone();
-        tokio::task::spawn_blocking(move || {
+        let run = tokio::task::spawn_blocking(move || {
             let args: Vec<&str> = args.iter().map(String::as_str).collect();
             cli(&sock, &args, stdin)
-        })
+        });
+        async move {
+            tokio::time::timeout(Duration::from_secs(60), run)
+                .await
+                .expect("the CLI finished in time")
+        }
     };
     let s = |v: &[&str]| v.iter().map(|a| a.to_string()).collect::<Vec<_>>();
     let (code, out) = run(
@@ -492,12 +497,12 @@ async fn the_cli_detaches_lists_attaches_writes_stdin_and_signals() {
         .await
         .expect("cli");
     let sleeper = out.trim().to_string();
-    let (code, _) = run(s(&["kill", &id, &sleeper, "--signal", "INT"]), b"")
+    let (code, _) = run(s(&["kill", &id, &sleeper, "--signal", "TERM"]), b"")
         .await
         .expect("cli");
     assert_eq!(code, 0);
     let (code, _) = run(s(&["attach", &id, &sleeper]), b"").await.expect("cli");
-    assert_eq!(code, 128 + libc::SIGINT);
+    assert_eq!(code, 128 + libc::SIGTERM);
     drop(daemon);
     let _ = std::fs::remove_dir_all(dir);
 }

@@ -24,6 +24,8 @@ mod tasks;
 mod timeouts;
 mod vms;
 
+pub(crate) use exec_control::MAX_STDIN_WRITE;
+
 #[cfg(feature = "fuzzing")]
 pub(crate) use exec::check_exec;
 #[cfg(feature = "fuzzing")]

@@ -3,7 +3,7 @@
 //! sequence number, write stdin at an offset, signal. The program lives in
 //! the sandbox's agent: an HTTP client that leaves ends only its stream.
 
-use axum::body::Bytes;
+use axum::body::Body;
 use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -16,6 +16,7 @@ use super::backend;
 use super::sandboxes::idempotency_key;
 use crate::backend::http::OFFSET_HEADER;
 use crate::backend::{Backend, ExecEvents};
+use crate::core::MAX_STDIN_WRITE;
 use crate::model::{ExecEvent, ExecInfo, ExecResult, ExecSpec, SignalRequest, StdinWritten};
 use crate::server::error::{ApiJson, ApiPath, ApiQuery, ApiResult};
 use crate::server::peer::Peer;
@@ -219,9 +220,16 @@ pub(crate) async fn stdin(
     ApiPath((id, exec)): ApiPath<(String, String)>,
     ApiQuery(q): ApiQuery<StdinQuery>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Body,
 ) -> ApiResult<Json<StdinWritten>> {
     let offset = offset_of(q.offset, &headers)?;
+    let body = axum::body::to_bytes(body, MAX_STDIN_WRITE)
+        .await
+        .map_err(|_| {
+            Error::TooLarge(format!(
+                "a stdin write has at most {MAX_STDIN_WRITE} bytes (or the body broke off)"
+            ))
+        })?;
     let written = backend(&state, &peer)
         .write_stdin(id, exec, offset, body, q.close)
         .await?;
