@@ -86,6 +86,9 @@ struct State {
     usage: Usage,
     /// Boots in flight, pools and cold boots together.
     booting: u32,
+    /// Sandboxes being ended whose tombstone is not written yet, and why
+    /// (so a request in between hears of the end, not of no sandbox).
+    ending: HashMap<String, crate::error::EndReason>,
 }
 
 pub(crate) struct Inner {

@@ -416,6 +416,12 @@ impl Core {
                 s.info.expires_at_ms = Some(clock_of(&s.info).deadline().at_ms);
                 return Ok((Arc::clone(&s.vm), s.info.clone()));
             }
+            if let Some(reason) = st.ending.get(id) {
+                return Err(Error::SandboxExpired {
+                    id: id.to_string(),
+                    reason: *reason,
+                });
+            }
         }
         match self.inner.store.sandbox(id)? {
             Some(SandboxInfo {
@@ -509,7 +515,12 @@ impl Core {
         reason: EndReason,
         caller: Option<u32>,
     ) -> Option<SandboxInfo> {
-        let Sandbox { mut info, vm, .. } = self.state().sandboxes.remove(id)?;
+        let Sandbox { mut info, vm, .. } = {
+            let mut st = self.state();
+            let sandbox = st.sandboxes.remove(id)?;
+            st.ending.insert(id.to_string(), reason);
+            sandbox
+        };
         self.forget_vm(&vm.id);
         info.state = SandboxState::Ended;
         info.end_reason = Some(reason);
@@ -518,6 +529,7 @@ impl Core {
         if let Err(e) = self.inner.store.put_sandbox(&info) {
             tracing::warn!(sandbox_id = %id, error = %e, "tombstone not recorded");
         }
+        self.state().ending.remove(id);
         let kind = if reason == EndReason::Deleted {
             EventKind::Deleted
         } else {
