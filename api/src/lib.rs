@@ -15,6 +15,9 @@ pub mod config;
 mod core;
 pub mod doctor;
 mod error;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 pub(crate) mod kiln;
 pub mod kvm_check;
 pub mod lang;
@@ -25,7 +28,9 @@ pub mod vm_process;
 
 pub use config::Config;
 pub use error::{EndReason, Error, ErrorBody, ErrorDetail, Result};
-pub use kiln::{Exec, ExecBuilder, ExecOutput, FileStream, Files, Kiln, Sandbox, Sandboxes};
+pub use kiln::{
+    Exec, ExecBuilder, ExecControl, ExecOutput, FileStream, Files, Kiln, Sandbox, Sandboxes,
+};
 
 /// What starts VMs: kiln-vmm in production, a host agent for tests.
 pub mod launcher {

@@ -420,19 +420,8 @@ async fn sigkilled_daemon_restarts_with_its_sandboxes_and_one_daemon_per_state_d
 #[tokio::test]
 async fn a_client_that_leaves_mid_boot_leaves_nothing_half_done() {
     let dir = common::scratch("daemon-leave");
-    let slow = dir.join("slow-agent.sh");
-    std::fs::write(
-        &slow,
-        format!(
-            "#!/bin/sh\nsleep 1\nexec {} \"$@\"\n",
-            common::agent_binary().display()
-        ),
-    )
-    .expect("script");
-    std::fs::set_permissions(&slow, std::os::unix::fs::PermissionsExt::from_mode(0o755))
-        .expect("chmod");
     let mut config = common::host_config(&dir.join("state"), 0);
-    config.launcher = kiln::config::LauncherConfig::HostAgent { agent: slow };
+    config.launcher = common::wrapped_agent(&dir, "slow-agent.sh", "sleep 1", "");
     let daemon = Daemon::start(&config);
     let kiln = Kiln::connect_unix(&daemon.socket).await.expect("connect");
     // Gives up while the VM boots (the HTTP request is dropped).

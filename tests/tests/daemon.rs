@@ -1,13 +1,14 @@
 //! `kiln serve` booting real microVMs: warm creates and execs through the
 //! API, concurrent creates against a small pool, a VM killed under a live
-//! sandbox, the daemon SIGKILLed and restarted, a template that cannot
+//! sandbox, the daemon SIGKILLed and restarted (also in the middle of an
+//! exec, which the guest agent keeps running), a template that cannot
 //! boot, the admission limit.
 
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use kiln::model::{EventKind, LaunchType, SandboxSpec};
-use kiln::{EndReason, Error, Kiln};
+use kiln::model::{EventKind, ExecState, LaunchType, SandboxSpec};
+use kiln::{EndReason, Error, Kiln, Sandbox};
 use kiln_e2e::daemon::{scratch, Daemon};
 
 const MINIMAL: &str = r#"
@@ -178,6 +179,97 @@ async fn killed_vm_and_a_sigkilled_daemon() {
     assert_eq!(daemon.vmm_pids(), pids, "same VM, no new one, no orphan");
     assert!(daemon.stop());
     assert!(daemon.vmm_pids().is_empty());
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Waits up to 120 s until exec `id` has produced chunk `seq`.
+async fn wait_output(sandbox: &Sandbox, id: &str, seq: u64) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let list = sandbox.processes().await.expect("list");
+        let e = list.iter().find(|e| e.exec_id == id).expect("listed");
+        if e.last_seq >= seq {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no output from {id}: {e:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_exec_outlives_a_sigkilled_daemon() {
+    let dir = scratch("exec-restart");
+    let mut daemon = Daemon::start(&dir, &config(0, ""));
+    let kiln = Kiln::connect_unix(&daemon.socket).await.expect("connect");
+    let sandbox = kiln
+        .sandboxes()
+        .create(SandboxSpec::default())
+        .await
+        .expect("create");
+    // Mid-exec: it has written, and waits for a line on stdin.
+    let info = sandbox
+        .exec(["sh", "-c", "echo before; read line; echo got $line; exit 5"])
+        .keep_stdin_open()
+        .detach()
+        .await
+        .expect("detach");
+    wait_output(&sandbox, &info.exec_id, 1).await;
+    let pids = daemon.vmm_pids();
+    daemon.kill_and_restart();
+    let kiln = Kiln::connect_unix(&daemon.socket).await.expect("reconnect");
+    let sandbox = kiln
+        .sandboxes()
+        .get(sandbox.id())
+        .await
+        .expect("re-adopted");
+    let list = sandbox.processes().await.expect("list");
+    assert_eq!(list.len(), 1, "{list:?}");
+    assert_eq!(
+        (list[0].exec_id.as_str(), list[0].state),
+        (info.exec_id.as_str(), ExecState::Running),
+        "still listed, still running"
+    );
+    // Its output from before the kill is still readable...
+    let so_far = sandbox
+        .output_since(&info.exec_id, 0)
+        .await
+        .expect("attach")
+        .output()
+        .await
+        .expect_err("it still runs: the stream ends with caught_up");
+    assert!(matches!(so_far, Error::Conflict(_)), "{so_far}");
+    let mut early = sandbox
+        .output_since(&info.exec_id, 0)
+        .await
+        .expect("attach");
+    let mut seen = Vec::new();
+    while let Some(e) = early.next().await {
+        seen.push(e.expect("event"));
+    }
+    assert!(
+        matches!(&seen[0], kiln::model::ExecEvent::Stdout { data: Some(d), .. } if d == "before\n"),
+        "{seen:?}"
+    );
+    // ...and it goes on: stdin through the new daemon, the rest attached.
+    sandbox
+        .exec_control(&info.exec_id)
+        .append_stdin("later\n")
+        .await
+        .expect("stdin");
+    let rest = sandbox
+        .attach(&info.exec_id, 1)
+        .await
+        .expect("attach")
+        .output()
+        .await
+        .expect("the rest");
+    assert_eq!(String::from_utf8_lossy(&rest.stdout), "got later\n");
+    assert_eq!(rest.result.exit_code, Some(5));
+    assert_eq!(daemon.vmm_pids(), pids, "the same VM");
+    assert!(daemon.stop());
     let _ = std::fs::remove_dir_all(dir);
 }
 

@@ -8,8 +8,8 @@ use tokio_util::io::ReaderStream;
 use super::{Backend, CreateOutcome, Download, ExecEvents, Upload};
 use crate::core::Core;
 use crate::model::{
-    Event, ExecSpec, FileEntry, FileWritten, Health, Info, PoolInfo, SandboxFilter, SandboxInfo,
-    SandboxPatch, SandboxSpec, TemplateInfo,
+    Event, ExecInfo, ExecSpec, FileEntry, FileWritten, Health, Info, PoolInfo, SandboxFilter,
+    SandboxInfo, SandboxPatch, SandboxSpec, StdinWritten, TemplateInfo,
 };
 use crate::{Error, Result};
 
@@ -162,11 +162,65 @@ impl Backend for Embedded {
         key: Option<String>,
     ) -> BoxFuture<'_, Result<ExecEvents>> {
         async move {
-            let mut rx = self.core.exec(&id, spec, key, self.caller).await?;
-            let events = stream::poll_fn(move |cx| rx.poll_recv(cx).map(|e| e.map(Ok)));
-            Ok(events.boxed())
+            let events = self.core.exec(&id, spec, key, self.caller).await?;
+            Ok(events.map(Ok).boxed())
         }
         .boxed()
+    }
+
+    fn start_exec(
+        &self,
+        id: String,
+        spec: ExecSpec,
+        key: Option<String>,
+    ) -> BoxFuture<'_, Result<ExecInfo>> {
+        async move {
+            let (record, _) = self.core.start_exec(&id, &spec, key, self.caller).await?;
+            self.core.exec_info(&id, &record.id).await
+        }
+        .boxed()
+    }
+
+    fn execs(&self, id: String) -> BoxFuture<'_, Result<Vec<ExecInfo>>> {
+        async move { self.core.list_execs(&id).await }.boxed()
+    }
+
+    fn exec_info(&self, id: String, exec: String) -> BoxFuture<'_, Result<ExecInfo>> {
+        async move { self.core.exec_info(&id, &exec).await }.boxed()
+    }
+
+    fn attach(
+        &self,
+        id: String,
+        exec: String,
+        after_seq: u64,
+        follow: bool,
+    ) -> BoxFuture<'_, Result<ExecEvents>> {
+        async move {
+            let events = self.core.attach(&id, &exec, after_seq, follow).await?;
+            Ok(events.map(Ok).boxed())
+        }
+        .boxed()
+    }
+
+    fn write_stdin(
+        &self,
+        id: String,
+        exec: String,
+        offset: Option<u64>,
+        data: bytes::Bytes,
+        close: bool,
+    ) -> BoxFuture<'_, Result<StdinWritten>> {
+        async move {
+            self.core
+                .write_stdin(&id, &exec, offset, &data, close, self.caller)
+                .await
+        }
+        .boxed()
+    }
+
+    fn signal(&self, id: String, exec: String, signal: i32) -> BoxFuture<'_, Result<()>> {
+        async move { self.core.signal_exec(&id, &exec, signal, self.caller).await }.boxed()
     }
 
     fn read_file(&self, id: String, path: String) -> BoxFuture<'_, Result<Download>> {

@@ -17,10 +17,12 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio_util::io::ReaderStream;
 
+use super::lines::LineSplitter;
 use super::{Backend, CreateOutcome, Download, ExecEvents, Upload};
 use crate::model::{
-    Event, ExecEvent, ExecSpec, FileEntry, FileWritten, Health, Info, PoolInfo, PoolUpdate,
-    SandboxFilter, SandboxInfo, SandboxPatch, SandboxSpec, TemplateInfo,
+    Event, ExecEvent, ExecInfo, ExecSpec, FileEntry, FileWritten, Health, Info, PoolInfo,
+    PoolUpdate, SandboxFilter, SandboxInfo, SandboxPatch, SandboxSpec, SignalName, SignalRequest,
+    StdinWritten, TemplateInfo,
 };
 use crate::{Error, ErrorBody, Result};
 
@@ -32,6 +34,8 @@ pub const MODE_HEADER: &str = "x-kiln-mode";
 pub const SIZE_HEADER: &str = "x-kiln-size";
 /// Idempotency key header.
 pub const IDEMPOTENCY_HEADER: &str = "idempotency-key";
+/// Header with a stdin write's offset (instead of the `offset` query).
+pub const OFFSET_HEADER: &str = "x-kiln-offset";
 
 /// Largest JSON response or NDJSON line the client accepts.
 const MAX_RESPONSE: usize = 64 << 20;
@@ -98,46 +102,35 @@ fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
 fn lines(body: Incoming) -> BoxStream<'static, Result<Bytes>> {
     struct St {
         body: Incoming,
-        buf: BytesMut,
+        lines: LineSplitter,
         done: bool,
     }
     stream::unfold(
         St {
             body,
-            buf: BytesMut::new(),
+            lines: LineSplitter::new(MAX_RESPONSE),
             done: false,
         },
         |mut st| async move {
             loop {
-                if let Some(i) = st.buf.iter().position(|b| *b == b'\n') {
-                    let line = st.buf.split_to(i + 1).freeze();
-                    return Some((Ok(line.slice(..i)), st));
-                }
                 if st.done {
-                    if st.buf.is_empty() {
-                        return None;
-                    }
-                    let rest = st.buf.split().freeze();
-                    return Some((Ok(rest), st));
+                    return st.lines.finish().map(|line| (line, st));
                 }
-                if st.buf.len() > MAX_RESPONSE {
-                    st.done = true;
-                    st.buf.clear();
-                    return Some((
-                        Err(Error::TooLarge("an NDJSON line is too long".into())),
-                        st,
-                    ));
+                if let Some(line) = st.lines.next_line() {
+                    // A line over the bound ends the stream.
+                    st.done |= line.is_err();
+                    return Some((line, st));
                 }
                 match st.body.frame().await {
                     None => st.done = true,
                     Some(Ok(frame)) => {
                         if let Ok(data) = frame.into_data() {
-                            st.buf.extend_from_slice(&data);
+                            st.lines.push(&data);
                         }
                     }
                     Some(Err(e)) => {
                         st.done = true;
-                        st.buf.clear();
+                        st.lines = LineSplitter::new(0);
                         return Some((
                             Err(Error::Unavailable(format!("the stream broke: {e}"))),
                             st,
@@ -246,6 +239,20 @@ fn sandbox_uri(id: &str) -> String {
 
 fn file_uri(id: &str, path: &str) -> String {
     format!("{}/files/{}", sandbox_uri(id), encode(path))
+}
+
+fn exec_uri(id: &str, exec: &str) -> String {
+    format!("{}/execs/{}", sandbox_uri(id), encode(exec))
+}
+
+/// Exec events without the keepalive lines.
+fn exec_events(body: Incoming) -> ExecEvents {
+    ndjson::<ExecEvent>(body)
+        .filter(|e| {
+            let keep = !matches!(e, Ok(ExecEvent::Keepalive { .. }));
+            async move { keep }
+        })
+        .boxed()
 }
 
 impl Backend for HttpBackend {
@@ -366,13 +373,92 @@ impl Backend for HttpBackend {
                 .body(json_body(&spec)?)
                 .map_err(|e| Error::invalid(format!("building the request: {e}")))?;
             let resp = self.send(req).await?;
-            let events = ndjson::<ExecEvent>(resp.into_body())
-                .filter(|e| {
-                    let keep = !matches!(e, Ok(ExecEvent::Keepalive { .. }));
-                    async move { keep }
-                })
-                .boxed();
-            Ok(events)
+            Ok(exec_events(resp.into_body()))
+        }
+        .boxed()
+    }
+
+    fn start_exec(
+        &self,
+        id: String,
+        spec: ExecSpec,
+        key: Option<String>,
+    ) -> BoxFuture<'_, Result<ExecInfo>> {
+        async move {
+            let uri = format!("{}/execs?detach=true", sandbox_uri(&id));
+            let body = json_body(&spec)?;
+            Ok(self
+                .call(Method::POST, &uri, Some(body), &key_header(&key))
+                .await?
+                .1)
+        }
+        .boxed()
+    }
+
+    fn execs(&self, id: String) -> BoxFuture<'_, Result<Vec<ExecInfo>>> {
+        async move { self.get_json(&format!("{}/execs", sandbox_uri(&id))).await }.boxed()
+    }
+
+    fn exec_info(&self, id: String, exec: String) -> BoxFuture<'_, Result<ExecInfo>> {
+        async move { self.get_json(&exec_uri(&id, &exec)).await }.boxed()
+    }
+
+    fn attach(
+        &self,
+        id: String,
+        exec: String,
+        after_seq: u64,
+        follow: bool,
+    ) -> BoxFuture<'_, Result<ExecEvents>> {
+        async move {
+            let uri = format!(
+                "{}/output?after_seq={after_seq}&follow={follow}",
+                exec_uri(&id, &exec)
+            );
+            let req = Self::request(Method::GET, &uri)
+                .body(empty())
+                .map_err(|e| Error::invalid(format!("building the request: {e}")))?;
+            let resp = self.send(req).await?;
+            Ok(exec_events(resp.into_body()))
+        }
+        .boxed()
+    }
+
+    fn write_stdin(
+        &self,
+        id: String,
+        exec: String,
+        offset: Option<u64>,
+        data: Bytes,
+        close: bool,
+    ) -> BoxFuture<'_, Result<StdinWritten>> {
+        async move {
+            let mut uri = format!("{}/stdin?close={close}", exec_uri(&id, &exec));
+            if let Some(offset) = offset {
+                uri.push_str(&format!("&offset={offset}"));
+            }
+            let body = Full::new(data)
+                .map_err(|never| match never {})
+                .boxed_unsync();
+            let req = Self::request(Method::POST, &uri)
+                .header(hyper::header::CONTENT_TYPE, "application/octet-stream")
+                .body(body)
+                .map_err(|e| Error::invalid(format!("building the request: {e}")))?;
+            let resp = self.send(req).await?;
+            parse(&collect(resp.into_body()).await?)
+        }
+        .boxed()
+    }
+
+    fn signal(&self, id: String, exec: String, signal: i32) -> BoxFuture<'_, Result<()>> {
+        async move {
+            let uri = format!("{}/signal", exec_uri(&id, &exec));
+            let body = json_body(&SignalRequest {
+                signal: SignalName::Number(i64::from(signal)),
+            })?;
+            self.call::<serde_json::Value>(Method::POST, &uri, Some(body), &[])
+                .await?;
+            Ok(())
         }
         .boxed()
     }

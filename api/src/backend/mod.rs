@@ -4,6 +4,7 @@
 
 pub(crate) mod embedded;
 pub(crate) mod http;
+pub(crate) mod lines;
 
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
@@ -11,8 +12,8 @@ use futures_util::stream::BoxStream;
 use tokio::io::AsyncRead;
 
 use crate::model::{
-    Event, ExecEvent, ExecSpec, FileEntry, FileWritten, Health, Info, PoolInfo, SandboxFilter,
-    SandboxInfo, SandboxPatch, SandboxSpec, TemplateInfo,
+    Event, ExecEvent, ExecInfo, ExecSpec, FileEntry, FileWritten, Health, Info, PoolInfo,
+    SandboxFilter, SandboxInfo, SandboxPatch, SandboxSpec, StdinWritten, TemplateInfo,
 };
 use crate::Result;
 
@@ -60,6 +61,32 @@ pub(crate) trait Backend: Send + Sync {
         spec: ExecSpec,
         key: Option<String>,
     ) -> BoxFuture<'_, Result<ExecEvents>>;
+    /// Starts an exec and returns at once (`?detach=true`).
+    fn start_exec(
+        &self,
+        id: String,
+        spec: ExecSpec,
+        key: Option<String>,
+    ) -> BoxFuture<'_, Result<ExecInfo>>;
+    fn execs(&self, id: String) -> BoxFuture<'_, Result<Vec<ExecInfo>>>;
+    fn exec_info(&self, id: String, exec: String) -> BoxFuture<'_, Result<ExecInfo>>;
+    fn attach(
+        &self,
+        id: String,
+        exec: String,
+        after_seq: u64,
+        follow: bool,
+    ) -> BoxFuture<'_, Result<ExecEvents>>;
+    /// Stdin at `offset` (`None`: after what was accepted so far).
+    fn write_stdin(
+        &self,
+        id: String,
+        exec: String,
+        offset: Option<u64>,
+        data: Bytes,
+        close: bool,
+    ) -> BoxFuture<'_, Result<StdinWritten>>;
+    fn signal(&self, id: String, exec: String, signal: i32) -> BoxFuture<'_, Result<()>>;
     fn read_file(&self, id: String, path: String) -> BoxFuture<'_, Result<Download>>;
     fn write_file(
         &self,

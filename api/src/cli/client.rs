@@ -1,16 +1,16 @@
 //! The client commands: a thin layer over [`kiln::Kiln::connect_unix`].
 
-use std::io::{IsTerminal, Read, Write};
+use std::io::{IsTerminal, Read};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use futures_util::StreamExt;
-use kiln::model::{ExecEvent, OnEmpty, SandboxFilter, SandboxSpec, SandboxState};
+use kiln::model::{OnEmpty, SandboxFilter, SandboxSpec, SandboxState};
 use kiln::Kiln;
 
-use super::output;
+use super::{output, processes};
 
 /// Where the daemon listens, and how to print.
 #[derive(clap::Args, Clone)]
@@ -20,11 +20,11 @@ pub struct Conn {
     pub socket: Option<PathBuf>,
     /// JSON output for scripts.
     #[arg(long, global = true)]
-    json: bool,
+    pub json: bool,
 }
 
 impl Conn {
-    async fn connect(&self) -> Result<Kiln> {
+    pub async fn connect(&self) -> Result<Kiln> {
         let socket = self
             .socket
             .clone()
@@ -99,6 +99,14 @@ pub struct ExecArgs {
     /// Kill the command after this many seconds.
     #[arg(long)]
     timeout: Option<u64>,
+    /// Start it and print its id; it runs on (see `kiln attach`, `kiln
+    /// stdin`, `kiln kill`). Without it, leaving (Ctrl-C) kills it.
+    #[arg(long, short)]
+    detach: bool,
+    /// Keep its stdin open for `kiln stdin` (after this command's own
+    /// stdin, if that is not a terminal).
+    #[arg(long)]
+    stdin_open: bool,
     /// The command and its arguments.
     #[arg(last = true, required = true)]
     argv: Vec<String>,
@@ -148,6 +156,10 @@ pub enum Cmd {
     Rm(RmArgs),
     Pool(PoolArgs),
     Events(EventsArgs),
+    Ps(processes::PsArgs),
+    Attach(processes::AttachArgs),
+    Kill(processes::KillArgs),
+    Stdin(processes::StdinArgs),
 }
 
 /// Runs a client command on a small runtime.
@@ -165,6 +177,10 @@ pub fn run(conn: Conn, cmd: Cmd) -> Result<ExitCode> {
                 Cmd::Rm(a) => rm(&conn, a).await,
                 Cmd::Pool(a) => pool(&conn, a).await,
                 Cmd::Events(a) => events(&conn, a).await,
+                Cmd::Ps(a) => processes::ps(&conn, a).await,
+                Cmd::Attach(a) => processes::attach(&conn, a).await,
+                Cmd::Kill(a) => processes::kill(&conn, a).await,
+                Cmd::Stdin(a) => processes::stdin(&conn, a).await,
             }
         })
 }
@@ -241,9 +257,6 @@ async fn ls(conn: &Conn, a: LsArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Exit code for a command that hit its timeout (as coreutils `timeout`).
-const EXIT_TIMED_OUT: u8 = 124;
-
 async fn exec(conn: &Conn, a: ExecArgs) -> Result<ExitCode> {
     let kiln = conn.connect().await?;
     let sandbox = kiln.sandboxes().get(&a.sandbox).await?;
@@ -257,6 +270,9 @@ async fn exec(conn: &Conn, a: ExecArgs) -> Result<ExitCode> {
     if let Some(t) = a.timeout {
         builder = builder.timeout(Duration::from_secs(t));
     }
+    if a.stdin_open {
+        builder = builder.keep_stdin_open();
+    }
     if !std::io::stdin().is_terminal() {
         let mut stdin = Vec::new();
         std::io::stdin()
@@ -265,38 +281,17 @@ async fn exec(conn: &Conn, a: ExecArgs) -> Result<ExitCode> {
             .context("reading stdin")?;
         builder = builder.stdin(stdin);
     }
-    let mut exec = builder.spawn().await?;
-    let mut out = std::io::stdout();
-    let mut err = std::io::stderr();
-    while let Some(event) = exec.next().await {
-        match event? {
-            ExecEvent::Stdout { data, data_b64, .. } => {
-                out.write_all(&ExecEvent::bytes(&data, &data_b64))?;
-                out.flush()?;
-            }
-            ExecEvent::Stderr { data, data_b64, .. } => {
-                err.write_all(&ExecEvent::bytes(&data, &data_b64))?;
-            }
-            ExecEvent::Exited { result, .. } => {
-                if conn.json {
-                    eprintln!("{}", serde_json::to_string(&result)?);
-                }
-                if result.timed_out {
-                    eprintln!("kiln: the command timed out; its process group was killed");
-                    return Ok(ExitCode::from(EXIT_TIMED_OUT));
-                }
-                return Ok(match (result.exit_code, result.signal) {
-                    (Some(code), _) => ExitCode::from(u8::try_from(code & 0xff).unwrap_or(1)),
-                    (None, Some(sig)) => {
-                        ExitCode::from(u8::try_from(128 + (sig & 0x7f)).unwrap_or(1))
-                    }
-                    (None, None) => ExitCode::FAILURE,
-                });
-            }
-            _ => {}
+    if a.detach {
+        let info = builder.detach().await?;
+        if conn.json {
+            output::json(&info)?;
+        } else {
+            println!("{}", info.exec_id);
         }
+        return Ok(ExitCode::SUCCESS);
     }
-    bail!("the exec stream ended before the command's exit")
+    let exec = builder.kill_on_drop(true).spawn().await?;
+    processes::print_events(exec, conn.json).await
 }
 
 /// `SANDBOX:PATH` -> (sandbox, path); a local path -> None.

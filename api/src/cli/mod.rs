@@ -2,6 +2,7 @@
 
 mod client;
 mod output;
+mod processes;
 mod run;
 mod serve;
 
@@ -32,8 +33,18 @@ enum Command {
     Create(client::CreateArgs),
     /// List sandboxes.
     Ls(client::LsArgs),
-    /// Run a command in a sandbox; streams its output, exits with its code.
+    /// Run a command in a sandbox; streams its output, exits with its code
+    /// (or, with --detach, prints its id).
     Exec(client::ExecArgs),
+    /// List a sandbox's commands (running, exited, gone).
+    Ps(processes::PsArgs),
+    /// Follow a command's output from a sequence number; exits with its
+    /// code.
+    Attach(processes::AttachArgs),
+    /// Send a signal to a command's process group.
+    Kill(processes::KillArgs),
+    /// Send this command's stdin to a command started with --stdin-open.
+    Stdin(processes::StdinArgs),
     /// Copy a file into or out of a sandbox (SANDBOX:PATH on one side).
     Cp(client::CpArgs),
     /// Delete sandboxes.
@@ -62,6 +73,10 @@ pub fn main() -> ExitCode {
         Command::Create(args) => client::run(cli.conn, client::Cmd::Create(args)),
         Command::Ls(args) => client::run(cli.conn, client::Cmd::Ls(args)),
         Command::Exec(args) => client::run(cli.conn, client::Cmd::Exec(args)),
+        Command::Ps(args) => client::run(cli.conn, client::Cmd::Ps(args)),
+        Command::Attach(args) => client::run(cli.conn, client::Cmd::Attach(args)),
+        Command::Kill(args) => client::run(cli.conn, client::Cmd::Kill(args)),
+        Command::Stdin(args) => client::run(cli.conn, client::Cmd::Stdin(args)),
         Command::Cp(args) => client::run(cli.conn, client::Cmd::Cp(args)),
         Command::Rm(args) => client::run(cli.conn, client::Cmd::Rm(args)),
         Command::Pool(args) => client::run(cli.conn, client::Cmd::Pool(args)),

@@ -1,31 +1,30 @@
-//! Execs: a program in a sandbox, streamed as events (started, stdout,
-//! stderr, exited). While it runs the sandbox is not idle. The exec lives
-//! in the agent connection: dropping the stream aborts it (the agent kills
-//! the program when the host hangs up).
+//! Starting execs. Every exec is a process in the sandbox agent's process
+//! table: `Start` returns its id at once and the program runs on whatever
+//! happens to the client. A foreground exec is start + attach from the
+//! first chunk (+ the exit, which ends the attach); with
+//! `kill_on_disconnect` a client that leaves early takes the program with
+//! it. The exec id and the agent's id are kept in SQLite, so a restarted
+//! daemon finds its execs again.
 
 use std::collections::BTreeMap;
-use std::time::Instant;
+use std::sync::Arc;
 
-use kiln_agent::protocol::ExecRequest;
-use tokio::sync::mpsc;
+use futures_util::stream::{self, StreamExt};
+use kiln_agent::protocol::{ErrorCode, ExecRequest};
 use tracing::Instrument;
 
-use super::sandboxes::{body_hash, check_env, check_path, clock_of};
+use super::exec_events::{exec_events, ExecStream, KillOnDrop};
+use super::files::vm_error;
+use super::sandboxes::{body_hash, check_env, check_path};
 use super::store::{ExecRecord, Reservation};
 use super::{new_id, Core};
-use crate::model::{now_ms, ExecEvent, ExecResult, ExecSpec};
-use crate::vm_process::ExecOutput;
+use crate::config::TimeoutsConfig;
+use crate::model::{now_ms, ExecEvent, ExecSpec};
+use crate::vm_process::{AgentAddr, EXEC_TIMEOUT_GRACE};
 use crate::{Error, Result};
-
-/// Events of one exec, in order; the last is `exited` or `error`.
-pub(crate) type ExecStream = mpsc::Receiver<ExecEvent>;
 
 /// Most stdin bytes an exec request may carry.
 pub(crate) const MAX_STDIN_BYTES: usize = 8 << 20;
-
-/// Events buffered between the agent and a slow reader (each at most one
-/// agent frame, 64 KiB).
-const EVENT_BUFFER: usize = 16;
 
 fn stdin_of(spec: &ExecSpec) -> Result<Option<Vec<u8>>> {
     let bytes = match (&spec.stdin, &spec.stdin_b64) {
@@ -43,62 +42,116 @@ fn stdin_of(spec: &ExecSpec) -> Result<Option<Vec<u8>>> {
     Ok(Some(bytes))
 }
 
-/// A stream that replays a finished exec.
-fn replay(record: ExecRecord) -> Result<ExecStream> {
-    let Some(result) = record.result else {
+/// Checks an exec's spec; returns its timeout (ms) and initial stdin.
+pub(crate) fn check_exec(
+    spec: &ExecSpec,
+    timeouts: &TimeoutsConfig,
+) -> Result<(u64, Option<Vec<u8>>)> {
+    if spec.argv.is_empty() || spec.argv[0].is_empty() {
+        return Err(Error::invalid("argv must name a program"));
+    }
+    if spec.argv.iter().any(|a| a.contains('\0')) {
+        return Err(Error::invalid("argv may not contain NUL"));
+    }
+    let timeout_ms = timeouts.exec().check("timeout_ms", spec.timeout_ms)?;
+    check_env(&spec.env)?;
+    if let Some(cwd) = &spec.cwd {
+        check_path(cwd)?;
+    }
+    Ok((timeout_ms, stdin_of(spec)?))
+}
+
+/// A stream that replays a finished exec whose output the agent no longer
+/// holds: its start and its end.
+fn replay(record: &ExecRecord) -> Result<ExecStream> {
+    let Some(result) = record.result.clone() else {
         return Err(Error::Conflict(format!(
-            "exec {} with this Idempotency-Key is still running; its output cannot be replayed",
+            "exec {} with this Idempotency-Key is gone from the agent; its output cannot be replayed",
             record.id
         )));
     };
-    let (tx, rx) = mpsc::channel(2);
-    let _ = tx.try_send(ExecEvent::Started {
-        seq: 0,
-        exec_id: record.id,
-    });
-    let _ = tx.try_send(ExecEvent::Exited { seq: 1, result });
-    Ok(rx)
+    let events = [
+        ExecEvent::Started {
+            seq: 0,
+            exec_id: record.id.clone(),
+        },
+        ExecEvent::Exited { seq: 0, result },
+    ];
+    Ok(stream::iter(events).boxed())
+}
+
+/// How long an attach may wait for the next event: a following attach as
+/// long as the program may live (plus the grace), `None` when unknown.
+pub(super) fn follow_idle(record: &ExecRecord) -> Option<std::time::Duration> {
+    record
+        .timeout_ms
+        .map(|ms| std::time::Duration::from_millis(ms).saturating_add(EXEC_TIMEOUT_GRACE))
+}
+
+/// Feeds an exec's initial stdin as the program reads it (the agent waits
+/// a few seconds per write; a write that made no progress is retried
+/// while the program runs, and its timeout bounds that), then closes
+/// stdin unless it is to stay open. Holds the exec's stdin lock throughout.
+async fn feed_stdin(
+    agent: AgentAddr,
+    agent_id: u64,
+    bytes: Vec<u8>,
+    keep_open: bool,
+    lock: tokio::sync::OwnedMutexGuard<()>,
+) {
+    let end = bytes.len() as u64;
+    let mut at = 0u64;
+    while at < end {
+        let from = usize::try_from(at).unwrap_or(usize::MAX);
+        match agent
+            .write_stdin(agent_id, at, bytes.get(from..).unwrap_or_default())
+            .await
+        {
+            Ok(accepted) => at = accepted,
+            Err(e) => {
+                // Closed by the program, or it ended: the rest is moot.
+                tracing::debug!(error = %e, "initial stdin stopped");
+                break;
+            }
+        }
+    }
+    if !keep_open {
+        if let Err(e) = agent.close_stdin(agent_id).await {
+            if e.agent_code() != Some(ErrorCode::NoSuchProcess) {
+                tracing::debug!(error = %e, "closing stdin");
+            }
+        }
+    }
+    drop(lock);
 }
 
 impl Core {
-    /// Starts an exec in sandbox `id`.
-    pub async fn exec(
+    /// Starts an exec in sandbox `id`; returns its record and whether it
+    /// is an idempotent replay of an earlier one (then nothing ran).
+    pub async fn start_exec(
         &self,
         id: &str,
-        spec: ExecSpec,
+        spec: &ExecSpec,
         key: Option<String>,
         caller: Option<u32>,
-    ) -> Result<ExecStream> {
+    ) -> Result<(ExecRecord, bool)> {
         self.refuse_if_draining()?;
-        if spec.argv.is_empty() || spec.argv[0].is_empty() {
-            return Err(Error::invalid("argv must name a program"));
-        }
-        let timeout_ms = self
-            .config()
-            .timeouts
-            .exec()
-            .check("timeout_ms", spec.timeout_ms)?;
-        check_env(&spec.env)?;
-        if let Some(cwd) = &spec.cwd {
-            check_path(cwd)?;
-        }
-        let stdin = stdin_of(&spec)?;
+        let (timeout_ms, stdin) = check_exec(spec, &self.config().timeouts)?;
         let scope = format!("exec:{id}");
-        let exec_id = new_id("exec");
         if let Some(key) = &key {
             match self
                 .inner
                 .store
-                .reserve(&scope, key, &body_hash(&spec), now_ms())?
+                .reserve(&scope, key, &body_hash(spec), now_ms())?
             {
-                Reservation::New => self.inner.store.complete(&scope, key, &exec_id)?,
+                Reservation::New => {}
                 Reservation::Replay(prior) => {
                     let record = self
                         .inner
                         .store
                         .exec(&prior)?
                         .ok_or_else(|| Error::NotFound(format!("exec {prior}")))?;
-                    return replay(record);
+                    return Ok((record, true));
                 }
                 Reservation::InFlight => {
                     return Err(Error::Conflict(format!(
@@ -112,6 +165,28 @@ impl Core {
                 }
             }
         }
+        let started = self.launch(id, spec, stdin, timeout_ms, caller).await;
+        if let Some(key) = &key {
+            let kept = match &started {
+                Ok(record) => self.inner.store.complete(&scope, key, &record.id),
+                Err(_) => self.inner.store.release(&scope, key),
+            };
+            if let Err(e) = kept {
+                tracing::warn!(error = %e, "idempotency key not updated");
+            }
+        }
+        Ok((started?, false))
+    }
+
+    /// Starts the program in the agent and records it.
+    async fn launch(
+        &self,
+        id: &str,
+        spec: &ExecSpec,
+        stdin: Option<Vec<u8>>,
+        timeout_ms: u64,
+        caller: Option<u32>,
+    ) -> Result<ExecRecord> {
         let (vm, info) = self.touch(id)?;
         let mut env: BTreeMap<String, String> = info.env.clone();
         env.extend(spec.env.clone());
@@ -119,147 +194,81 @@ impl Core {
             argv: spec.argv.clone(),
             env: env.into_iter().collect(),
             cwd: spec.cwd.clone().or(info.cwd.clone()),
-            stdin: stdin.is_some(),
+            stdin: stdin.is_some() || spec.stdin_open,
             timeout_ms: Some(timeout_ms),
             max_output_bytes: None,
         };
+        let agent = vm.process.agent().clone();
+        let agent_id = agent.start(request).await.map_err(|e| vm_error(e.into()))?;
         let record = ExecRecord {
-            id: exec_id.clone(),
+            id: new_id("exec"),
             sandbox_id: id.to_string(),
             argv: spec.argv.clone(),
             started_at_ms: now_ms(),
             result: None,
+            agent_id: Some(agent_id),
+            timeout_ms: Some(timeout_ms),
+            gone: false,
         };
-        self.inner.store.put_exec(&record)?;
+        if let Err(e) = self.inner.store.put_exec(&record) {
+            // Unrecorded, nobody could find it again: it must not run.
+            let _ = agent.signal(agent_id, libc::SIGKILL).await;
+            return Err(e.into());
+        }
         self.inner
             .store
             .audit(caller, "exec", id, &spec.argv.join(" "));
-        self.running(id, 1);
-        let (tx, rx) = mpsc::channel(EVENT_BUFFER);
-        let core = self.clone();
-        let span = tracing::info_span!("exec", sandbox_id = %id, exec_id = %exec_id);
-        let sandbox_id = id.to_string();
-        tokio::spawn(
-            async move {
-                let stdin: Option<Box<dyn tokio::io::AsyncRead + Send + Unpin>> =
-                    stdin.map(|b| Box::new(std::io::Cursor::new(b)) as _);
-                let last = core.pump(&vm, request, stdin, &exec_id, &tx).await;
-                core.running(&sandbox_id, -1);
-                let Some((result, last)) = last else {
-                    return; // the reader left: nothing to tell
-                };
-                // Recorded before the reader hears of the end, so a replay
-                // right after it finds the result.
-                let mut record = record;
-                record.result = result;
-                if let Err(e) = core.inner.store.put_exec(&record) {
-                    tracing::warn!(error = %e, "exec result not recorded");
-                }
-                let _ = tx.send(last).await;
-            }
-            .instrument(span),
-        );
-        Ok(rx)
-    }
-
-    /// Adds `delta` to the sandbox's running execs (and counts activity).
-    fn running(&self, id: &str, delta: i32) {
-        let mut st = self.state();
-        if let Some(s) = st.sandboxes.get_mut(id) {
-            s.info.running_execs = s.info.running_execs.saturating_add_signed(delta);
-            s.info.last_activity_ms = now_ms();
-            s.info.expires_at_ms = Some(clock_of(&s.info).deadline().at_ms);
-            s.notice_sent_for = None;
+        let lock = self.track_exec(id, &record.id, agent_id);
+        if let Some(bytes) = stdin {
+            let guard = Arc::clone(&lock).lock_owned().await;
+            let span = tracing::info_span!("stdin", sandbox_id = %id, exec_id = %record.id);
+            tokio::spawn(
+                feed_stdin(agent, agent_id, bytes, spec.stdin_open, guard).instrument(span),
+            );
         }
-        drop(st);
-        self.inner.expiry.notify_one();
+        tracing::info!(sandbox_id = %id, exec_id = %record.id, agent_id, "exec started");
+        Ok(record)
     }
 
-    /// Runs the exec, forwarding output as events; returns the result (when
-    /// the program ended) and the last event, not yet sent; `None` when the
-    /// reader left.
-    async fn pump(
+    /// Starts an exec and streams its events from `started` to `exited`.
+    /// The program runs on if the stream is dropped, unless the spec asks
+    /// for `kill_on_disconnect`.
+    pub async fn exec(
         &self,
-        vm: &super::vms::Vm,
-        request: ExecRequest,
-        stdin: Option<Box<dyn tokio::io::AsyncRead + Send + Unpin>>,
-        exec_id: &str,
-        tx: &mpsc::Sender<ExecEvent>,
-    ) -> Option<(Option<ExecResult>, ExecEvent)> {
-        let started = Instant::now();
-        let mut seq = 0u64;
-        let started_event = ExecEvent::Started {
-            seq,
-            exec_id: exec_id.to_string(),
+        id: &str,
+        spec: ExecSpec,
+        key: Option<String>,
+        caller: Option<u32>,
+    ) -> Result<ExecStream> {
+        let (record, replayed) = self.start_exec(id, &spec, key, caller).await?;
+        let started = ExecEvent::Started {
+            seq: 0,
+            exec_id: record.id.clone(),
         };
-        if tx.send(started_event).await.is_err() {
-            return None;
-        }
-        let (out_tx, mut out_rx) = mpsc::channel(EVENT_BUFFER);
-        let exec = vm.process.exec(request, stdin, out_tx);
-        tokio::pin!(exec);
-        let outcome = loop {
-            tokio::select! {
-                chunk = out_rx.recv() => {
-                    let Some(chunk) = chunk else { continue };
-                    seq += 1;
-                    let event = match chunk {
-                        ExecOutput::Stdout(b) => ExecEvent::output(false, seq, b),
-                        ExecOutput::Stderr(b) => ExecEvent::output(true, seq, b),
-                    };
-                    if tx.send(event).await.is_err() {
-                        tracing::info!("exec reader left; aborting the exec");
-                        return None;
-                    }
-                }
-                outcome = &mut exec => break outcome,
-            }
+        let Some(agent_id) = record.agent_id else {
+            return replay(&record);
         };
-        // Output that arrived before the exit frame.
-        while let Ok(chunk) = out_rx.try_recv() {
-            seq += 1;
-            let event = match chunk {
-                ExecOutput::Stdout(b) => ExecEvent::output(false, seq, b),
-                ExecOutput::Stderr(b) => ExecEvent::output(true, seq, b),
-            };
-            if tx.send(event).await.is_err() {
-                return None;
+        let (vm, _) = self.touch(id)?;
+        let agent = vm.process.agent().clone();
+        let attached = agent
+            .attach(agent_id, 0, true, follow_idle(&record))
+            .await
+            .map_err(|e| vm_error(e.into()));
+        let mut events = match attached {
+            Ok(events) => events,
+            Err(_) if replayed => return replay(&record),
+            Err(e) => return Err(e),
+        };
+        if replayed {
+            // The agent may have forgotten it: its refusal comes first.
+            match events.next().await {
+                Some(Ok(first)) => events = stream::once(async { Ok(first) }).chain(events).boxed(),
+                _ => return replay(&record),
             }
         }
-        seq += 1;
-        match outcome {
-            Ok(status) => {
-                self.inner
-                    .metrics
-                    .exec_duration
-                    .observe(started.elapsed().as_secs_f64());
-                let result = ExecResult {
-                    exec_id: exec_id.to_string(),
-                    exit_code: status.code,
-                    signal: status.signal,
-                    timed_out: status.timed_out,
-                    oom_killed: status.oom_killed,
-                    truncated: status.truncated,
-                    duration_ms: status.duration_ms,
-                    stdout: None,
-                    stderr: None,
-                };
-                let last = ExecEvent::Exited {
-                    seq,
-                    result: result.clone(),
-                };
-                Some((Some(result), last))
-            }
-            Err(e) => {
-                let error = super::files::vm_error(e);
-                tracing::info!(error = %error, "exec failed");
-                let last = ExecEvent::Error {
-                    seq,
-                    error: error.to_body().error,
-                };
-                Some((None, last))
-            }
-        }
+        let kill = (spec.kill_on_disconnect && !replayed).then(|| KillOnDrop::new(agent, agent_id));
+        let events = exec_events(self.clone(), id, &record.id, events, 0, kill);
+        Ok(stream::once(async { started }).chain(events).boxed())
     }
 }
 
@@ -292,26 +301,40 @@ mod tests {
         ));
     }
 
-    #[test]
-    fn a_finished_exec_replays_and_a_running_one_conflicts() {
+    #[tokio::test]
+    async fn a_forgotten_exec_replays_its_result_or_conflicts() {
         let mut record = ExecRecord {
             id: "exec-1".into(),
             sandbox_id: "sbx-1".into(),
             argv: vec!["true".into()],
             started_at_ms: 1,
-            result: None,
+            ..ExecRecord::default()
         };
-        assert!(matches!(replay(record.clone()), Err(Error::Conflict(_))));
-        record.result = Some(ExecResult {
+        assert!(matches!(replay(&record), Err(Error::Conflict(_))));
+        record.result = Some(crate::model::ExecResult {
             exec_id: "exec-1".into(),
             exit_code: Some(0),
-            ..ExecResult::default()
+            ..Default::default()
         });
-        let mut rx = replay(record).expect("replay");
-        assert!(matches!(rx.try_recv(), Ok(ExecEvent::Started { .. })));
+        let events: Vec<ExecEvent> = replay(&record).expect("replay").collect().await;
+        assert!(matches!(&events[0], ExecEvent::Started { exec_id, .. } if exec_id == "exec-1"));
         assert!(matches!(
-            rx.try_recv(),
-            Ok(ExecEvent::Exited { result, .. }) if result.exit_code == Some(0)
+            &events[1],
+            ExecEvent::Exited { result, .. } if result.exit_code == Some(0)
         ));
+        assert_eq!(events.len(), 2);
+    }
+
+    #[test]
+    fn a_following_attach_waits_as_long_as_the_program_may_live() {
+        let record = ExecRecord {
+            timeout_ms: Some(1000),
+            ..ExecRecord::default()
+        };
+        assert_eq!(
+            follow_idle(&record),
+            Some(std::time::Duration::from_secs(1) + EXEC_TIMEOUT_GRACE)
+        );
+        assert_eq!(follow_idle(&ExecRecord::default()), None);
     }
 }

@@ -114,7 +114,16 @@ pub(super) fn vm_error(e: VmProcessError) -> Error {
         Some(ErrorCode::NotFound) => Error::NotFound(message),
         Some(ErrorCode::PermissionDenied | ErrorCode::ReadOnly) => Error::PermissionDenied(message),
         Some(ErrorCode::NoSpace) => Error::GuestDiskFull(message),
-        Some(ErrorCode::Exists | ErrorCode::NotEmpty) => Error::Conflict(message),
+        Some(ErrorCode::NoSuchProcess) => Error::NotFound(message),
+        Some(
+            ErrorCode::Exists
+            | ErrorCode::NotEmpty
+            | ErrorCode::TooManyProcesses
+            | ErrorCode::StdinGap
+            | ErrorCode::StdinClosed
+            | ErrorCode::NotRunning
+            | ErrorCode::StillRunning,
+        ) => Error::Conflict(message),
         Some(
             ErrorCode::NotADirectory
             | ErrorCode::IsADirectory
@@ -372,7 +381,9 @@ mod tests {
             Error::InvalidArgument { .. }
         ));
         assert!(matches!(
-            vm_error(VmProcessError::Agent(AgentError::Cancelled)),
+            vm_error(VmProcessError::Agent(AgentError::Unresponsive(
+                std::time::Duration::from_secs(1)
+            ))),
             Error::Guest(_)
         ));
     }

@@ -9,6 +9,9 @@
 mod admission;
 mod events;
 mod exec;
+mod exec_control;
+mod exec_events;
+mod exec_watch;
 mod files;
 pub mod launcher;
 mod lock;
@@ -20,6 +23,13 @@ mod store;
 mod tasks;
 mod timeouts;
 mod vms;
+
+pub(crate) use exec_control::MAX_STDIN_WRITE;
+
+#[cfg(feature = "fuzzing")]
+pub(crate) use exec::check_exec;
+#[cfg(feature = "fuzzing")]
+pub(crate) use sandboxes::{check_create, check_patch, check_path};
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -62,6 +72,8 @@ struct Sandbox {
     vm: Arc<Vm>,
     /// The deadline (ms) whose `expiring` notice went out.
     notice_sent_for: Option<u64>,
+    /// Its running execs.
+    execs: exec_watch::RunningExecs,
 }
 
 /// Everything behind the lock.
@@ -74,6 +86,9 @@ struct State {
     usage: Usage,
     /// Boots in flight, pools and cold boots together.
     booting: u32,
+    /// Sandboxes being ended whose tombstone is not written yet, and why
+    /// (so a request in between hears of the end, not of no sandbox).
+    ending: HashMap<String, crate::error::EndReason>,
 }
 
 pub(crate) struct Inner {
@@ -286,6 +301,7 @@ impl Core {
             inner: Arc::new(inner),
         };
         core.recover().await?;
+        core.recover_execs()?;
         core.start_tasks();
         Ok(core)
     }

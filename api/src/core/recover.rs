@@ -196,6 +196,7 @@ impl Core {
                             info,
                             vm: Arc::clone(&vm),
                             notice_sent_for: None,
+                            execs: Default::default(),
                         },
                     );
                 }

@@ -13,6 +13,7 @@ use super::store::{Reservation, VmPhase};
 use super::timeouts::Clock;
 use super::vms::Vm;
 use super::{metrics, new_id, Core, Sandbox};
+use crate::config::TimeoutsConfig;
 use crate::error::EndReason;
 use crate::model::{
     now_ms, EventKind, InlineFile, LaunchType, OnEmpty, SandboxFilter, SandboxInfo, SandboxPatch,
@@ -88,6 +89,80 @@ fn decode_file(f: &InlineFile) -> Result<Vec<u8>> {
     }
 }
 
+/// What a create's spec says, checked.
+pub(crate) struct CheckedCreate {
+    /// Time to live, seconds.
+    pub ttl: u64,
+    /// Idle timeout, seconds.
+    pub idle: u64,
+    /// Inline files: path, mode, bytes.
+    pub files: Vec<(String, Option<u32>, Vec<u8>)>,
+    /// How long to wait for a pooled VM (`on_empty: wait`).
+    pub wait: Option<Duration>,
+}
+
+/// Checks a create's spec against the allowed ranges (the template is
+/// looked up by the core).
+pub(crate) fn check_create(spec: &SandboxSpec, t: &TimeoutsConfig) -> Result<CheckedCreate> {
+    let ttl = t.ttl().check("ttl_secs", spec.ttl_secs)?;
+    let idle = t
+        .idle()
+        .check("idle_timeout_secs", spec.idle_timeout_secs)?;
+    check_env(&spec.env)?;
+    if let Some(cwd) = &spec.cwd {
+        check_path(cwd)?;
+    }
+    if spec.files.len() > MAX_INLINE_FILES {
+        return Err(Error::out_of_range(
+            "files",
+            spec.files.len() as u64,
+            0,
+            MAX_INLINE_FILES as u64,
+        ));
+    }
+    let files = spec
+        .files
+        .iter()
+        .map(|f| Ok((f.path.clone(), f.mode, decode_file(f)?)))
+        .collect::<Result<Vec<_>>>()?;
+    let wait = match spec.on_empty {
+        OnEmpty::Wait => Some(Duration::from_millis(spec.wait_ms.map_or(
+            Ok(30_000),
+            |w| {
+                crate::model::Range {
+                    min: 0,
+                    max: MAX_WAIT_MS,
+                    default: 30_000,
+                }
+                .check("wait_ms", Some(w))
+            },
+        )?)),
+        _ => None,
+    };
+    Ok(CheckedCreate {
+        ttl,
+        idle,
+        files,
+        wait,
+    })
+}
+
+/// Checks a patch's timeouts; returns the new TTL and idle timeout.
+pub(crate) fn check_patch(
+    patch: &SandboxPatch,
+    t: &TimeoutsConfig,
+) -> Result<(Option<u64>, Option<u64>)> {
+    let ttl = patch
+        .ttl_secs
+        .map(|v| t.ttl().check("ttl_secs", Some(v)))
+        .transpose()?;
+    let idle = patch
+        .idle_timeout_secs
+        .map(|v| t.idle().check("idle_timeout_secs", Some(v)))
+        .transpose()?;
+    Ok((ttl, idle))
+}
+
 impl Core {
     /// Creates a sandbox (see [`SandboxSpec`]).
     pub async fn create(
@@ -102,42 +177,12 @@ impl Core {
             .clone()
             .unwrap_or_else(|| self.config().default_template.clone());
         let template = self.template(&template_name)?.clone();
-        let t = &self.config().timeouts;
-        let ttl = t.ttl().check("ttl_secs", spec.ttl_secs)?;
-        let idle = t
-            .idle()
-            .check("idle_timeout_secs", spec.idle_timeout_secs)?;
-        check_env(&spec.env)?;
-        if let Some(cwd) = &spec.cwd {
-            check_path(cwd)?;
-        }
-        if spec.files.len() > MAX_INLINE_FILES {
-            return Err(Error::out_of_range(
-                "files",
-                spec.files.len() as u64,
-                0,
-                MAX_INLINE_FILES as u64,
-            ));
-        }
-        let files = spec
-            .files
-            .iter()
-            .map(|f| Ok((f.path.clone(), f.mode, decode_file(f)?)))
-            .collect::<Result<Vec<_>>>()?;
-        let wait = match spec.on_empty {
-            OnEmpty::Wait => Some(Duration::from_millis(spec.wait_ms.map_or(
-                Ok(30_000),
-                |w| {
-                    crate::model::Range {
-                        min: 0,
-                        max: MAX_WAIT_MS,
-                        default: 30_000,
-                    }
-                    .check("wait_ms", Some(w))
-                },
-            )?)),
-            _ => None,
-        };
+        let CheckedCreate {
+            ttl,
+            idle,
+            files,
+            wait,
+        } = check_create(&spec, &self.config().timeouts)?;
         let scope = "create";
         if let Some(key) = &key {
             match self
@@ -266,6 +311,7 @@ impl Core {
                 info: info.clone(),
                 vm,
                 notice_sent_for: None,
+                execs: Default::default(),
             },
         );
         let m = &self.inner.metrics;
@@ -370,6 +416,12 @@ impl Core {
                 s.info.expires_at_ms = Some(clock_of(&s.info).deadline().at_ms);
                 return Ok((Arc::clone(&s.vm), s.info.clone()));
             }
+            if let Some(reason) = st.ending.get(id) {
+                return Err(Error::SandboxExpired {
+                    id: id.to_string(),
+                    reason: *reason,
+                });
+            }
         }
         match self.inner.store.sandbox(id)? {
             Some(SandboxInfo {
@@ -413,15 +465,7 @@ impl Core {
 
     /// `PATCH /v1/sandboxes/{id}`.
     pub fn patch(&self, id: &str, patch: SandboxPatch, caller: Option<u32>) -> Result<SandboxInfo> {
-        let t = &self.config().timeouts;
-        let ttl = patch
-            .ttl_secs
-            .map(|v| t.ttl().check("ttl_secs", Some(v)))
-            .transpose()?;
-        let idle = patch
-            .idle_timeout_secs
-            .map(|v| t.idle().check("idle_timeout_secs", Some(v)))
-            .transpose()?;
+        let (ttl, idle) = check_patch(&patch, &self.config().timeouts)?;
         self.touch(id)?;
         let info = {
             let mut st = self.state();
@@ -471,7 +515,12 @@ impl Core {
         reason: EndReason,
         caller: Option<u32>,
     ) -> Option<SandboxInfo> {
-        let Sandbox { mut info, vm, .. } = self.state().sandboxes.remove(id)?;
+        let Sandbox { mut info, vm, .. } = {
+            let mut st = self.state();
+            let sandbox = st.sandboxes.remove(id)?;
+            st.ending.insert(id.to_string(), reason);
+            sandbox
+        };
         self.forget_vm(&vm.id);
         info.state = SandboxState::Ended;
         info.end_reason = Some(reason);
@@ -480,6 +529,7 @@ impl Core {
         if let Err(e) = self.inner.store.put_sandbox(&info) {
             tracing::warn!(sandbox_id = %id, error = %e, "tombstone not recorded");
         }
+        self.state().ending.remove(id);
         let kind = if reason == EndReason::Deleted {
             EventKind::Deleted
         } else {

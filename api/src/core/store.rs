@@ -67,8 +67,9 @@ pub(crate) struct VmRow {
     pub ready_at_ms: Option<u64>,
 }
 
-/// An exec as stored (for idempotent replays).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// An exec as stored: what ties the daemon's exec id to the agent's
+/// process (kept across daemon restarts), and its result once seen.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct ExecRecord {
     /// Exec id.
     pub id: String,
@@ -80,6 +81,16 @@ pub(crate) struct ExecRecord {
     pub started_at_ms: u64,
     /// The result once it ended.
     pub result: Option<ExecResult>,
+    /// The agent's id of the process (`None` in records written before
+    /// execs were agent processes).
+    #[serde(default)]
+    pub agent_id: Option<u64>,
+    /// The program's timeout, ms.
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
+    /// The agent forgot the process before the daemon saw it end.
+    #[serde(default)]
+    pub gone: bool,
 }
 
 /// What an idempotency key says about a request.
@@ -258,15 +269,44 @@ impl Store {
         })
     }
 
-    /// Inserts or replaces an exec.
+    /// Inserts or updates an exec (an update keeps its place in the
+    /// sandbox's order).
     pub fn put_exec(&self, e: &ExecRecord) -> Result<()> {
         let json = to_json(e)?;
         self.with(|c| {
             c.execute(
-                "INSERT OR REPLACE INTO execs (id, sandbox_id, record) VALUES (?1, ?2, ?3)",
+                "INSERT INTO execs (id, sandbox_id, record) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (id) DO UPDATE SET record = excluded.record",
                 params![e.id, e.sandbox_id, json],
             )?;
             Ok(())
+        })
+    }
+
+    /// The newest `limit` execs of a sandbox, newest first.
+    pub fn execs_of(&self, sandbox_id: &str, limit: u32) -> Result<Vec<ExecRecord>> {
+        self.with(|c| {
+            let mut stmt = c.prepare(
+                "SELECT record FROM execs WHERE sandbox_id = ?1 ORDER BY rowid DESC LIMIT ?2",
+            )?;
+            let rows = stmt.query_map(params![sandbox_id, limit], |r| r.get::<_, String>(0))?;
+            rows.map(|r| from_json(&r?)).collect()
+        })
+    }
+
+    /// A sandbox's execs whose end the daemon has not seen yet, oldest
+    /// first.
+    pub fn unfinished_execs(&self, sandbox_id: &str) -> Result<Vec<ExecRecord>> {
+        self.with(|c| {
+            let mut stmt = c.prepare(
+                "SELECT record FROM execs WHERE sandbox_id = ?1
+                   AND json_extract(record, '$.result') IS NULL
+                   AND json_extract(record, '$.agent_id') IS NOT NULL
+                   AND NOT coalesce(json_extract(record, '$.gone'), 0)
+                 ORDER BY rowid",
+            )?;
+            let rows = stmt.query_map(params![sandbox_id], |r| r.get::<_, String>(0))?;
+            rows.map(|r| from_json(&r?)).collect()
         })
     }
 
@@ -528,6 +568,40 @@ mod tests {
         assert_eq!(s.events_after(0, 10).expect("after"), vec![a, b.clone()]);
         assert_eq!(s.events_after(1, 10).expect("after"), vec![b]);
         assert!(s.events_after(2, 10).expect("after").is_empty());
+    }
+
+    #[test]
+    fn execs_keep_their_order_and_unfinished_ones_are_found() {
+        let s = Store::in_memory();
+        let rec = |id: &str, agent_id| ExecRecord {
+            id: id.into(),
+            sandbox_id: "sbx".into(),
+            agent_id,
+            ..ExecRecord::default()
+        };
+        s.put_exec(&rec("a", Some(1))).expect("a");
+        s.put_exec(&rec("b", Some(2))).expect("b");
+        s.put_exec(&rec("c", None)).expect("c (an old record)");
+        s.put_exec(&ExecRecord {
+            sandbox_id: "other".into(),
+            ..rec("d", Some(1))
+        })
+        .expect("d");
+        let mut done = rec("a", Some(1));
+        done.result = Some(ExecResult::default());
+        s.put_exec(&done).expect("a ended");
+        let ids = |v: Vec<ExecRecord>| v.into_iter().map(|r| r.id).collect::<Vec<_>>();
+        assert_eq!(ids(s.execs_of("sbx", 10).expect("list")), ["c", "b", "a"]);
+        assert_eq!(ids(s.execs_of("sbx", 1).expect("list")), ["c"]);
+        assert_eq!(ids(s.unfinished_execs("sbx").expect("unfinished")), ["b"]);
+        let mut gone = rec("b", Some(2));
+        gone.gone = true;
+        s.put_exec(&gone).expect("b gone");
+        assert!(s.unfinished_execs("sbx").expect("unfinished").is_empty());
+        // Records from before execs were agent processes still parse.
+        let old = r#"{"id":"x","sandbox_id":"sbx","argv":[],"started_at_ms":1,"result":null}"#;
+        let parsed: ExecRecord = serde_json::from_str(old).expect("old record");
+        assert_eq!(parsed.agent_id, None);
     }
 
     #[test]

@@ -20,7 +20,8 @@ use crate::core::Core;
 use crate::model::{Event, Health, Info, PoolInfo, TemplateInfo};
 use crate::Result;
 
-pub use exec::{Exec, ExecBuilder, ExecOutput};
+pub(crate) use exec::collect_output;
+pub use exec::{Exec, ExecBuilder, ExecControl, ExecOutput};
 pub use files::{FileStream, Files};
 pub use sandbox::{Sandbox, Sandboxes};
 

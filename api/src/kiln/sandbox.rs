@@ -2,10 +2,10 @@
 
 use std::sync::Arc;
 
-use super::exec::ExecBuilder;
+use super::exec::{Exec, ExecBuilder, ExecControl};
 use super::files::Files;
 use crate::backend::Backend;
-use crate::model::{SandboxFilter, SandboxInfo, SandboxPatch, SandboxSpec};
+use crate::model::{ExecInfo, SandboxFilter, SandboxInfo, SandboxPatch, SandboxSpec};
 use crate::Result;
 
 /// The sandboxes of a [`super::Kiln`].
@@ -111,6 +111,42 @@ impl Sandbox {
             Arc::clone(&self.backend),
             self.info.id.clone(),
             argv.into_iter().map(Into::into).collect(),
+        )
+    }
+
+    /// Its execs, newest first (running, exited, and ones the agent no
+    /// longer holds).
+    pub async fn processes(&self) -> Result<Vec<ExecInfo>> {
+        self.backend.execs(self.info.id.clone()).await
+    }
+
+    /// Follows exec `exec_id`: its output after chunk `after_seq` (0: from
+    /// the start; a `gap` event first for output already evicted), then
+    /// its exit. Dropping the stream leaves the program running.
+    pub async fn attach(&self, exec_id: &str, after_seq: u64) -> Result<Exec> {
+        self.attach_with(exec_id, after_seq, true).await
+    }
+
+    /// Exec `exec_id`'s output after chunk `after_seq` as far as it goes
+    /// now: the stream ends with `CaughtUp` while the program runs.
+    pub async fn output_since(&self, exec_id: &str, after_seq: u64) -> Result<Exec> {
+        self.attach_with(exec_id, after_seq, false).await
+    }
+
+    async fn attach_with(&self, exec_id: &str, after_seq: u64, follow: bool) -> Result<Exec> {
+        let events = self
+            .backend
+            .attach(self.info.id.clone(), exec_id.to_string(), after_seq, follow)
+            .await?;
+        Ok(Exec::new(events, self.exec_control(exec_id)))
+    }
+
+    /// Signals and stdin of exec `exec_id`.
+    pub fn exec_control(&self, exec_id: &str) -> ExecControl {
+        ExecControl::new(
+            Arc::clone(&self.backend),
+            self.info.id.clone(),
+            exec_id.to_string(),
         )
     }
 

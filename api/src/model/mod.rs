@@ -9,7 +9,9 @@ mod pool;
 mod sandbox;
 
 pub use event::{Event, EventKind};
-pub use exec::{ExecEvent, ExecResult, ExecSpec};
+pub use exec::{
+    ExecEvent, ExecInfo, ExecResult, ExecSpec, ExecState, SignalName, SignalRequest, StdinWritten,
+};
 pub use files::{EntryKind, FileEntry, FileWritten};
 pub use pool::{PoolInfo, PoolUpdate, TemplateInfo};
 pub use sandbox::{

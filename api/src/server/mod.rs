@@ -5,7 +5,7 @@
 mod error;
 mod ndjson;
 mod peer;
-mod routes;
+pub(crate) mod routes;
 mod socket;
 
 use std::sync::Arc;
@@ -47,7 +47,7 @@ pub(crate) struct AppState {
     ),
     tags(
         (name = "sandboxes", description = "Create, find, keep alive, delete"),
-        (name = "execs", description = "Run commands"),
+        (name = "execs", description = "Run commands; attach to them, write their stdin, signal them"),
         (name = "files", description = "Move files in and out"),
         (name = "pools", description = "Templates and warm pools"),
         (name = "system", description = "Health, info, metrics, events")
@@ -71,7 +71,11 @@ fn parts() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(sandboxes::create, sandboxes::list))
         .routes(routes!(sandboxes::get, sandboxes::patch, sandboxes::delete))
         .routes(routes!(sandboxes::keepalive))
-        .routes(routes!(execs::start))
+        .routes(routes!(execs::start, execs::list))
+        .routes(routes!(execs::get))
+        .routes(routes!(execs::output))
+        .routes(routes!(execs::stdin))
+        .routes(routes!(execs::signal))
         .routes(routes!(files::list))
         .routes(routes!(files::stat))
         .routes(routes!(files::mkdir))

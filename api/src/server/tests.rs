@@ -58,7 +58,8 @@ async fn every_documented_operation_is_served() {
         let uri = path
             .replace("{id}", "sbx-none")
             .replace("{template}", "none")
-            .replace("{path}", "a/b");
+            .replace("{path}", "a/b")
+            .replace("{exec}", "exec-none");
         for method in item.as_object().expect("item").keys() {
             let Ok(method) = method.to_uppercase().parse::<Method>() else {
                 continue;

@@ -40,6 +40,24 @@ pub fn agent_binary() -> PathBuf {
         .clone()
 }
 
+/// A host-agent launcher config whose agent runs through a shell script
+/// `dir/name`: `before` first, then the real agent with its arguments and
+/// `extra_args`.
+pub fn wrapped_agent(dir: &Path, name: &str, before: &str, extra_args: &str) -> LauncherConfig {
+    let script = dir.join(name);
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\n{before}\nexec {} \"$@\" {extra_args}\n",
+            agent_binary().display()
+        ),
+    )
+    .expect("agent script");
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod");
+    LauncherConfig::HostAgent { agent: script }
+}
+
 /// A fresh directory for one test.
 pub fn scratch(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("kiln-test-{}-{name}", std::process::id()));

@@ -184,10 +184,10 @@ pub(crate) async fn stat(
 #[serde(deny_unknown_fields)]
 pub(crate) struct Mkdir {
     /// Guest path.
-    path: String,
+    pub(crate) path: String,
     /// Make missing parents (an existing directory is fine then).
     #[serde(default)]
-    parents: bool,
+    pub(crate) parents: bool,
 }
 
 /// Makes a directory.
@@ -211,9 +211,9 @@ pub(crate) async fn mkdir(
 #[serde(deny_unknown_fields)]
 pub(crate) struct Rename {
     /// Existing path.
-    from: String,
+    pub(crate) from: String,
     /// New path (a file or empty directory there is replaced).
-    to: String,
+    pub(crate) to: String,
 }
 
 /// Moves a path.

@@ -70,18 +70,12 @@ pub(crate) struct ListQuery {
     state: Option<String>,
 }
 
-/// Lists sandboxes by labels and state.
-#[utoipa::path(get, path = "/v1/sandboxes", tag = "sandboxes", params(ListQuery),
-    responses((status = 200, body = Vec<SandboxInfo>), (status = 400, body = ErrorBody)))]
-pub(crate) async fn list(
-    state: State<AppState>,
-    peer: ConnectInfo<Peer>,
-    uri: axum::http::Uri,
-) -> ApiResult<Json<Vec<SandboxInfo>>> {
-    // Repeated keys: parse the query by hand.
+/// The filter of a `GET /v1/sandboxes` query (parsed by hand: `label`
+/// repeats).
+pub(crate) fn parse_list_query(query: &str) -> Result<SandboxFilter, Error> {
     let mut filter = SandboxFilter::default();
-    let pairs: Vec<(String, String)> = serde_urlencoded::from_str(uri.query().unwrap_or(""))
-        .map_err(|e| Error::invalid(format!("query: {e}")))?;
+    let pairs: Vec<(String, String)> =
+        serde_urlencoded::from_str(query).map_err(|e| Error::invalid(format!("query: {e}")))?;
     for (k, v) in pairs {
         match k.as_str() {
             "label" => {
@@ -91,11 +85,21 @@ pub(crate) async fn list(
                 filter.labels.insert(lk.to_string(), lv.to_string());
             }
             "state" => filter.state = Some(v.parse::<SandboxState>()?),
-            other => {
-                return Err(Error::invalid(format!("unknown query parameter {other:?}")).into())
-            }
+            other => return Err(Error::invalid(format!("unknown query parameter {other:?}"))),
         }
     }
+    Ok(filter)
+}
+
+/// Lists sandboxes by labels and state.
+#[utoipa::path(get, path = "/v1/sandboxes", tag = "sandboxes", params(ListQuery),
+    responses((status = 200, body = Vec<SandboxInfo>), (status = 400, body = ErrorBody)))]
+pub(crate) async fn list(
+    state: State<AppState>,
+    peer: ConnectInfo<Peer>,
+    uri: axum::http::Uri,
+) -> ApiResult<Json<Vec<SandboxInfo>>> {
+    let filter = parse_list_query(uri.query().unwrap_or(""))?;
     Ok(Json(backend(&state, &peer).list(filter).await?))
 }
 
