@@ -52,3 +52,34 @@ fn twenty_boots_in_a_row_leak_nothing() {
     }
     assert_eq!(run_dirs(), Vec::<String>::new(), "run directories leaked");
 }
+
+#[test]
+fn sigusr1_dumps_device_state_and_the_vm_serves_on() {
+    let vm = boot();
+    let log = vm.process().log_path().to_path_buf();
+    // An open connection, so the dump reads a live stream's queues too.
+    let _open = vm.connect().expect("agent connection");
+    // The pid the caller holds is the jail's supervisor; it passes the
+    // signal on to the VMM.
+    // SAFETY: kill(2) on the VMM this test started.
+    assert_eq!(unsafe { libc::kill(vm.pid() as i32, libc::SIGUSR1) }, 0);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let text = loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if text.contains("virtio device 0: vsock cid") || std::time::Instant::now() > deadline {
+            break text;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(
+        text.contains("rxq: size 256"),
+        "no vsock state dump in the log:\n{text}"
+    );
+    assert!(text.contains("conn ConnKey"), "{text}");
+    assert_eq!(
+        sh(&vm, "echo still here").stdout,
+        b"still here\n",
+        "{}",
+        vm.vmm_report()
+    );
+}

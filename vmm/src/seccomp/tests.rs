@@ -125,6 +125,19 @@ fn argument_rules() {
         libc::SYS_ioctl,
         [9, libc::FIONBIO, 0, 0, 0, 0]
     ));
+    // The SIGUSR1 state dump asks each vsock stream what it has queued.
+    for request in [libc::FIONREAD, libc::TIOCOUTQ] {
+        assert!(admits(
+            ThreadKind::Virtio,
+            libc::SYS_ioctl,
+            [9, request, 0, 0, 0, 0]
+        ));
+    }
+    assert!(!admits(
+        ThreadKind::Virtio,
+        libc::SYS_ioctl,
+        [9, libc::TIOCSTI, 0, 0, 0, 0]
+    ));
     // Sockets: unix streams on the event loop only.
     let unix = libc::AF_UNIX as u64;
     let stream = libc::SOCK_STREAM as u64 | libc::SOCK_NONBLOCK as u64 | libc::SOCK_CLOEXEC as u64;

@@ -184,10 +184,14 @@ fn virtio() -> Vec<Allowed> {
             "guest-initiated vsock connections to <uds>_<port>",
         ),
         any(SYS_shutdown, "closing vsock streams"),
-        when(
+        when_any(
             SYS_ioctl,
-            vec![ArgCheck::eq32(1, FIONBIO)],
-            "making accepted streams non-blocking",
+            vec![
+                vec![ArgCheck::eq32(1, FIONBIO)],
+                vec![ArgCheck::eq32(1, libc::FIONREAD)],
+                vec![ArgCheck::eq32(1, libc::TIOCOUTQ)],
+            ],
+            "making accepted streams non-blocking; the SIGUSR1 state dump reads the bytes queued in each vsock stream (FIONREAD, TIOCOUTQ)",
         ),
         any(SYS_timerfd_settime, "vsock connect and credit timers"),
         any(SYS_pread64, "virtio-blk reads"),
