@@ -212,6 +212,65 @@ async fn empty_pool_cold_boots_fails_or_waits_and_limits_say_which() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
+/// A cold create against a host-agent "VM" whose script runs `before` (with
+/// `$STARTS` counting the starts so far, this one included) ahead of the
+/// agent: the create's outcome and how many starts it took.
+async fn cold_create_with(
+    dir: &std::path::Path,
+    name: &str,
+    before: &str,
+) -> (kiln::Result<LaunchType>, usize) {
+    let log = dir.join(format!("{name}.starts"));
+    let mut config = common::host_config(&dir.join(format!("{name}.state")), 0);
+    config.launcher = common::wrapped_agent(
+        dir,
+        name,
+        &format!(
+            "echo start >> {log}\nSTARTS=$(wc -l < {log})\n{before}",
+            log = log.display()
+        ),
+        "",
+    );
+    let kiln = Kiln::embedded(config).await.expect("embedded kiln");
+    let outcome = match kiln.sandboxes().create(SandboxSpec::default()).await {
+        Ok(sandbox) => {
+            let launch = sandbox.cached_info().launch_type;
+            sandbox.delete().await.expect("delete");
+            Ok(launch)
+        }
+        Err(e) => Err(e),
+    };
+    assert_eq!(kiln.info().await.expect("info").vms, 0, "nothing leaked");
+    kiln.shutdown().await;
+    let starts = std::fs::read_to_string(&log).map_or(0, |s| s.lines().count());
+    (outcome, starts)
+}
+
+#[tokio::test]
+async fn a_cold_create_boots_again_after_a_guest_crash_but_not_after_a_setup_failure() {
+    let dir = common::scratch("embedded-crash");
+    let crashed = kiln_vmm::EXIT_GUEST_CRASHED;
+    // The first start "crashes" like a guest (kiln-vmm's status); the second
+    // is a working agent.
+    let once = format!("[ \"$STARTS\" -gt 1 ] || exit {crashed}");
+    let (outcome, starts) = cold_create_with(&dir, "crash-once", &once).await;
+    assert_eq!(outcome.expect("the second boot serves"), LaunchType::Cold);
+    assert_eq!(starts, 2);
+    // A guest that crashes every time: two boots, then the error.
+    let (outcome, starts) =
+        cold_create_with(&dir, "crash-always", &format!("exit {crashed}")).await;
+    let err = outcome.expect_err("never boots");
+    assert!(matches!(err, Error::BootTimeout(_)), "{err}");
+    assert_eq!(starts, 2);
+    // A VMM that cannot set up the VM is not retried.
+    let setup = format!("exit {}", kiln_vmm::EXIT_SETUP_FAILED);
+    let (outcome, starts) = cold_create_with(&dir, "setup-fails", &setup).await;
+    let err = outcome.expect_err("never boots");
+    assert!(matches!(err, Error::BootTimeout(_)), "{err}");
+    assert_eq!(starts, 1);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 #[tokio::test]
 async fn a_template_that_cannot_boot_backs_off_without_a_spawn_storm() {
     let dir = common::scratch("embedded-backoff");

@@ -3,6 +3,7 @@
 //! hardware KVM (`tools/bench`).
 
 mod api;
+mod burst;
 mod child;
 mod compare;
 mod diag;
@@ -283,12 +284,17 @@ fn exec(args: ExecArgs) -> Result<()> {
 
 #[derive(clap::Args)]
 struct BootArgs {
-    /// Boots per VMM.
+    /// Boots per VMM (rounds per VMM with `--parallel`).
     #[arg(long, default_value_t = 30)]
     n: usize,
     /// vCPUs per VM.
     #[arg(long, default_value_t = 1)]
     vcpus: u8,
+    /// VMs booted at once per round (each round one VMM, alternating).
+    /// Above 1, failed boots are counted and reported instead of ending
+    /// the run: the side-by-side failure rate under concurrent boots.
+    #[arg(long, default_value_t = 1)]
+    parallel: usize,
     /// Also boot kiln-vmm with `--no-jail`, interleaved, to measure what
     /// the jail costs.
     #[arg(long)]
@@ -345,6 +351,21 @@ fn boot(args: BootArgs) -> Result<()> {
     }
     if peers.is_empty() {
         bail!("nothing to measure: give at least one VMM");
+    }
+    if args.parallel > 1 {
+        let results = burst::run(&peers, args.n, args.parallel);
+        let _ = std::fs::remove_dir_all(&scratch);
+        println!(
+            "cold boots in bursts of {} at once, {} rounds per VMM, {} vCPU, {} MiB; ratios are p50 against the first row of each metric",
+            args.parallel, args.n, args.vcpus, args.vms.mem_mib
+        );
+        let table: Vec<_> = results
+            .iter()
+            .map(|r| (r.name.clone(), r.samples.clone()))
+            .collect();
+        print!("{}", report::boot_table(&table));
+        print!("{}", burst::failure_report(&results, peer::BOOT_TIMEOUT));
+        return Ok(());
     }
     // Interleave the VMMs run by run, so drift in the machine's speed hits
     // them alike.

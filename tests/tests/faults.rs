@@ -246,6 +246,10 @@ fn guest_kernel_panic_ends_the_vm_with_an_error() {
         matches!(err, VmProcessError::EarlyExit { .. }),
         "expected the VM to exit, got: {err}"
     );
+    assert!(
+        err.guest_crashed(),
+        "a kernel panic is a guest crash: {err}"
+    );
     let _ = fs::remove_dir_all(dir);
 }
 

@@ -23,3 +23,10 @@ pub mod probe;
 pub mod seccomp;
 pub mod vcpu;
 pub mod vm;
+
+/// The `kiln-vmm` binary's exit status when the guest ended the VM
+/// uncleanly (a triple fault, a kernel panic, an unexpected reset).
+pub const EXIT_GUEST_CRASHED: i32 = 1;
+/// The `kiln-vmm` binary's exit status when it could not build or start the
+/// VM (bad config, missing file, no KVM, jail or seccomp setup).
+pub const EXIT_SETUP_FAILED: i32 = 2;

@@ -115,11 +115,14 @@ fn main() {
     // Blocked before any thread exists, so every thread inherits the mask;
     // the signal thread (or the supervisor) takes them with sigwait.
     if let Err(e) = block_signals() {
-        fail(2, &format!("cannot set up signal handling: {e}"));
+        fail(
+            kiln_vmm::EXIT_SETUP_FAILED,
+            &format!("cannot set up signal handling: {e}"),
+        );
     }
     let mut config = match build_config(&args, &matches) {
         Ok(c) => c,
-        Err(e) => fail(2, &e),
+        Err(e) => fail(kiln_vmm::EXIT_SETUP_FAILED, &e),
     };
     // Opened before the jail, whose root may not hold its directory.
     let mut timings_file = args.timings_json.as_ref().map(|path| {
@@ -128,13 +131,18 @@ fn main() {
             .create(true)
             .truncate(false)
             .open(path)
-            .unwrap_or_else(|e| fail(2, &format!("cannot open {}: {e}", path.display())))
+            .unwrap_or_else(|e| {
+                fail(
+                    kiln_vmm::EXIT_SETUP_FAILED,
+                    &format!("cannot open {}: {e}", path.display()),
+                )
+            })
     });
     let jailed = if config.jail.enabled {
         match jail::enter(&mut config) {
             Ok(Role::Supervisor(supervisor)) => supervisor.run(),
             Ok(Role::Vmm(jailed)) => jailed,
-            Err(e) => fail(2, &error_chain(&e)),
+            Err(e) => fail(kiln_vmm::EXIT_SETUP_FAILED, &error_chain(&e)),
         }
     } else {
         tracing::warn!(
@@ -144,10 +152,10 @@ fn main() {
     };
     let built = match builder::build(&config, start) {
         Ok(built) => built,
-        Err(e) => fail(2, &error_chain(&e)),
+        Err(e) => fail(kiln_vmm::EXIT_SETUP_FAILED, &error_chain(&e)),
     };
     if let Err(e) = jailed.finish() {
-        fail(2, &error_chain(&e));
+        fail(kiln_vmm::EXIT_SETUP_FAILED, &error_chain(&e));
     }
     let filters = if !config.jail.seccomp_on() {
         if config.jail.enabled {
@@ -160,21 +168,24 @@ fn main() {
     } else {
         match ThreadFilters::for_vmm() {
             Ok(f) => Some(Arc::new(f)),
-            Err(e) => fail(2, &error_chain(&e)),
+            Err(e) => fail(kiln_vmm::EXIT_SETUP_FAILED, &error_chain(&e)),
         }
     };
     let vm = match built.start(filters.clone()) {
         Ok(vm) => vm,
-        Err(e) => fail(2, &error_chain(&e)),
+        Err(e) => fail(kiln_vmm::EXIT_SETUP_FAILED, &error_chain(&e)),
     };
     let handles = Arc::new(OnceLock::<(StopHandle, DumpTrigger)>::new());
     let _ = handles.set((vm.stop_handle(), vm.dump_trigger()));
     if let Err(e) = spawn_signal_thread(handles, filters.clone()) {
-        fail(2, &format!("cannot set up signal handling: {e}"));
+        fail(
+            kiln_vmm::EXIT_SETUP_FAILED,
+            &format!("cannot set up signal handling: {e}"),
+        );
     }
     if let Some(filters) = &filters {
         if let Err(e) = filters.install(ThreadKind::Main) {
-            fail(2, &error_chain(&e));
+            fail(kiln_vmm::EXIT_SETUP_FAILED, &error_chain(&e));
         }
     }
     let reason = vm.wait();
@@ -193,8 +204,11 @@ fn main() {
         }
         r if r.is_clean() => tracing::info!("{r}"),
         r => match crash_state {
-            Some(state) => fail(1, &format!("vm exited: {r}; vcpu state: {state}")),
-            None => fail(1, &format!("vm exited: {r}")),
+            Some(state) => fail(
+                kiln_vmm::EXIT_GUEST_CRASHED,
+                &format!("vm exited: {r}; vcpu state: {state}"),
+            ),
+            None => fail(kiln_vmm::EXIT_GUEST_CRASHED, &format!("vm exited: {r}")),
         },
     }
 }

@@ -24,6 +24,9 @@ use crate::{Error, Result};
 /// Most files a create may carry, and their total decoded size.
 const MAX_INLINE_FILES: usize = 256;
 
+/// Boots a cold create tries when the guest crashes while booting.
+const COLD_BOOT_ATTEMPTS: u32 = 2;
+
 /// Longest `wait_ms` a create may ask for.
 pub(crate) const MAX_WAIT_MS: u64 = 600_000;
 
@@ -369,14 +372,7 @@ impl Core {
                         template: template.name.clone(),
                     })
                 }
-                OnEmpty::Cold => {
-                    self.admit(u64::from(template.mem_mib))?;
-                    let vm = self.boot_vm(template).await.map_err(|(e, stage)| {
-                        self.count_boot_failure(&template.name, stage);
-                        e
-                    })?;
-                    return Ok((vm, LaunchType::Cold));
-                }
+                OnEmpty::Cold => return Ok((self.boot_cold(template).await?, LaunchType::Cold)),
                 OnEmpty::Wait => {
                     let deadline = deadline.unwrap_or_else(tokio::time::Instant::now);
                     tokio::select! {
@@ -385,6 +381,28 @@ impl Core {
                             return Err(Error::PoolExhausted { template: template.name.clone() });
                         }
                     }
+                }
+            }
+        }
+    }
+
+    /// Boots a VM for one sandbox. A guest that crashes before its agent
+    /// answers is booted once more: no user code ran yet and nothing the
+    /// caller sent was refused, so the caller should not see a transient
+    /// guest fault; both failures are logged and counted.
+    async fn boot_cold(&self, template: &crate::template::Template) -> Result<Arc<Vm>> {
+        let mut attempts_left = COLD_BOOT_ATTEMPTS;
+        loop {
+            attempts_left -= 1;
+            self.admit(u64::from(template.mem_mib))?;
+            match self.boot_vm(template).await {
+                Ok(vm) => return Ok(vm),
+                Err(failure) => {
+                    self.count_boot_failure(&template.name, failure.stage);
+                    if !failure.guest_crashed || attempts_left == 0 {
+                        return Err(failure.error);
+                    }
+                    tracing::warn!(error = %failure.error, "the guest crashed while booting; booting again");
                 }
             }
         }

@@ -10,6 +10,7 @@ use tracing::Instrument;
 
 use super::sandboxes::clock_of;
 use super::store::VmPhase;
+use super::vms::BootFailure;
 use super::Core;
 use crate::error::EndReason;
 use crate::model::{now_ms, EventKind};
@@ -119,7 +120,9 @@ impl Core {
                 }
                 self.inner.changed.notify_waiters();
             }
-            Err((e, stage)) => {
+            Err(BootFailure {
+                error: e, stage, ..
+            }) => {
                 let delay = {
                     let mut st = self.state();
                     st.pools

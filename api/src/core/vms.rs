@@ -15,6 +15,28 @@ use crate::template::Template;
 use crate::vm_process::VmProcess;
 use crate::{Error, Result};
 
+/// Why a boot failed.
+#[derive(Debug)]
+pub(super) struct BootFailure {
+    /// The error the caller reports.
+    pub error: Error,
+    /// `spawn` or `ready` (the metric's label).
+    pub stage: &'static str,
+    /// The guest ran and crashed before its agent answered: no host input
+    /// was refused, so booting again may well succeed.
+    pub guest_crashed: bool,
+}
+
+impl BootFailure {
+    fn at(stage: &'static str) -> impl FnOnce(Error) -> Self {
+        move |error| BootFailure {
+            error,
+            stage,
+            guest_crashed: false,
+        }
+    }
+}
+
 /// A live VM.
 #[derive(Debug)]
 pub(crate) struct Vm {
@@ -66,12 +88,8 @@ impl Core {
     }
 
     /// Boots an admitted VM and waits for its agent. On failure the VM is
-    /// gone and its admission given back. `stage` of a failure: `spawn` or
-    /// `ready`.
-    pub(super) async fn boot_vm(
-        &self,
-        template: &Template,
-    ) -> Result<Arc<Vm>, (Error, &'static str)> {
+    /// gone and its admission given back.
+    pub(super) async fn boot_vm(&self, template: &Template) -> Result<Arc<Vm>, BootFailure> {
         let id = new_id("vm");
         let span = tracing::info_span!("vm", vm_id = %id, template = %template.name);
         let admitted = Usage {
@@ -89,24 +107,20 @@ impl Core {
         result
     }
 
-    async fn boot_admitted(
-        &self,
-        id: String,
-        template: &Template,
-    ) -> Result<Arc<Vm>, (Error, &'static str)> {
+    async fn boot_admitted(&self, id: String, template: &Template) -> Result<Arc<Vm>, BootFailure> {
         let _slot = self
             .inner
             .boot_slots
             .acquire()
             .await
-            .map_err(|_| (Error::Draining, "spawn"))?;
+            .map_err(|_| BootFailure::at("spawn")(Error::Draining))?;
         let started = Instant::now();
         let run_dir = self.inner.vm_dir.join(&id);
         let process = self
             .inner
             .launcher
             .launch(template, run_dir.clone())
-            .map_err(|e| (Error::BootTimeout(e.to_string()), "spawn"))?;
+            .map_err(|e| BootFailure::at("spawn")(Error::BootTimeout(e.to_string())))?;
         let vm = Arc::new(Vm {
             id: id.clone(),
             template: template.name.clone(),
@@ -126,7 +140,7 @@ impl Core {
         };
         if let Err(e) = self.inner.store.put_vm(&row) {
             let _ = vm.process.kill();
-            return Err((e.into(), "spawn"));
+            return Err(BootFailure::at("spawn")(e.into()));
         }
         self.state().vms.insert(
             id.clone(),
@@ -148,10 +162,15 @@ impl Core {
             }
             Err(e) => {
                 let message = format!("{e} ({})", vm.process.vmm_report());
-                tracing::warn!(error = %message, "VM failed to boot");
+                let guest_crashed = e.guest_crashed();
+                tracing::warn!(error = %message, guest_crashed, "VM failed to boot");
                 self.forget_vm(&id);
                 self.retire(vm).await;
-                Err((Error::BootTimeout(message), "ready"))
+                Err(BootFailure {
+                    error: Error::BootTimeout(message),
+                    stage: "ready",
+                    guest_crashed,
+                })
             }
         }
     }

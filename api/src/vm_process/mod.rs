@@ -95,6 +95,16 @@ pub enum VmProcessError {
     Process(#[source] std::io::Error),
 }
 
+impl VmProcessError {
+    /// Whether the VMM ended because the guest crashed (as opposed to the
+    /// VMM failing to start the VM, a timeout or a kill): the guest ran and
+    /// no host-side input was refused.
+    pub fn guest_crashed(&self) -> bool {
+        matches!(self, VmProcessError::EarlyExit { ended, .. }
+            if ended.status.and_then(|s| s.code()) == Some(kiln_vmm::EXIT_GUEST_CRASHED))
+    }
+}
+
 /// How the VMM process ended.
 #[derive(Debug, Clone)]
 pub struct VmmExit {

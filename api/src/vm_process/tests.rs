@@ -30,6 +30,7 @@ async fn a_vmm_that_ends_early_is_reported_with_its_status() {
         matches!(&err, VmProcessError::EarlyExit { ended, .. } if ended.to_string() == "exited with status 2"),
         "{err}"
     );
+    assert!(!err.guest_crashed(), "a setup failure is no guest crash");
     assert!(vm
         .vmm_report()
         .starts_with("kiln-vmm exited with status 2; its last log line: "));

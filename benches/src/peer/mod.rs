@@ -44,7 +44,7 @@ pub enum BootError {
 }
 
 /// Something that can boot the benchmark guest once.
-pub trait Peer {
+pub trait Peer: Sync {
     /// Name in the report.
     fn name(&self) -> String;
     /// Boots once (run number `i`), measures, and tears the VM down.
