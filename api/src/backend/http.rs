@@ -20,9 +20,9 @@ use tokio_util::io::ReaderStream;
 use super::lines::LineSplitter;
 use super::{Backend, CreateOutcome, Download, ExecEvents, Upload};
 use crate::model::{
-    Event, ExecEvent, ExecInfo, ExecSpec, FileEntry, FileWritten, Health, Info, PoolInfo,
-    PoolUpdate, SandboxFilter, SandboxInfo, SandboxPatch, SandboxSpec, SignalName, SignalRequest,
-    StdinWritten, TemplateInfo,
+    AuditFilter, AuditRecord, CreatedSandbox, Event, ExecEvent, ExecInfo, ExecSpec, FileEntry,
+    FileWritten, Health, Info, PoolInfo, PoolUpdate, SandboxFilter, SandboxInfo, SandboxPatch,
+    SandboxSpec, SignalName, SignalRequest, StdinWritten, TemplateInfo,
 };
 use crate::{Error, ErrorBody, Result};
 
@@ -296,12 +296,13 @@ impl Backend for HttpBackend {
     ) -> BoxFuture<'_, Result<CreateOutcome>> {
         async move {
             let body = json_body(&spec)?;
-            let (status, sandbox) = self
+            let (status, created): (_, CreatedSandbox) = self
                 .call(Method::POST, "/v1/sandboxes", Some(body), &key_header(&key))
                 .await?;
             Ok(CreateOutcome {
-                sandbox,
+                sandbox: created.sandbox,
                 replayed: status == StatusCode::OK,
+                token: created.token,
             })
         }
         .boxed()
@@ -585,6 +586,15 @@ impl Backend for HttpBackend {
                 })
                 .boxed();
             Ok(events)
+        }
+        .boxed()
+    }
+
+    fn audit(&self, filter: AuditFilter) -> BoxFuture<'_, Result<Vec<AuditRecord>>> {
+        async move {
+            let query = serde_urlencoded::to_string(&filter)
+                .map_err(|e| Error::invalid(format!("audit filter: {e}")))?;
+            self.get_json(&format!("/v1/audit?{query}")).await
         }
         .boxed()
     }

@@ -16,7 +16,8 @@ use super::files::vm_error;
 use super::store::ExecRecord;
 use super::vms::Vm;
 use super::Core;
-use crate::model::{ExecInfo, ExecState, StdinWritten};
+use crate::auth::Actor;
+use crate::model::{AuditKind, AuditResult, AuditWhat, ExecInfo, ExecState, StdinWritten};
 use crate::vm_process::{AgentError, REQUEST_TIMEOUT};
 use crate::{Error, Result};
 
@@ -184,7 +185,7 @@ impl Core {
         offset: Option<u64>,
         data: &[u8],
         close: bool,
-        caller: Option<u32>,
+        caller: &Actor,
     ) -> Result<StdinWritten> {
         if data.len() > MAX_STDIN_WRITE {
             return Err(Error::TooLarge(format!(
@@ -216,15 +217,20 @@ impl Core {
         if closed {
             agent.close_stdin(agent_id).await.map_err(fail)?;
         }
-        self.inner.store.audit(
+        self.audit(
             caller,
-            "stdin",
-            sandbox,
-            &format!(
-                "{exec} {} bytes at {from}{}",
-                data.len(),
-                if closed { ", closed" } else { "" }
-            ),
+            AuditKind::Stdin,
+            Some(sandbox),
+            AuditWhat {
+                exec_id: Some(exec.to_string()),
+                bytes: Some(data.len() as u64),
+                detail: Some(format!(
+                    "at offset {from}, accepted up to {accepted}{}",
+                    if closed { ", closed" } else { "" }
+                )),
+                ..AuditWhat::default()
+            },
+            AuditResult::ok(),
         );
         Ok(StdinWritten {
             accepted,
@@ -238,7 +244,7 @@ impl Core {
         sandbox: &str,
         exec: &str,
         signal: i32,
-        caller: Option<u32>,
+        caller: &Actor,
     ) -> Result<()> {
         let (vm, record) = self.exec_of(sandbox, exec)?;
         let agent_id = agent_id_of(&record)?;
@@ -248,11 +254,17 @@ impl Core {
             .signal(agent_id, signal)
             .await
             .map_err(|e| process_error(&record, e));
-        let outcome = match &r {
-            Ok(()) => format!("{exec} signal {signal}"),
-            Err(e) => format!("{exec} signal {signal}: {}", e.code()),
-        };
-        self.inner.store.audit(caller, "signal", sandbox, &outcome);
+        self.audit(
+            caller,
+            AuditKind::Signal,
+            Some(sandbox),
+            AuditWhat {
+                exec_id: Some(exec.to_string()),
+                signal: Some(signal),
+                ..AuditWhat::default()
+            },
+            AuditResult::of(&r),
+        );
         r
     }
 }

@@ -11,13 +11,14 @@ use std::sync::Arc;
 
 use futures_util::stream::BoxStream;
 
+use crate::auth::Actor;
 use crate::backend::embedded::Embedded;
 use crate::backend::http::HttpBackend;
 use crate::backend::Backend;
 use crate::config::Config;
 use crate::core::launcher::Launcher;
 use crate::core::Core;
-use crate::model::{Event, Health, Info, PoolInfo, TemplateInfo};
+use crate::model::{AuditFilter, AuditRecord, Event, Health, Info, PoolInfo, TemplateInfo};
 use crate::Result;
 
 pub(crate) use exec::collect_output;
@@ -54,7 +55,7 @@ impl Kiln {
     }
 
     fn from_core(core: Core) -> Kiln {
-        let caller = Some(rustix::process::getuid().as_raw());
+        let caller = Actor::Uid(Some(rustix::process::getuid().as_raw()));
         Kiln {
             backend: Arc::new(Embedded { core, caller }),
         }
@@ -109,6 +110,12 @@ impl Kiln {
     /// live ones, without end.
     pub async fn events(&self, after_seq: u64) -> Result<BoxStream<'static, Result<Event>>> {
         self.backend.events(after_seq).await
+    }
+
+    /// The audit trail: the newest records that pass `filter`, oldest
+    /// first (who did what to which sandbox, and how it went).
+    pub async fn audit(&self, filter: AuditFilter) -> Result<Vec<AuditRecord>> {
+        self.backend.audit(filter).await
     }
 
     /// Embedded: drains (no new work, running execs get the drain timeout)
