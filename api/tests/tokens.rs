@@ -456,13 +456,7 @@ async fn the_key_is_owner_only_and_tokens_outlive_a_daemon_restart() {
 
     daemon.signal(libc::SIGKILL);
     daemon.wait_exit();
-    let restarted = Daemon {
-        child: Daemon::spawn(&daemon.config_path),
-        socket: daemon.socket.clone(),
-        state_dir: daemon.state_dir.clone(),
-        config_path: daemon.config_path.clone(),
-    };
-    restarted.wait_answering();
+    let restarted = daemon.respawn();
     wait_tcp(addr);
     assert_eq!(std::fs::read(&key_path).expect("key"), key, "the same key");
     let (status, body) = with_token(addr, Some(&token), "POST", &uri, exec).await;

@@ -129,6 +129,19 @@ impl Daemon {
         d
     }
 
+    /// A new daemon on the same config (after this one exited), once it
+    /// answers.
+    pub fn respawn(&self) -> Daemon {
+        let d = Daemon {
+            child: Self::spawn(&self.config_path),
+            socket: self.socket.clone(),
+            state_dir: self.state_dir.clone(),
+            config_path: self.config_path.clone(),
+        };
+        d.wait_answering();
+        d
+    }
+
     /// Spawns `kiln serve --config path` without waiting.
     pub fn spawn(config_path: &Path) -> std::process::Child {
         std::process::Command::new(env!("CARGO_BIN_EXE_kiln"))
