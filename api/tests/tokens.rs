@@ -157,6 +157,30 @@ async fn a_session_is_audited_once_per_action_with_who_did_it() {
     )
     .await;
     assert_eq!((status, body.as_slice()), (200, b"hello".as_slice()));
+    // A program reading stdin, fed and closed by the holder.
+    let (status, body) = with_token(
+        addr,
+        t,
+        "POST",
+        &format!("/v1/sandboxes/{id}/execs?detach=true"),
+        br#"{"argv":["cat"],"stdin_open":true}"#,
+    )
+    .await;
+    assert_eq!(status, 201, "{}", String::from_utf8_lossy(&body));
+    let cat = json(&body)["exec_id"]
+        .as_str()
+        .expect("exec id")
+        .to_string();
+    let (status, body) = with_token(
+        addr,
+        t,
+        "POST",
+        &format!("/v1/sandboxes/{id}/execs/{cat}/stdin?offset=0&close=true"),
+        b"fed\n",
+    )
+    .await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(json(&body)["accepted"], 4);
 
     // The administrator, over the socket: a detached exec, a signal.
     let sock = &daemon.socket;
@@ -183,7 +207,7 @@ async fn a_session_is_audited_once_per_action_with_who_did_it() {
     .await;
     assert_eq!(status, 204);
     // Its end is seen by the daemon's watcher.
-    wait_for_records(&kiln, &id, AuditKind::ExecEnd, 2).await;
+    wait_for_records(&kiln, &id, AuditKind::ExecEnd, 3).await;
     kiln.sandboxes()
         .get(&id)
         .await
@@ -200,7 +224,7 @@ async fn a_session_is_audited_once_per_action_with_who_did_it() {
         .await
         .expect("audit");
     let kinds: Vec<&str> = records.iter().map(|r| r.kind.as_str()).collect();
-    assert_eq!(records.len(), 9, "one record per action: {kinds:?}");
+    assert_eq!(records.len(), 12, "one record per action: {kinds:?}");
     let admin = |r: &AuditRecord| r.uid == Some(uid) && r.subject.is_none();
     let holder = |r: &AuditRecord| r.uid.is_none() && r.subject.as_deref() == Some("agent-7");
     let one = |kind| {
@@ -237,25 +261,39 @@ async fn a_session_is_audited_once_per_action_with_who_did_it() {
         (signal.what.exec_id.as_deref(), signal.what.signal),
         (Some(exec.as_str()), Some(15))
     );
+    let stdin = one(AuditKind::Stdin);
+    assert!(holder(&stdin), "{stdin:?}");
+    assert_eq!(
+        (stdin.what.exec_id.as_deref(), stdin.what.bytes),
+        (Some(cat.as_str()), Some(4))
+    );
     let delete = one(AuditKind::Delete);
     assert!(admin(&delete));
     assert_eq!(delete.what.detail.as_deref(), Some("deleted"));
 
     let execs = of_kind(&records, AuditKind::Exec);
-    assert_eq!(execs.len(), 2, "{kinds:?}");
-    assert!(holder(execs[0]));
+    assert_eq!(execs.len(), 3, "{kinds:?}");
+    assert!(holder(execs[0]) && holder(execs[1]));
+    assert_eq!(execs[1].what.exec_id.as_deref(), Some(cat.as_str()));
     assert_eq!(
         execs[0].what.argv.as_deref(),
         Some(&["sh".to_string(), "-c".into(), "echo hi; exit 3".into()][..])
     );
-    assert!(admin(execs[1]));
-    assert_eq!(execs[1].what.exec_id.as_deref(), Some(exec.as_str()));
+    assert!(admin(execs[2]));
+    assert_eq!(execs[2].what.exec_id.as_deref(), Some(exec.as_str()));
     let ends = of_kind(&records, AuditKind::ExecEnd);
-    assert_eq!(ends.len(), 2, "{kinds:?}");
+    assert_eq!(ends.len(), 3, "{kinds:?}");
+    let cats_end = ends
+        .iter()
+        .find(|r| r.what.exec_id.as_deref() == Some(cat.as_str()))
+        .expect("cat ended");
+    assert!(holder(cats_end));
+    assert_eq!(cats_end.result.exit_code, Some(0));
     let holders_end = ends
         .iter()
-        .find(|r| holder(r))
+        .find(|r| r.what.exec_id == execs[0].what.exec_id)
         .expect("the holder's exec ended");
+    assert!(holder(holders_end));
     assert_eq!(holders_end.what.exec_id, execs[0].what.exec_id);
     assert_eq!(holders_end.result.exit_code, Some(3));
     assert!(holders_end.result.duration_ms.is_some());
@@ -283,7 +321,7 @@ async fn a_session_is_audited_once_per_action_with_who_did_it() {
     )
     .await;
     assert_eq!(status, 200);
-    assert_eq!(json(&body).as_array().map(Vec::len), Some(2));
+    assert_eq!(json(&body).as_array().map(Vec::len), Some(3));
     let (status, _, body) = http(sock, "GET", "/v1/audit?kind=nope", &[], vec![]).await;
     assert_eq!(
         (status, error_code(&body).as_str()),

@@ -187,6 +187,42 @@ impl Core {
         close: bool,
         caller: &Actor,
     ) -> Result<StdinWritten> {
+        let written = self
+            .write_stdin_inner(sandbox, exec, offset, data, close)
+            .await;
+        let detail = match (&written, offset) {
+            (Ok((w, from)), _) => Some(format!(
+                "at offset {from}, accepted up to {}{}",
+                w.accepted,
+                if w.open { "" } else { ", closed" }
+            )),
+            (Err(_), Some(o)) => Some(format!("at offset {o}")),
+            (Err(_), None) => None,
+        };
+        self.audit(
+            caller,
+            AuditKind::Stdin,
+            Some(sandbox),
+            AuditWhat {
+                exec_id: Some(exec.to_string()),
+                bytes: Some(data.len() as u64),
+                detail,
+                ..AuditWhat::default()
+            },
+            AuditResult::of(&written),
+        );
+        written.map(|(w, _)| w)
+    }
+
+    /// [`Core::write_stdin`]; returns the offset written at too.
+    async fn write_stdin_inner(
+        &self,
+        sandbox: &str,
+        exec: &str,
+        offset: Option<u64>,
+        data: &[u8],
+        close: bool,
+    ) -> Result<(StdinWritten, u64)> {
         if data.len() > MAX_STDIN_WRITE {
             return Err(Error::TooLarge(format!(
                 "a stdin write has at most {MAX_STDIN_WRITE} bytes"
@@ -217,25 +253,13 @@ impl Core {
         if closed {
             agent.close_stdin(agent_id).await.map_err(fail)?;
         }
-        self.audit(
-            caller,
-            AuditKind::Stdin,
-            Some(sandbox),
-            AuditWhat {
-                exec_id: Some(exec.to_string()),
-                bytes: Some(data.len() as u64),
-                detail: Some(format!(
-                    "at offset {from}, accepted up to {accepted}{}",
-                    if closed { ", closed" } else { "" }
-                )),
-                ..AuditWhat::default()
+        Ok((
+            StdinWritten {
+                accepted,
+                open: !closed,
             },
-            AuditResult::ok(),
-        );
-        Ok(StdinWritten {
-            accepted,
-            open: !closed,
-        })
+            from,
+        ))
     }
 
     /// `POST .../execs/{exec}/signal`: `signal` to its process group.
