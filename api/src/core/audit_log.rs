@@ -5,6 +5,7 @@
 //! must not queue behind the state database's one connection; the file
 //! can also be copied or shipped alone.
 
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::sync::Mutex;
 
@@ -21,6 +22,9 @@ pub(crate) enum AuditError {
     /// A stored record does not parse.
     #[error("audit database record: {0}")]
     Json(#[from] serde_json::Error),
+    /// The database file cannot be created.
+    #[error("creating the audit database: {0}")]
+    Create(#[source] std::io::Error),
 }
 
 impl From<AuditError> for crate::Error {
@@ -51,8 +55,15 @@ pub(crate) struct AuditLog {
 }
 
 impl AuditLog {
-    /// Opens (creating) the database at `path`.
+    /// Opens (creating, owner-only: records hold argv and paths) the
+    /// database at `path`. SQLite gives its journal files the same mode.
     pub fn open(path: &Path) -> Result<Self> {
+        std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .mode(0o600)
+            .open(path)
+            .map_err(AuditError::Create)?;
         let conn = Connection::open(path)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
@@ -199,6 +210,29 @@ mod tests {
             (r.uid, r.kind, r.at_ms),
             (Some(1000), AuditKind::Create, 10)
         );
+    }
+
+    #[test]
+    fn the_file_is_owner_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("kiln-audit-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let path = dir.join("audit.db");
+        let log = AuditLog::open(&path).expect("open");
+        log.append(&record(1, "a", AuditKind::Create))
+            .expect("append");
+        let mode = std::fs::metadata(&path).expect("stat").permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        drop(log);
+        assert_eq!(
+            AuditLog::open(&path)
+                .expect("reopen")
+                .query(&AuditFilter::default())
+                .expect("query")
+                .len(),
+            1
+        );
+        let _ = std::fs::remove_dir_all(dir);
     }
 
     #[test]

@@ -187,9 +187,47 @@ impl Core {
         close: bool,
         caller: &Actor,
     ) -> Result<StdinWritten> {
-        let written = self
-            .write_stdin_inner(sandbox, exec, offset, data, close)
-            .await;
+        // The write and the offset it went at, audited either way.
+        let written: Result<(StdinWritten, u64)> = async {
+            if data.len() > MAX_STDIN_WRITE {
+                return Err(Error::TooLarge(format!(
+                    "a stdin write has at most {MAX_STDIN_WRITE} bytes"
+                )));
+            }
+            let (vm, record) = self.exec_of(sandbox, exec)?;
+            let agent_id = agent_id_of(&record)?;
+            let agent = vm.process.agent();
+            let lock = self.stdin_lock(sandbox, exec);
+            let _guard = tokio::time::timeout(STDIN_LOCK_WAIT, lock.lock())
+                .await
+                .map_err(|_| {
+                    Error::Conflict(format!(
+                        "exec {exec}: an earlier stdin write is still waiting for the program"
+                    ))
+                })?;
+            let fail = |e| process_error(&record, e);
+            let from = match offset {
+                Some(o) => o,
+                None => agent.write_stdin(agent_id, 0, &[]).await.map_err(fail)?,
+            };
+            let accepted = agent
+                .write_stdin(agent_id, from, data)
+                .await
+                .map_err(fail)?;
+            let end = from.saturating_add(data.len() as u64);
+            let closed = close && accepted >= end;
+            if closed {
+                agent.close_stdin(agent_id).await.map_err(fail)?;
+            }
+            Ok((
+                StdinWritten {
+                    accepted,
+                    open: !closed,
+                },
+                from,
+            ))
+        }
+        .await;
         let detail = match (&written, offset) {
             (Ok((w, from)), _) => Some(format!(
                 "at offset {from}, accepted up to {}{}",
@@ -212,54 +250,6 @@ impl Core {
             AuditResult::of(&written),
         );
         written.map(|(w, _)| w)
-    }
-
-    /// [`Core::write_stdin`]; returns the offset written at too.
-    async fn write_stdin_inner(
-        &self,
-        sandbox: &str,
-        exec: &str,
-        offset: Option<u64>,
-        data: &[u8],
-        close: bool,
-    ) -> Result<(StdinWritten, u64)> {
-        if data.len() > MAX_STDIN_WRITE {
-            return Err(Error::TooLarge(format!(
-                "a stdin write has at most {MAX_STDIN_WRITE} bytes"
-            )));
-        }
-        let (vm, record) = self.exec_of(sandbox, exec)?;
-        let agent_id = agent_id_of(&record)?;
-        let agent = vm.process.agent();
-        let lock = self.stdin_lock(sandbox, exec);
-        let _guard = tokio::time::timeout(STDIN_LOCK_WAIT, lock.lock())
-            .await
-            .map_err(|_| {
-                Error::Conflict(format!(
-                    "exec {exec}: an earlier stdin write is still waiting for the program"
-                ))
-            })?;
-        let fail = |e| process_error(&record, e);
-        let from = match offset {
-            Some(o) => o,
-            None => agent.write_stdin(agent_id, 0, &[]).await.map_err(fail)?,
-        };
-        let accepted = agent
-            .write_stdin(agent_id, from, data)
-            .await
-            .map_err(fail)?;
-        let end = from.saturating_add(data.len() as u64);
-        let closed = close && accepted >= end;
-        if closed {
-            agent.close_stdin(agent_id).await.map_err(fail)?;
-        }
-        Ok((
-            StdinWritten {
-                accepted,
-                open: !closed,
-            },
-            from,
-        ))
     }
 
     /// `POST .../execs/{exec}/signal`: `signal` to its process group.

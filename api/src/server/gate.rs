@@ -155,7 +155,10 @@ fn record(state: &AppState, req: &Request, peer: &Peer, denial: &Denial) {
             detail: Some(detail),
             ..AuditWhat::default()
         },
-        AuditResult::denied(format!("{}: {}", denial.error.code(), denial.error)),
+        AuditResult::denied({
+            let e = denial.error.to_body().error;
+            format!("{}: {}", e.code, e.message)
+        }),
     );
 }
 
