@@ -12,7 +12,7 @@ use common::{error_code, http, http_tcp, Daemon};
 use kiln::model::{
     AuditFilter, AuditKind, AuditOutcome, AuditRecord, SandboxSpec, TokenOp, TokenRequest,
 };
-use kiln::Kiln;
+use kiln::{Error, Kiln};
 
 /// A daemon with a TCP listener; returns it and the listener's address.
 fn daemon_with_listener(name: &str, pool: u32) -> (Daemon, SocketAddr, std::path::PathBuf) {
@@ -359,6 +359,30 @@ async fn tokens_reach_their_sandbox_and_operations_only() {
     assert_eq!(json(&body)["stdout"], "ok\n");
     let (status, _) = with_token(addr, ta, "GET", &format!("/v1/sandboxes/{a}"), b"").await;
     assert_eq!(status, 200);
+    // The library over TCP, as the token holder.
+    let holder = Kiln::connect_tcp(addr, &token_a)
+        .await
+        .expect("connect_tcp");
+    let out = holder
+        .sandboxes()
+        .get(&a)
+        .await
+        .expect("its sandbox")
+        .exec(["echo", "lib"])
+        .output()
+        .await
+        .expect("exec through the library");
+    assert_eq!(out.stdout, b"lib\n");
+    let listed = holder.sandboxes().list(Default::default()).await;
+    assert!(
+        matches!(listed, Err(Error::PermissionDenied(_))),
+        "{listed:?}"
+    );
+    let stranger = Kiln::connect_tcp(addr, "kt1.not.valid").await;
+    assert!(
+        matches!(stranger, Err(Error::Unauthenticated(_))),
+        "{stranger:?}"
+    );
     // Another sandbox, an operation it does not allow, an admin's route:
     // 403.
     let (status, body) = with_token(addr, ta, "POST", &exec_on(&b), exec).await;
@@ -427,7 +451,7 @@ async fn tokens_reach_their_sandbox_and_operations_only() {
         })
         .await
         .expect("audit");
-    assert_eq!(denied.len(), 10, "{denied:#?}");
+    assert_eq!(denied.len(), 12, "{denied:#?}");
     assert!(denied
         .iter()
         .all(|r| r.result.outcome == AuditOutcome::Denied && r.uid.is_none()));
@@ -469,7 +493,7 @@ async fn tokens_reach_their_sandbox_and_operations_only() {
         })
         .await
         .expect("audit");
-    assert_eq!(execs.len(), 1, "only the allowed exec ran: {execs:#?}");
+    assert_eq!(execs.len(), 2, "only the allowed execs ran: {execs:#?}");
     drop(daemon);
     let _ = std::fs::remove_dir_all(dir);
 }

@@ -5,6 +5,7 @@
 pub(crate) mod embedded;
 pub(crate) mod http;
 pub(crate) mod lines;
+pub(crate) mod transport;
 
 use bytes::Bytes;
 use futures_util::future::BoxFuture;

@@ -6,6 +6,7 @@ mod exec;
 mod files;
 mod sandbox;
 
+use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -14,6 +15,7 @@ use futures_util::stream::BoxStream;
 use crate::auth::Actor;
 use crate::backend::embedded::Embedded;
 use crate::backend::http::HttpBackend;
+use crate::backend::transport::Transport;
 use crate::backend::Backend;
 use crate::config::Config;
 use crate::core::launcher::Launcher;
@@ -64,8 +66,20 @@ impl Kiln {
     /// Talks to the `kiln serve` daemon on the unix socket `path`; fails
     /// with `unavailable` when it does not answer.
     pub async fn connect_unix(path: impl AsRef<Path>) -> Result<Kiln> {
+        Self::connect(Transport::Unix(path.as_ref().to_path_buf())).await
+    }
+
+    /// Talks to a daemon's TCP listener (`kiln serve --listen`) as the
+    /// holder of a sandbox token: only that sandbox (`sandboxes().get(id)`)
+    /// and the operations the token allows answer; everything else is
+    /// `unauthenticated` or `permission_denied`.
+    pub async fn connect_tcp(addr: SocketAddr, token: &str) -> Result<Kiln> {
+        Self::connect(Transport::tcp(addr, token)?).await
+    }
+
+    async fn connect(transport: Transport) -> Result<Kiln> {
         let kiln = Kiln {
-            backend: Arc::new(HttpBackend::new(path.as_ref().to_path_buf())),
+            backend: Arc::new(HttpBackend::new(transport)),
         };
         kiln.health().await?;
         Ok(kiln)
