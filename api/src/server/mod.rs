@@ -5,6 +5,7 @@
 mod error;
 mod gate;
 mod ndjson;
+mod openapi_auth;
 mod peer;
 pub(crate) mod routes;
 mod socket;
@@ -97,6 +98,7 @@ fn parts() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .get_or_insert_with(utoipa::openapi::Components::new)
         .schemas
         .extend(schemas);
+    openapi_auth::document(&mut api);
     let router = router.route(
         "/v1/sandboxes/{id}/files/{*path}",
         get(files::get)
