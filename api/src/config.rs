@@ -30,6 +30,8 @@ pub struct Config {
     pub pool: PoolConfig,
     /// The HTTP server (`kiln serve`).
     pub server: ServerConfig,
+    /// The audit trail's retention.
+    pub audit: AuditConfig,
 }
 
 /// What starts VMs.
@@ -243,6 +245,11 @@ pub struct ServerConfig {
     /// Group (name or gid) that owns the socket; with `socket_mode` 0660
     /// its members may connect.
     pub socket_group: Option<String>,
+    /// A TCP address to serve the API on as well (`127.0.0.1:PORT`);
+    /// every request there needs a sandbox token.
+    pub listen: Option<std::net::SocketAddr>,
+    /// Allow `listen` on an address other than loopback.
+    pub listen_any: bool,
 }
 
 impl Default for ServerConfig {
@@ -251,6 +258,31 @@ impl Default for ServerConfig {
             socket: None,
             socket_mode: 0o600,
             socket_group: None,
+            listen: None,
+            listen_any: false,
+        }
+    }
+}
+
+/// How much of the audit trail is kept: records past either bound are
+/// pruned every `prune_interval_secs`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditConfig {
+    /// Most records kept (the newest).
+    pub max_rows: u64,
+    /// Oldest record kept, seconds.
+    pub max_age_secs: u64,
+    /// How often the bounds are applied, seconds.
+    pub prune_interval_secs: u64,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        AuditConfig {
+            max_rows: 1_000_000,
+            max_age_secs: 90 * 86_400,
+            prune_interval_secs: 60,
         }
     }
 }
@@ -283,6 +315,7 @@ impl Default for Config {
             timeouts: TimeoutsConfig::default(),
             pool: PoolConfig::default(),
             server: ServerConfig::default(),
+            audit: AuditConfig::default(),
         }
     }
 }
@@ -367,6 +400,18 @@ impl Config {
         if self.server.socket_mode & !0o777 != 0 {
             return bad("server.socket_mode must be permission bits (at most 0o777)");
         }
+        if let Some(addr) = self.server.listen {
+            if !addr.ip().is_loopback() && !self.server.listen_any {
+                return Err(ConfigError::Invalid(format!(
+                    "server.listen {addr} is not a loopback address: the API would be \
+                     plain HTTP on the network, bearer tokens readable by anyone on the \
+                     path; put TLS in front and set listen_any (--listen-any) to allow it"
+                )));
+            }
+        }
+        if self.audit.max_rows == 0 || self.audit.prune_interval_secs == 0 {
+            return bad("audit.max_rows and audit.prune_interval_secs must be at least 1");
+        }
         for (name, tc) in &self.templates {
             if name.is_empty() || name.len() > 64 || !name.chars().all(valid_name_char) {
                 return Err(ConfigError::Invalid(format!(
@@ -448,6 +493,20 @@ mod tests {
     }
 
     #[test]
+    fn tcp_listener_loopback_unless_any_is_allowed() {
+        let c = Config::from_toml("[server]\nlisten = \"127.0.0.1:7070\"").expect("loopback");
+        assert_eq!(
+            c.server.listen,
+            Some("127.0.0.1:7070".parse().expect("addr"))
+        );
+        Config::from_toml("[server]\nlisten = \"[::1]:7070\"").expect("v6 loopback");
+        Config::from_toml("[server]\nlisten = \"0.0.0.0:7070\"\nlisten_any = true")
+            .expect("explicitly allowed");
+        let c = Config::from_toml("[audit]\nmax_rows = 5\nmax_age_secs = 60").expect("audit");
+        assert_eq!((c.audit.max_rows, c.audit.max_age_secs), (5, 60));
+    }
+
+    #[test]
     fn bad_values_are_refused_with_the_reason() {
         for (toml, needle) in [
             ("[timeouts]\ndefault_ttl_secs = 0", "default_ttl_secs"),
@@ -457,6 +516,9 @@ mod tests {
             ("[templates.t]\nvcpus = 0", "vcpus"),
             ("[templates.t]\nmem_mib = 1", "mem_mib"),
             ("[server]\nsocket_mode = 4095", "socket_mode"),
+            ("[server]\nlisten = \"0.0.0.0:8080\"", "not a loopback"),
+            ("[server]\nlisten = \"[::]:8080\"", "listen_any"),
+            ("[audit]\nmax_rows = 0", "max_rows"),
         ] {
             let err = Config::from_toml(toml).expect_err(toml);
             assert!(err.to_string().contains(needle), "{toml}: {err}");

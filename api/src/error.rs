@@ -52,8 +52,13 @@ pub enum Error {
         /// Machine-readable context (allowed range, field).
         details: serde_json::Value,
     },
-    /// `permission_denied` (403): the guest refused (sandbox user's rights,
-    /// read-only file system).
+    /// `unauthenticated` (401): no token where one is needed, or one that
+    /// is malformed, tampered with, expired, or whose sandbox has ended.
+    #[error("unauthenticated: {0}")]
+    Unauthenticated(String),
+    /// `permission_denied` (403): a valid token that does not allow this
+    /// (another sandbox, another operation, an administrator's route), or
+    /// the guest refused (sandbox user's rights, read-only file system).
     #[error("permission denied: {0}")]
     PermissionDenied(String),
     /// `not_found` (404): no such sandbox, template, exec or guest file.
@@ -155,6 +160,7 @@ impl Error {
     pub fn code(&self) -> &'static str {
         match self {
             Self::InvalidArgument { .. } => "invalid_argument",
+            Self::Unauthenticated(_) => "unauthenticated",
             Self::PermissionDenied(_) => "permission_denied",
             Self::NotFound(_) => "not_found",
             Self::Conflict(_) => "conflict",
@@ -175,6 +181,7 @@ impl Error {
     pub fn http_status(&self) -> u16 {
         match self {
             Self::InvalidArgument { .. } => 400,
+            Self::Unauthenticated(_) => 401,
             Self::PermissionDenied(_) => 403,
             Self::NotFound(_) => 404,
             Self::Conflict(_) => 409,
@@ -224,6 +231,7 @@ impl Error {
             // The message alone, without the code's prefix.
             Self::InvalidArgument { message, .. } => message.clone(),
             Self::PermissionDenied(m)
+            | Self::Unauthenticated(m)
             | Self::NotFound(m)
             | Self::Conflict(m)
             | Self::TooLarge(m)
@@ -256,6 +264,7 @@ impl Error {
         let u64_field = |k: &str| details[k].as_u64().unwrap_or_default();
         match code.as_str() {
             "invalid_argument" => Self::InvalidArgument { message, details },
+            "unauthenticated" => Self::Unauthenticated(message),
             "permission_denied" => Self::PermissionDenied(message),
             "not_found" => Self::NotFound(message),
             "conflict" => Self::Conflict(message),
@@ -294,6 +303,7 @@ mod tests {
     fn all() -> Vec<Error> {
         vec![
             Error::out_of_range("ttl_secs", 0, 1, 86_400),
+            Error::Unauthenticated("a".into()),
             Error::PermissionDenied("p".into()),
             Error::NotFound("n".into()),
             Error::Conflict("c".into()),

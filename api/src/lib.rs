@@ -9,6 +9,7 @@
 
 mod agent_link;
 pub mod artifacts;
+pub(crate) mod auth;
 mod b64;
 mod backend;
 pub mod config;

@@ -374,13 +374,7 @@ async fn sigkilled_daemon_restarts_with_its_sandboxes_and_one_daemon_per_state_d
     daemon.wait_exit();
     let agents = common::pids_under(&state.to_string_lossy());
     assert_eq!(agents.len(), 2, "VMs outlive the daemon: {agents:?}");
-    let restarted = Daemon {
-        child: Daemon::spawn(&daemon.config_path),
-        socket: daemon.socket.clone(),
-        state_dir: state.clone(),
-        config_path: daemon.config_path.clone(),
-    };
-    restarted.wait_answering();
+    let restarted = daemon.respawn();
     let kiln = Kiln::connect_unix(&restarted.socket)
         .await
         .expect("reconnect");

@@ -390,14 +390,8 @@ async fn a_sigkilled_daemon_finds_its_running_exec_again() {
     drop(kiln);
     daemon.signal(libc::SIGKILL);
     daemon.wait_exit();
-    let restarted = Daemon {
-        child: Daemon::spawn(&daemon.config_path),
-        socket: daemon.socket.clone(),
-        state_dir: daemon.state_dir.clone(),
-        config_path: daemon.config_path.clone(),
-    };
+    let restarted = daemon.respawn();
     std::mem::forget(daemon);
-    restarted.wait_answering();
     let kiln = Kiln::connect_unix(&restarted.socket)
         .await
         .expect("reconnect");

@@ -1,4 +1,5 @@
-//! [`Backend`] on the embedded core, acting for one caller (a unix uid).
+//! [`Backend`] on the embedded core, acting for one caller (a unix uid or
+//! a token holder).
 
 use futures_util::future::BoxFuture;
 use futures_util::stream::{self, BoxStream, StreamExt};
@@ -6,10 +7,11 @@ use futures_util::FutureExt;
 use tokio_util::io::ReaderStream;
 
 use super::{Backend, CreateOutcome, Download, ExecEvents, Upload};
+use crate::auth::Actor;
 use crate::core::Core;
 use crate::model::{
-    Event, ExecInfo, ExecSpec, FileEntry, FileWritten, Health, Info, PoolInfo, SandboxFilter,
-    SandboxInfo, SandboxPatch, SandboxSpec, StdinWritten, TemplateInfo,
+    AuditFilter, AuditRecord, Event, ExecInfo, ExecSpec, FileEntry, FileWritten, Health, Info,
+    PoolInfo, SandboxFilter, SandboxInfo, SandboxPatch, SandboxSpec, StdinWritten, TemplateInfo,
 };
 use crate::{Error, Result};
 
@@ -17,8 +19,8 @@ use crate::{Error, Result};
 #[derive(Clone)]
 pub(crate) struct Embedded {
     pub core: Core,
-    /// Unix uid recorded with each change.
-    pub caller: Option<u32>,
+    /// Who is calling, recorded with each change.
+    pub caller: Actor,
 }
 
 /// Stored events fetched per round while catching up.
@@ -103,7 +105,7 @@ impl Backend for Embedded {
     }
 
     fn set_pool(&self, template: String, target: u32) -> BoxFuture<'_, Result<PoolInfo>> {
-        ok(self.core.set_pool(&template, target, self.caller))
+        ok(self.core.set_pool(&template, target, &self.caller))
     }
 
     fn create(
@@ -114,8 +116,8 @@ impl Backend for Embedded {
         // A task of its own: a caller that goes away mid-boot must not
         // leave a half-booted VM behind (the sandbox is made anyway; an
         // Idempotency-Key finds it, its idle timeout ends it).
-        let (core, caller) = (self.core.clone(), self.caller);
-        let task = tokio::spawn(async move { core.create(spec, key, caller).await });
+        let (core, caller) = (self.core.clone(), self.caller.clone());
+        let task = tokio::spawn(async move { core.create(spec, key, &caller).await });
         async move {
             let c = task
                 .await
@@ -123,6 +125,7 @@ impl Backend for Embedded {
             Ok(CreateOutcome {
                 sandbox: c.sandbox,
                 replayed: c.replayed,
+                token: c.token,
             })
         }
         .boxed()
@@ -137,7 +140,7 @@ impl Backend for Embedded {
     }
 
     fn patch(&self, id: String, patch: SandboxPatch) -> BoxFuture<'_, Result<SandboxInfo>> {
-        ok(self.core.patch(&id, patch, self.caller))
+        ok(self.core.patch(&id, patch, &self.caller))
     }
 
     fn keepalive(&self, id: String) -> BoxFuture<'_, Result<SandboxInfo>> {
@@ -146,8 +149,8 @@ impl Backend for Embedded {
 
     fn delete(&self, id: String) -> BoxFuture<'_, Result<SandboxInfo>> {
         // Finishes even if the caller goes away.
-        let (core, caller) = (self.core.clone(), self.caller);
-        let task = tokio::spawn(async move { core.delete(&id, caller).await });
+        let (core, caller) = (self.core.clone(), self.caller.clone());
+        let task = tokio::spawn(async move { core.delete(&id, &caller).await });
         async move {
             task.await
                 .map_err(|e| Error::Internal(format!("delete task: {e}")))?
@@ -162,7 +165,7 @@ impl Backend for Embedded {
         key: Option<String>,
     ) -> BoxFuture<'_, Result<ExecEvents>> {
         async move {
-            let events = self.core.exec(&id, spec, key, self.caller).await?;
+            let events = self.core.exec(&id, spec, key, &self.caller).await?;
             Ok(events.map(Ok).boxed())
         }
         .boxed()
@@ -175,7 +178,7 @@ impl Backend for Embedded {
         key: Option<String>,
     ) -> BoxFuture<'_, Result<ExecInfo>> {
         async move {
-            let (record, _) = self.core.start_exec(&id, &spec, key, self.caller).await?;
+            let (record, _) = self.core.start_exec(&id, &spec, key, &self.caller).await?;
             self.core.exec_info(&id, &record.id).await
         }
         .boxed()
@@ -213,19 +216,24 @@ impl Backend for Embedded {
     ) -> BoxFuture<'_, Result<StdinWritten>> {
         async move {
             self.core
-                .write_stdin(&id, &exec, offset, &data, close, self.caller)
+                .write_stdin(&id, &exec, offset, &data, close, &self.caller)
                 .await
         }
         .boxed()
     }
 
     fn signal(&self, id: String, exec: String, signal: i32) -> BoxFuture<'_, Result<()>> {
-        async move { self.core.signal_exec(&id, &exec, signal, self.caller).await }.boxed()
+        async move {
+            self.core
+                .signal_exec(&id, &exec, signal, &self.caller)
+                .await
+        }
+        .boxed()
     }
 
     fn read_file(&self, id: String, path: String) -> BoxFuture<'_, Result<Download>> {
         async move {
-            let read = self.core.read_file(&id, &path).await?;
+            let read = self.core.read_file(&id, &path, &self.caller).await?;
             let body = ReaderStream::new(read.body)
                 .map(|chunk| chunk.map_err(|e| Error::Internal(format!("reading the spool: {e}"))));
             Ok(Download {
@@ -247,7 +255,7 @@ impl Backend for Embedded {
     ) -> BoxFuture<'_, Result<FileWritten>> {
         async move {
             self.core
-                .write_file(&id, &path, mode, body, sha256, self.caller)
+                .write_file(&id, &path, mode, body, sha256, &self.caller)
                 .await
         }
         .boxed()
@@ -262,19 +270,23 @@ impl Backend for Embedded {
     }
 
     fn mkdir(&self, id: String, path: String, parents: bool) -> BoxFuture<'_, Result<()>> {
-        async move { self.core.mkdir(&id, &path, parents, self.caller).await }.boxed()
+        async move { self.core.mkdir(&id, &path, parents, &self.caller).await }.boxed()
     }
 
     fn rename(&self, id: String, from: String, to: String) -> BoxFuture<'_, Result<()>> {
-        async move { self.core.rename(&id, &from, &to, self.caller).await }.boxed()
+        async move { self.core.rename(&id, &from, &to, &self.caller).await }.boxed()
     }
 
     fn remove(&self, id: String, path: String, recursive: bool) -> BoxFuture<'_, Result<()>> {
-        async move { self.core.remove(&id, &path, recursive, self.caller).await }.boxed()
+        async move { self.core.remove(&id, &path, recursive, &self.caller).await }.boxed()
     }
 
     fn events(&self, after_seq: u64) -> BoxFuture<'_, Result<BoxStream<'static, Result<Event>>>> {
         ok(self.event_stream(after_seq))
+    }
+
+    fn audit(&self, filter: AuditFilter) -> BoxFuture<'_, Result<Vec<AuditRecord>>> {
+        ok(self.core.audit_records(&filter))
     }
 
     fn shutdown(&self) -> BoxFuture<'_, ()> {

@@ -1,8 +1,7 @@
-//! [`Backend`] over HTTP/1.1 on a unix socket (a `kiln serve` daemon).
+//! [`Backend`] over HTTP/1.1 to a `kiln serve` daemon, on its unix socket
+//! or its TCP listener ([`Transport`]).
 //! One connection per request; errors come back as the [`crate::Error`]
 //! the daemon answered with.
-
-use std::path::PathBuf;
 
 use bytes::{Bytes, BytesMut};
 use futures_util::future::BoxFuture;
@@ -12,17 +11,17 @@ use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio_util::io::ReaderStream;
 
 use super::lines::LineSplitter;
+use super::transport::Transport;
 use super::{Backend, CreateOutcome, Download, ExecEvents, Upload};
 use crate::model::{
-    Event, ExecEvent, ExecInfo, ExecSpec, FileEntry, FileWritten, Health, Info, PoolInfo,
-    PoolUpdate, SandboxFilter, SandboxInfo, SandboxPatch, SandboxSpec, SignalName, SignalRequest,
-    StdinWritten, TemplateInfo,
+    AuditFilter, AuditRecord, CreatedSandbox, Event, ExecEvent, ExecInfo, ExecSpec, FileEntry,
+    FileWritten, Health, Info, PoolInfo, PoolUpdate, SandboxFilter, SandboxInfo, SandboxPatch,
+    SandboxSpec, SignalName, SignalRequest, StdinWritten, TemplateInfo,
 };
 use crate::{Error, ErrorBody, Result};
 
@@ -71,11 +70,7 @@ fn json_body<T: Serialize>(v: &T) -> Result<Body> {
 
 /// The client.
 pub(crate) struct HttpBackend {
-    socket: PathBuf,
-}
-
-fn unavailable(socket: &std::path::Path, e: impl std::fmt::Display) -> Error {
-    Error::Unavailable(format!("{}: {e}", socket.display()))
+    transport: Transport,
 }
 
 /// Collects a body, at most `MAX_RESPONSE` bytes.
@@ -157,24 +152,17 @@ fn ndjson<T: DeserializeOwned + Send + 'static>(body: Incoming) -> BoxStream<'st
 }
 
 impl HttpBackend {
-    pub fn new(socket: PathBuf) -> Self {
-        HttpBackend { socket }
+    pub fn new(transport: Transport) -> Self {
+        HttpBackend { transport }
     }
 
-    async fn send(&self, req: Request<Body>) -> Result<Response<Incoming>> {
-        let stream = tokio::net::UnixStream::connect(&self.socket)
-            .await
-            .map_err(|e| unavailable(&self.socket, e))?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| unavailable(&self.socket, e))?;
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
+    async fn send(&self, mut req: Request<Body>) -> Result<Response<Incoming>> {
+        let mut sender = self.transport.connect().await?;
+        self.transport.authorize(&mut req);
         let resp = sender
             .send_request(req)
             .await
-            .map_err(|e| unavailable(&self.socket, e))?;
+            .map_err(|e| self.transport.unavailable(e))?;
         if resp.status().is_success() {
             return Ok(resp);
         }
@@ -296,12 +284,13 @@ impl Backend for HttpBackend {
     ) -> BoxFuture<'_, Result<CreateOutcome>> {
         async move {
             let body = json_body(&spec)?;
-            let (status, sandbox) = self
+            let (status, created): (_, CreatedSandbox) = self
                 .call(Method::POST, "/v1/sandboxes", Some(body), &key_header(&key))
                 .await?;
             Ok(CreateOutcome {
-                sandbox,
+                sandbox: created.sandbox,
                 replayed: status == StatusCode::OK,
+                token: created.token,
             })
         }
         .boxed()
@@ -585,6 +574,15 @@ impl Backend for HttpBackend {
                 })
                 .boxed();
             Ok(events)
+        }
+        .boxed()
+    }
+
+    fn audit(&self, filter: AuditFilter) -> BoxFuture<'_, Result<Vec<AuditRecord>>> {
+        async move {
+            let query = serde_urlencoded::to_string(&filter)
+                .map_err(|e| Error::invalid(format!("audit filter: {e}")))?;
+            self.get_json(&format!("/v1/audit?{query}")).await
         }
         .boxed()
     }

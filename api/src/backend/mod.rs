@@ -5,6 +5,7 @@
 pub(crate) mod embedded;
 pub(crate) mod http;
 pub(crate) mod lines;
+pub(crate) mod transport;
 
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
@@ -12,8 +13,9 @@ use futures_util::stream::BoxStream;
 use tokio::io::AsyncRead;
 
 use crate::model::{
-    Event, ExecEvent, ExecInfo, ExecSpec, FileEntry, FileWritten, Health, Info, PoolInfo,
-    SandboxFilter, SandboxInfo, SandboxPatch, SandboxSpec, StdinWritten, TemplateInfo,
+    AuditFilter, AuditRecord, Event, ExecEvent, ExecInfo, ExecSpec, FileEntry, FileWritten, Health,
+    Info, IssuedToken, PoolInfo, SandboxFilter, SandboxInfo, SandboxPatch, SandboxSpec,
+    StdinWritten, TemplateInfo,
 };
 use crate::Result;
 
@@ -35,6 +37,8 @@ pub(crate) struct CreateOutcome {
     pub sandbox: SandboxInfo,
     /// An idempotent replay of an earlier create.
     pub replayed: bool,
+    /// The token the create asked for.
+    pub token: Option<IssuedToken>,
 }
 
 /// Everything a kiln client can do.
@@ -102,6 +106,8 @@ pub(crate) trait Backend: Send + Sync {
     fn rename(&self, id: String, from: String, to: String) -> BoxFuture<'_, Result<()>>;
     fn remove(&self, id: String, path: String, recursive: bool) -> BoxFuture<'_, Result<()>>;
     fn events(&self, after_seq: u64) -> BoxFuture<'_, Result<BoxStream<'static, Result<Event>>>>;
+    /// Audit records (`GET /v1/audit`).
+    fn audit(&self, filter: AuditFilter) -> BoxFuture<'_, Result<Vec<AuditRecord>>>;
     /// Stops an embedded core (drain); nothing for a remote daemon.
     fn shutdown(&self) -> BoxFuture<'_, ()>;
 }

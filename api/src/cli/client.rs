@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use futures_util::StreamExt;
-use kiln::model::{OnEmpty, SandboxFilter, SandboxSpec, SandboxState};
+use kiln::model::{
+    CreatedSandbox, OnEmpty, SandboxFilter, SandboxSpec, SandboxState, TokenOp, TokenRequest,
+};
 use kiln::Kiln;
 
 use super::{output, processes};
@@ -72,6 +74,25 @@ pub struct CreateArgs {
     /// Idempotency key (a retry returns the same sandbox).
     #[arg(long)]
     idempotency_key: Option<String>,
+    /// Also issue a token scoped to the sandbox allowing these operations
+    /// (exec, files; comma-separated); printed on a second line.
+    #[arg(long, value_delimiter = ',', value_parser = parse_op)]
+    token: Vec<TokenOp>,
+    /// The token's lifetime, seconds (default: the sandbox's TTL).
+    #[arg(long, requires = "token")]
+    token_ttl: Option<u64>,
+    /// Who holds the token, as the audit trail names them (default
+    /// uid:<your uid>).
+    #[arg(long, requires = "token")]
+    token_subject: Option<String>,
+}
+
+fn parse_op(s: &str) -> Result<TokenOp, String> {
+    match s {
+        "exec" => Ok(TokenOp::Exec),
+        "files" => Ok(TokenOp::Files),
+        other => Err(format!("unknown operation {other:?} (exec, files)")),
+    }
 }
 
 /// `kiln ls`.
@@ -160,6 +181,7 @@ pub enum Cmd {
     Attach(processes::AttachArgs),
     Kill(processes::KillArgs),
     Stdin(processes::StdinArgs),
+    Audit(super::audit::AuditArgs),
 }
 
 /// Runs a client command on a small runtime.
@@ -181,6 +203,7 @@ pub fn run(conn: Conn, cmd: Cmd) -> Result<ExitCode> {
                 Cmd::Attach(a) => processes::attach(&conn, a).await,
                 Cmd::Kill(a) => processes::kill(&conn, a).await,
                 Cmd::Stdin(a) => processes::stdin(&conn, a).await,
+                Cmd::Audit(a) => super::audit::audit(&conn, a).await,
             }
         })
 }
@@ -200,6 +223,11 @@ async fn create(conn: &Conn, a: CreateArgs) -> Result<ExitCode> {
             _ => OnEmpty::Cold,
         },
         wait_ms: a.wait_ms,
+        token: (!a.token.is_empty()).then_some(TokenRequest {
+            ops: a.token,
+            ttl_secs: a.token_ttl,
+            subject: a.token_subject,
+        }),
         ..SandboxSpec::default()
     };
     let sandbox = kiln
@@ -207,9 +235,15 @@ async fn create(conn: &Conn, a: CreateArgs) -> Result<ExitCode> {
         .create_idempotent(spec, a.idempotency_key)
         .await?;
     if conn.json {
-        output::json(sandbox.cached_info())?;
+        output::json(&CreatedSandbox {
+            sandbox: sandbox.cached_info().clone(),
+            token: sandbox.token().cloned(),
+        })?;
     } else {
         println!("{}", sandbox.id());
+        if let Some(t) = sandbox.token() {
+            println!("{}", t.token);
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -1,5 +1,6 @@
 //! Command-line parsing and dispatch. Errors are printed as a whole chain.
 
+mod audit;
 mod client;
 mod output;
 mod processes;
@@ -53,6 +54,9 @@ enum Command {
     Pool(client::PoolArgs),
     /// Follow the lifecycle event feed.
     Events(client::EventsArgs),
+    /// Show the audit trail: who did what to which sandbox, and how it
+    /// went.
+    Audit(audit::AuditArgs),
 }
 
 /// Parses the command line and runs the chosen command.
@@ -81,6 +85,7 @@ pub fn main() -> ExitCode {
         Command::Rm(args) => client::run(cli.conn, client::Cmd::Rm(args)),
         Command::Pool(args) => client::run(cli.conn, client::Cmd::Pool(args)),
         Command::Events(args) => client::run(cli.conn, client::Cmd::Events(args)),
+        Command::Audit(args) => client::run(cli.conn, client::Cmd::Audit(args)),
     };
     match result {
         Ok(code) => code,

@@ -1,4 +1,4 @@
-//! `kiln serve [--socket PATH] [--state-dir DIR] [--config FILE]`.
+//! `kiln serve [--socket PATH] [--state-dir DIR] [--config FILE] [--listen ADDR]`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -17,6 +17,14 @@ pub struct ServeArgs {
     /// else ~/.local/state/kiln).
     #[arg(long)]
     state_dir: Option<PathBuf>,
+    /// Serve the API on TCP too, to sandbox-token holders only
+    /// (`127.0.0.1:PORT`; loopback unless --listen-any).
+    #[arg(long)]
+    listen: Option<std::net::SocketAddr>,
+    /// Allow --listen on a non-loopback address (plain HTTP: put TLS in
+    /// front of it).
+    #[arg(long)]
+    listen_any: bool,
 }
 
 fn init_logging() {
@@ -42,6 +50,10 @@ pub fn serve(args: ServeArgs, socket: Option<PathBuf>) -> Result<ExitCode> {
     if let Some(socket) = socket {
         config.server.socket = Some(socket);
     }
+    if let Some(addr) = args.listen {
+        config.server.listen = Some(addr);
+    }
+    config.server.listen_any |= args.listen_any;
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -18,8 +18,9 @@ use super::files::vm_error;
 use super::sandboxes::{body_hash, check_env, check_path};
 use super::store::{ExecRecord, Reservation};
 use super::{new_id, Core};
+use crate::auth::Actor;
 use crate::config::TimeoutsConfig;
-use crate::model::{now_ms, ExecEvent, ExecSpec};
+use crate::model::{now_ms, AuditKind, AuditResult, AuditWhat, ExecEvent, ExecSpec};
 use crate::vm_process::{AgentAddr, EXEC_TIMEOUT_GRACE};
 use crate::{Error, Result};
 
@@ -133,7 +134,7 @@ impl Core {
         id: &str,
         spec: &ExecSpec,
         key: Option<String>,
-        caller: Option<u32>,
+        caller: &Actor,
     ) -> Result<(ExecRecord, bool)> {
         self.refuse_if_draining()?;
         let (timeout_ms, stdin) = check_exec(spec, &self.config().timeouts)?;
@@ -166,6 +167,17 @@ impl Core {
             }
         }
         let started = self.launch(id, spec, stdin, timeout_ms, caller).await;
+        self.audit(
+            caller,
+            AuditKind::Exec,
+            Some(id),
+            AuditWhat {
+                exec_id: started.as_ref().ok().map(|r| r.id.clone()),
+                argv: Some(spec.argv.clone()),
+                ..AuditWhat::default()
+            },
+            AuditResult::of(&started),
+        );
         if let Some(key) = &key {
             let kept = match &started {
                 Ok(record) => self.inner.store.complete(&scope, key, &record.id),
@@ -185,7 +197,7 @@ impl Core {
         spec: &ExecSpec,
         stdin: Option<Vec<u8>>,
         timeout_ms: u64,
-        caller: Option<u32>,
+        caller: &Actor,
     ) -> Result<ExecRecord> {
         let (vm, info) = self.touch(id)?;
         let mut env: BTreeMap<String, String> = info.env.clone();
@@ -209,15 +221,14 @@ impl Core {
             agent_id: Some(agent_id),
             timeout_ms: Some(timeout_ms),
             gone: false,
+            uid: caller.uid(),
+            subject: caller.subject().map(str::to_string),
         };
         if let Err(e) = self.inner.store.put_exec(&record) {
             // Unrecorded, nobody could find it again: it must not run.
             let _ = agent.signal(agent_id, libc::SIGKILL).await;
             return Err(e.into());
         }
-        self.inner
-            .store
-            .audit(caller, "exec", id, &spec.argv.join(" "));
         let lock = self.track_exec(id, &record.id, agent_id);
         if let Some(bytes) = stdin {
             let guard = Arc::clone(&lock).lock_owned().await;
@@ -238,7 +249,7 @@ impl Core {
         id: &str,
         spec: ExecSpec,
         key: Option<String>,
-        caller: Option<u32>,
+        caller: &Actor,
     ) -> Result<ExecStream> {
         let (record, replayed) = self.start_exec(id, &spec, key, caller).await?;
         let started = ExecEvent::Started {

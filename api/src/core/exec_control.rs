@@ -16,7 +16,8 @@ use super::files::vm_error;
 use super::store::ExecRecord;
 use super::vms::Vm;
 use super::Core;
-use crate::model::{ExecInfo, ExecState, StdinWritten};
+use crate::auth::Actor;
+use crate::model::{AuditKind, AuditResult, AuditWhat, ExecInfo, ExecState, StdinWritten};
 use crate::vm_process::{AgentError, REQUEST_TIMEOUT};
 use crate::{Error, Result};
 
@@ -184,52 +185,71 @@ impl Core {
         offset: Option<u64>,
         data: &[u8],
         close: bool,
-        caller: Option<u32>,
+        caller: &Actor,
     ) -> Result<StdinWritten> {
-        if data.len() > MAX_STDIN_WRITE {
-            return Err(Error::TooLarge(format!(
-                "a stdin write has at most {MAX_STDIN_WRITE} bytes"
-            )));
+        // The write and the offset it went at, audited either way.
+        let written: Result<(StdinWritten, u64)> = async {
+            if data.len() > MAX_STDIN_WRITE {
+                return Err(Error::TooLarge(format!(
+                    "a stdin write has at most {MAX_STDIN_WRITE} bytes"
+                )));
+            }
+            let (vm, record) = self.exec_of(sandbox, exec)?;
+            let agent_id = agent_id_of(&record)?;
+            let agent = vm.process.agent();
+            let lock = self.stdin_lock(sandbox, exec);
+            let _guard = tokio::time::timeout(STDIN_LOCK_WAIT, lock.lock())
+                .await
+                .map_err(|_| {
+                    Error::Conflict(format!(
+                        "exec {exec}: an earlier stdin write is still waiting for the program"
+                    ))
+                })?;
+            let fail = |e| process_error(&record, e);
+            let from = match offset {
+                Some(o) => o,
+                None => agent.write_stdin(agent_id, 0, &[]).await.map_err(fail)?,
+            };
+            let accepted = agent
+                .write_stdin(agent_id, from, data)
+                .await
+                .map_err(fail)?;
+            let end = from.saturating_add(data.len() as u64);
+            let closed = close && accepted >= end;
+            if closed {
+                agent.close_stdin(agent_id).await.map_err(fail)?;
+            }
+            Ok((
+                StdinWritten {
+                    accepted,
+                    open: !closed,
+                },
+                from,
+            ))
         }
-        let (vm, record) = self.exec_of(sandbox, exec)?;
-        let agent_id = agent_id_of(&record)?;
-        let agent = vm.process.agent();
-        let lock = self.stdin_lock(sandbox, exec);
-        let _guard = tokio::time::timeout(STDIN_LOCK_WAIT, lock.lock())
-            .await
-            .map_err(|_| {
-                Error::Conflict(format!(
-                    "exec {exec}: an earlier stdin write is still waiting for the program"
-                ))
-            })?;
-        let fail = |e| process_error(&record, e);
-        let from = match offset {
-            Some(o) => o,
-            None => agent.write_stdin(agent_id, 0, &[]).await.map_err(fail)?,
+        .await;
+        let detail = match (&written, offset) {
+            (Ok((w, from)), _) => Some(format!(
+                "at offset {from}, accepted up to {}{}",
+                w.accepted,
+                if w.open { "" } else { ", closed" }
+            )),
+            (Err(_), Some(o)) => Some(format!("at offset {o}")),
+            (Err(_), None) => None,
         };
-        let accepted = agent
-            .write_stdin(agent_id, from, data)
-            .await
-            .map_err(fail)?;
-        let end = from.saturating_add(data.len() as u64);
-        let closed = close && accepted >= end;
-        if closed {
-            agent.close_stdin(agent_id).await.map_err(fail)?;
-        }
-        self.inner.store.audit(
+        self.audit(
             caller,
-            "stdin",
-            sandbox,
-            &format!(
-                "{exec} {} bytes at {from}{}",
-                data.len(),
-                if closed { ", closed" } else { "" }
-            ),
+            AuditKind::Stdin,
+            Some(sandbox),
+            AuditWhat {
+                exec_id: Some(exec.to_string()),
+                bytes: Some(data.len() as u64),
+                detail,
+                ..AuditWhat::default()
+            },
+            AuditResult::of(&written),
         );
-        Ok(StdinWritten {
-            accepted,
-            open: !closed,
-        })
+        written.map(|(w, _)| w)
     }
 
     /// `POST .../execs/{exec}/signal`: `signal` to its process group.
@@ -238,7 +258,7 @@ impl Core {
         sandbox: &str,
         exec: &str,
         signal: i32,
-        caller: Option<u32>,
+        caller: &Actor,
     ) -> Result<()> {
         let (vm, record) = self.exec_of(sandbox, exec)?;
         let agent_id = agent_id_of(&record)?;
@@ -248,11 +268,17 @@ impl Core {
             .signal(agent_id, signal)
             .await
             .map_err(|e| process_error(&record, e));
-        let outcome = match &r {
-            Ok(()) => format!("{exec} signal {signal}"),
-            Err(e) => format!("{exec} signal {signal}: {}", e.code()),
-        };
-        self.inner.store.audit(caller, "signal", sandbox, &outcome);
+        self.audit(
+            caller,
+            AuditKind::Signal,
+            Some(sandbox),
+            AuditWhat {
+                exec_id: Some(exec.to_string()),
+                signal: Some(signal),
+                ..AuditWhat::default()
+            },
+            AuditResult::of(&r),
+        );
         r
     }
 }

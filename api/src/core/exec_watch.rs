@@ -15,7 +15,8 @@ use kiln_agent::protocol::ExitStatus;
 
 use super::store::ExecRecord;
 use super::Core;
-use crate::model::{now_ms, ExecResult};
+use crate::auth::Actor;
+use crate::model::{now_ms, AuditKind, AuditOutcome, AuditResult, AuditWhat, ExecResult};
 
 /// How often a sandbox's running execs are checked.
 const WATCH_INTERVAL: Duration = Duration::from_secs(1);
@@ -182,25 +183,61 @@ impl Core {
             }
         }
         let result = exit.map(|status| result_of(exec, status));
-        match self.inner.store.exec(exec) {
-            Ok(Some(record)) if record.result.is_none() && !record.gone => {
-                let record = ExecRecord {
-                    result: result.clone(),
-                    gone: result.is_none(),
-                    ..record
-                };
-                if let Err(e) = self.inner.store.put_exec(&record) {
-                    tracing::warn!(exec_id = %exec, error = %e, "exec end not recorded");
-                }
-                result
+        match self.inner.store.settle_exec(exec, result.clone()) {
+            Ok(Some((record, true))) => {
+                self.audit_exec_end(&record);
+                record.result
             }
-            Ok(Some(record)) => record.result,
+            Ok(Some((record, false))) => record.result,
             Ok(None) => result,
             Err(e) => {
-                tracing::warn!(exec_id = %exec, error = %e, "exec record unreadable");
+                tracing::warn!(exec_id = %exec, error = %e, "exec end not recorded");
                 result
             }
         }
+    }
+
+    /// The audit record of an exec's end, in the name of who started it.
+    fn audit_exec_end(&self, record: &ExecRecord) {
+        let actor = match &record.subject {
+            Some(subject) => Actor::Token {
+                subject: subject.clone(),
+            },
+            None => Actor::Uid(record.uid),
+        };
+        let result = match &record.result {
+            Some(r) => AuditResult {
+                reason: (if r.timed_out {
+                    Some("timed_out")
+                } else if r.oom_killed {
+                    Some("oom_killed")
+                } else {
+                    None
+                })
+                .map(str::to_string),
+                exit_code: r.exit_code,
+                exit_signal: r.signal,
+                duration_ms: Some(r.duration_ms),
+                ..AuditResult::ok()
+            },
+            None => AuditResult {
+                outcome: AuditOutcome::Error,
+                reason: Some(
+                    "gone: the agent or the sandbox ended before its exit was seen".into(),
+                ),
+                ..AuditResult::default()
+            },
+        };
+        self.audit(
+            &actor,
+            AuditKind::ExecEnd,
+            Some(&record.sandbox_id),
+            AuditWhat {
+                exec_id: Some(record.id.clone()),
+                ..AuditWhat::default()
+            },
+            result,
+        );
     }
 
     /// After a restart: watches the unfinished execs of every re-adopted

@@ -13,7 +13,8 @@ use tokio::io::{AsyncRead, ReadBuf};
 
 use super::sandboxes::check_path;
 use super::Core;
-use crate::model::{FileEntry, FileWritten};
+use crate::auth::Actor;
+use crate::model::{AuditKind, AuditResult, AuditWhat, FileEntry, FileWritten};
 use crate::vm_process::VmProcessError;
 use crate::{Error, Result};
 
@@ -154,7 +155,7 @@ impl Core {
         mode: Option<u32>,
         body: Box<dyn AsyncRead + Send + Unpin>,
         expected_sha256: Option<String>,
-        caller: Option<u32>,
+        caller: &Actor,
     ) -> Result<FileWritten> {
         check_path(path)?;
         if let Some(m) = mode {
@@ -172,11 +173,16 @@ impl Core {
         };
         let written = vm.process.upload(path, mode, body).await.map_err(vm_error);
         self.touch(id).ok();
-        self.inner.store.audit(
+        self.audit(
             caller,
-            "write_file",
-            &format!("{id}:{path}"),
-            written.as_ref().map_or_else(|e| e.code(), |_| "ok"),
+            AuditKind::FileWrite,
+            Some(id),
+            AuditWhat {
+                path: Some(path.to_string()),
+                bytes: written.as_ref().ok().map(|w| w.size),
+                ..AuditWhat::default()
+            },
+            AuditResult::of(&written),
         );
         let written = written?;
         Ok(FileWritten {
@@ -188,8 +194,24 @@ impl Core {
 
     /// `GET /v1/sandboxes/{id}/files/{path}`: downloads into a spool file
     /// (the agent's SHA-256 checked), then hands it out.
-    pub async fn read_file(&self, id: &str, path: &str) -> Result<FileRead> {
+    pub async fn read_file(&self, id: &str, path: &str, caller: &Actor) -> Result<FileRead> {
         check_path(path)?;
+        let read = self.read_file_inner(id, path).await;
+        self.audit(
+            caller,
+            AuditKind::FileRead,
+            Some(id),
+            AuditWhat {
+                path: Some(path.to_string()),
+                bytes: read.as_ref().ok().map(|r| r.size),
+                ..AuditWhat::default()
+            },
+            AuditResult::of(&read),
+        );
+        read
+    }
+
+    async fn read_file_inner(&self, id: &str, path: &str) -> Result<FileRead> {
         let (vm, _) = self.touch(id)?;
         let spool = self.inner.spool_dir.join(super::new_id("dl"));
         let file = tokio::fs::File::create(&spool)
@@ -244,13 +266,7 @@ impl Core {
     }
 
     /// `POST /v1/sandboxes/{id}/fs/mkdir`.
-    pub async fn mkdir(
-        &self,
-        id: &str,
-        path: &str,
-        parents: bool,
-        caller: Option<u32>,
-    ) -> Result<()> {
+    pub async fn mkdir(&self, id: &str, path: &str, parents: bool, caller: &Actor) -> Result<()> {
         check_path(path)?;
         let (vm, _) = self.touch(id)?;
         let r = vm
@@ -259,12 +275,12 @@ impl Core {
             .mkdir(path.to_string(), parents, None)
             .await
             .map_err(|e| vm_error(e.into()));
-        self.audit_result(caller, "mkdir", id, path, &r);
+        self.audit_path(caller, AuditKind::Mkdir, id, path, None, &r);
         r
     }
 
     /// `POST /v1/sandboxes/{id}/fs/rename`.
-    pub async fn rename(&self, id: &str, from: &str, to: &str, caller: Option<u32>) -> Result<()> {
+    pub async fn rename(&self, id: &str, from: &str, to: &str, caller: &Actor) -> Result<()> {
         check_path(from)?;
         check_path(to)?;
         let (vm, _) = self.touch(id)?;
@@ -274,7 +290,14 @@ impl Core {
             .rename(from.to_string(), to.to_string())
             .await
             .map_err(|e| vm_error(e.into()));
-        self.audit_result(caller, "rename", id, from, &r);
+        self.audit_path(
+            caller,
+            AuditKind::Rename,
+            id,
+            from,
+            Some(format!("to {to}")),
+            &r,
+        );
         r
     }
 
@@ -284,7 +307,7 @@ impl Core {
         id: &str,
         path: &str,
         recursive: bool,
-        caller: Option<u32>,
+        caller: &Actor,
     ) -> Result<()> {
         check_path(path)?;
         let (vm, _) = self.touch(id)?;
@@ -294,24 +317,25 @@ impl Core {
             .remove(path.to_string(), recursive)
             .await
             .map_err(|e| vm_error(e.into()));
-        self.audit_result(caller, "remove", id, path, &r);
+        self.audit_path(caller, AuditKind::Remove, id, path, None, &r);
         r
     }
 
-    fn audit_result(
+    fn audit_path(
         &self,
-        caller: Option<u32>,
-        action: &str,
+        caller: &Actor,
+        kind: AuditKind,
         id: &str,
         path: &str,
+        detail: Option<String>,
         r: &Result<()>,
     ) {
-        self.inner.store.audit(
-            caller,
-            action,
-            &format!("{id}:{path}"),
-            r.as_ref().map_or_else(|e| e.code(), |()| "ok"),
-        );
+        let what = AuditWhat {
+            path: Some(path.to_string()),
+            detail,
+            ..AuditWhat::default()
+        };
+        self.audit(caller, kind, Some(id), what, AuditResult::of(r));
     }
 }
 

@@ -7,6 +7,8 @@
 //! [`Core::shutdown`].
 
 mod admission;
+mod audit;
+mod audit_log;
 mod events;
 mod exec;
 mod exec_control;
@@ -22,6 +24,7 @@ mod sandboxes;
 mod store;
 mod tasks;
 mod timeouts;
+mod tokens;
 mod vms;
 
 pub(crate) use exec_control::MAX_STDIN_WRITE;
@@ -41,11 +44,13 @@ use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::auth::{Actor, TokenKey};
 use crate::config::{Config, LauncherConfig, TemplateConfig};
 use crate::model::{Health, Info, PoolInfo, TemplateInfo};
 use crate::template::{self, Overrides, Template};
 use crate::{Error, Result};
 use admission::{Limits, Usage};
+use audit_log::AuditLog;
 use events::Events;
 use launcher::{HostAgentLauncher, KilnVmmLauncher, Launcher};
 use lock::StateLock;
@@ -96,6 +101,10 @@ pub(crate) struct Inner {
     templates: BTreeMap<String, TemplateEntry>,
     launcher: Arc<dyn Launcher>,
     store: Arc<Store>,
+    /// The audit trail (its own database).
+    audit: AuditLog,
+    /// Signs and checks sandbox tokens.
+    token_key: TokenKey,
     events: Events,
     metrics: Metrics,
     state: Mutex<State>,
@@ -254,6 +263,8 @@ impl Core {
             }
         }
         let store = Arc::new(Store::open(&dir.join("kiln.db"))?);
+        let audit = AuditLog::open(&dir.join("audit.db"))?;
+        let token_key = TokenKey::load_or_create(dir)?;
         let templates = templates_of(&config, launcher.needs_guest_files());
         let mut pools = BTreeMap::new();
         let saved: HashMap<String, u32> = store.pool_targets()?.into_iter().collect();
@@ -292,6 +303,8 @@ impl Core {
             templates,
             launcher,
             store,
+            audit,
+            token_key,
             vm_dir,
             spool_dir,
             _lock: lock,
@@ -426,7 +439,7 @@ impl Core {
     }
 
     /// `PUT /v1/pools/{template}`: sets the target (kept across restarts).
-    pub fn set_pool(&self, template: &str, target: u32, caller: Option<u32>) -> Result<PoolInfo> {
+    pub fn set_pool(&self, template: &str, target: u32, caller: &Actor) -> Result<PoolInfo> {
         let max = u32::try_from(self.inner.limits.max_vms).unwrap_or(u32::MAX);
         if target > max {
             return Err(Error::out_of_range(
@@ -449,9 +462,16 @@ impl Core {
             Self::pool_info(template, p)
         };
         self.inner.store.set_pool_target(template, target)?;
-        self.inner
-            .store
-            .audit(caller, "set_pool", template, &format!("target={target}"));
+        self.audit(
+            caller,
+            crate::model::AuditKind::PoolChange,
+            None,
+            crate::model::AuditWhat {
+                detail: Some(format!("{template} target {target}")),
+                ..Default::default()
+            },
+            crate::model::AuditResult::ok(),
+        );
         self.inner.reconcile.notify_one();
         Ok(info)
     }

@@ -11,13 +11,15 @@ use tracing::Instrument;
 
 use super::store::{Reservation, VmPhase};
 use super::timeouts::Clock;
+use super::tokens::{check_token, CheckedToken};
 use super::vms::Vm;
 use super::{metrics, new_id, Core, Sandbox};
+use crate::auth::Actor;
 use crate::config::TimeoutsConfig;
 use crate::error::EndReason;
 use crate::model::{
-    now_ms, EventKind, InlineFile, LaunchType, OnEmpty, SandboxFilter, SandboxInfo, SandboxPatch,
-    SandboxSpec, SandboxState,
+    now_ms, AuditKind, AuditResult, AuditWhat, EventKind, InlineFile, IssuedToken, LaunchType,
+    OnEmpty, SandboxFilter, SandboxInfo, SandboxPatch, SandboxSpec, SandboxState,
 };
 use crate::{Error, Result};
 
@@ -36,6 +38,8 @@ pub(crate) struct Created {
     pub sandbox: SandboxInfo,
     /// An idempotent replay of an earlier create.
     pub replayed: bool,
+    /// The token asked for (a replay issues a fresh one).
+    pub token: Option<IssuedToken>,
 }
 
 /// Hex SHA-256 of a request body, for idempotency keys.
@@ -102,6 +106,8 @@ pub(crate) struct CheckedCreate {
     pub files: Vec<(String, Option<u32>, Vec<u8>)>,
     /// How long to wait for a pooled VM (`on_empty: wait`).
     pub wait: Option<Duration>,
+    /// The token to issue.
+    pub token: Option<CheckedToken>,
 }
 
 /// Checks a create's spec against the allowed ranges (the template is
@@ -142,11 +148,13 @@ pub(crate) fn check_create(spec: &SandboxSpec, t: &TimeoutsConfig) -> Result<Che
         )?)),
         _ => None,
     };
+    let token = spec.token.as_ref().map(|r| check_token(r, t)).transpose()?;
     Ok(CheckedCreate {
         ttl,
         idle,
         files,
         wait,
+        token,
     })
 }
 
@@ -172,7 +180,7 @@ impl Core {
         &self,
         spec: SandboxSpec,
         key: Option<String>,
-        caller: Option<u32>,
+        caller: &Actor,
     ) -> Result<Created> {
         self.refuse_if_draining()?;
         let template_name = spec
@@ -185,6 +193,7 @@ impl Core {
             idle,
             files,
             wait,
+            token,
         } = check_create(&spec, &self.config().timeouts)?;
         let scope = "create";
         if let Some(key) = &key {
@@ -199,9 +208,14 @@ impl Core {
                         Some(s) => self.live_info(&id).unwrap_or(s),
                         None => self.get(&id)?,
                     };
+                    // A token only for a sandbox that still lives.
+                    let token = token
+                        .filter(|_| sandbox.end_reason.is_none())
+                        .map(|t| self.issue_token(&sandbox, &t, caller));
                     return Ok(Created {
                         sandbox,
                         replayed: true,
+                        token,
                     });
                 }
                 Reservation::InFlight => {
@@ -219,7 +233,7 @@ impl Core {
         let id = new_id("sbx");
         let span = tracing::info_span!("sandbox", sandbox_id = %id, template = %template_name);
         let result = self
-            .create_inner(&id, &template, spec, files, ttl, idle, wait, caller)
+            .create_inner(&id, &template, spec, files, ttl, idle, wait, caller.uid())
             .instrument(span)
             .await;
         if let Some(key) = &key {
@@ -231,17 +245,29 @@ impl Core {
                 tracing::warn!(error = %e, "idempotency key not recorded");
             }
         }
-        self.inner.store.audit(
+        let issued = match (&result, &token) {
+            (Ok(info), Some(t)) => Some(self.issue_token(info, t, caller)),
+            _ => None,
+        };
+        let mut detail = format!("template {template_name}");
+        if let Some(t) = &issued {
+            let ops: Vec<&str> = t.ops.iter().map(|o| o.as_str()).collect();
+            detail.push_str(&format!("; token for {} ({})", t.subject, ops.join(",")));
+        }
+        self.audit(
             caller,
-            "create",
-            &id,
-            &result
-                .as_ref()
-                .map_or_else(|e| e.code().to_string(), |_| "ok".into()),
+            AuditKind::Create,
+            Some(&id),
+            AuditWhat {
+                detail: Some(detail),
+                ..AuditWhat::default()
+            },
+            AuditResult::of(&result),
         );
         Ok(Created {
             sandbox: result?,
             replayed: false,
+            token: issued,
         })
     }
 
@@ -482,7 +508,7 @@ impl Core {
     }
 
     /// `PATCH /v1/sandboxes/{id}`.
-    pub fn patch(&self, id: &str, patch: SandboxPatch, caller: Option<u32>) -> Result<SandboxInfo> {
+    pub fn patch(&self, id: &str, patch: SandboxPatch, caller: &Actor) -> Result<SandboxInfo> {
         let (ttl, idle) = check_patch(&patch, &self.config().timeouts)?;
         self.touch(id)?;
         let info = {
@@ -509,14 +535,20 @@ impl Core {
             s.info.clone()
         };
         self.inner.store.put_sandbox(&info)?;
-        self.inner.store.audit(caller, "patch", id, "ok");
+        self.audit(
+            caller,
+            AuditKind::Patch,
+            Some(id),
+            AuditWhat::default(),
+            AuditResult::ok(),
+        );
         self.inner.expiry.notify_one();
         Ok(info)
     }
 
     /// `DELETE /v1/sandboxes/{id}`: the VM is killed and its files removed
     /// before this returns; the sandbox leaves a tombstone.
-    pub async fn delete(&self, id: &str, caller: Option<u32>) -> Result<SandboxInfo> {
+    pub async fn delete(&self, id: &str, caller: &Actor) -> Result<SandboxInfo> {
         self.touch(id)?;
         let ended = self
             .end_sandbox(id, EndReason::Deleted, caller)
@@ -531,9 +563,14 @@ impl Core {
         &self,
         id: &str,
         reason: EndReason,
-        caller: Option<u32>,
+        caller: &Actor,
     ) -> Option<SandboxInfo> {
-        let Sandbox { mut info, vm, .. } = {
+        let Sandbox {
+            mut info,
+            vm,
+            execs,
+            ..
+        } = {
             let mut st = self.state();
             let sandbox = st.sandboxes.remove(id)?;
             st.ending.insert(id.to_string(), reason);
@@ -568,7 +605,25 @@ impl Core {
                 reason: reason.as_str().into(),
             })
             .inc();
-        self.inner.store.audit(caller, "end", id, reason.as_str());
+        let kind = if reason == EndReason::Deleted {
+            AuditKind::Delete
+        } else {
+            AuditKind::End
+        };
+        self.audit(
+            caller,
+            kind,
+            Some(id),
+            AuditWhat {
+                detail: Some(reason.as_str().to_string()),
+                ..AuditWhat::default()
+            },
+            AuditResult::ok(),
+        );
+        // Execs still running die with the VM: their end is this one.
+        for exec in execs.running.keys() {
+            self.finish_exec(id, exec, None);
+        }
         tracing::info!(sandbox_id = %id, reason = reason.as_str(), "sandbox ended");
         self.retire(vm).await;
         Some(info)

@@ -1,7 +1,8 @@
 //! The daemon's state in SQLite (bundled) under the state dir: VMs (for
 //! re-adoption), sandboxes and their tombstones, pool targets, execs,
-//! idempotency keys, the event feed and the audit trail. Records are JSON
-//! in one column each: the schema stays small, the types stay in Rust.
+//! idempotency keys and the event feed (the audit trail has a database of
+//! its own, `audit_log.rs`). Records are JSON in one column each: the
+//! schema stays small, the types stay in Rust.
 
 use std::path::Path;
 use std::sync::Mutex;
@@ -91,6 +92,12 @@ pub(crate) struct ExecRecord {
     /// The agent forgot the process before the daemon saw it end.
     #[serde(default)]
     pub gone: bool,
+    /// Who started it: a socket peer's uid...
+    #[serde(default)]
+    pub uid: Option<u32>,
+    /// ... or a token's subject (the audit trail names them with its end).
+    #[serde(default)]
+    pub subject: Option<String>,
 }
 
 /// What an idempotency key says about a request.
@@ -121,9 +128,6 @@ CREATE TABLE IF NOT EXISTS idempotency (
     scope TEXT NOT NULL, key TEXT NOT NULL, body_hash TEXT NOT NULL, resource_id TEXT,
     created_at_ms INTEGER NOT NULL, PRIMARY KEY (scope, key));
 CREATE TABLE IF NOT EXISTS events (seq INTEGER PRIMARY KEY AUTOINCREMENT, event TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS audit (
-    id INTEGER PRIMARY KEY AUTOINCREMENT, at_ms INTEGER NOT NULL, peer_uid INTEGER,
-    action TEXT NOT NULL, target TEXT NOT NULL, result TEXT NOT NULL);
 ";
 
 /// Events kept for `GET /v1/events?after_seq=` (older ones are trimmed).
@@ -310,6 +314,38 @@ impl Store {
         })
     }
 
+    /// Records an exec's end (`result`, or `None`: gone) unless one is
+    /// recorded already. Returns the stored record and whether this call
+    /// recorded the end (exactly one call does); `None` for an unknown
+    /// exec.
+    pub fn settle_exec(
+        &self,
+        id: &str,
+        result: Option<ExecResult>,
+    ) -> Result<Option<(ExecRecord, bool)>> {
+        self.with(|c| {
+            let json: Option<String> = c
+                .query_row("SELECT record FROM execs WHERE id = ?1", params![id], |r| {
+                    r.get(0)
+                })
+                .optional()?;
+            let Some(json) = json else {
+                return Ok(None);
+            };
+            let mut record: ExecRecord = from_json(&json)?;
+            if record.result.is_some() || record.gone {
+                return Ok(Some((record, false)));
+            }
+            record.gone = result.is_none();
+            record.result = result;
+            c.execute(
+                "UPDATE execs SET record = ?2 WHERE id = ?1",
+                params![id, to_json(&record)?],
+            )?;
+            Ok(Some((record, true)))
+        })
+    }
+
     /// One exec.
     pub fn exec(&self, id: &str) -> Result<Option<ExecRecord>> {
         self.with(|c| {
@@ -412,33 +448,6 @@ impl Store {
             let rows = stmt.query_map(params![after, limit], |r| r.get::<_, String>(0))?;
             rows.map(|r| from_json(&r?)).collect()
         })
-    }
-
-    /// Records who changed what, and how it went.
-    pub fn audit(&self, peer_uid: Option<u32>, action: &str, target: &str, result: &str) {
-        let at = i64::try_from(crate::model::now_ms()).unwrap_or(i64::MAX);
-        let done = self.with(|c| {
-            c.execute(
-                "INSERT INTO audit (at_ms, peer_uid, action, target, result) VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![at, peer_uid, action, target, result],
-            )?;
-            Ok(())
-        });
-        if let Err(e) = done {
-            tracing::warn!(error = %e, action, target, "audit record lost");
-        }
-    }
-
-    /// Audit records, newest last (tests and diagnostics).
-    #[cfg(test)]
-    pub fn audit_log(&self) -> Vec<(Option<u32>, String, String, String)> {
-        self.with(|c| {
-            let mut stmt =
-                c.prepare("SELECT peer_uid, action, target, result FROM audit ORDER BY id")?;
-            let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?;
-            Ok(rows.collect::<rusqlite::Result<_>>()?)
-        })
-        .expect("audit log")
     }
 }
 
@@ -587,30 +596,24 @@ mod tests {
             ..rec("d", Some(1))
         })
         .expect("d");
-        let mut done = rec("a", Some(1));
-        done.result = Some(ExecResult::default());
-        s.put_exec(&done).expect("a ended");
+        let (settled, first) = s
+            .settle_exec("a", Some(ExecResult::default()))
+            .expect("settle")
+            .expect("known");
+        assert!(first && settled.result.is_some());
+        let (_, again) = s.settle_exec("a", None).expect("settle").expect("known");
+        assert!(!again, "an end is recorded once");
+        assert!(s.settle_exec("nope", None).expect("settle").is_none());
         let ids = |v: Vec<ExecRecord>| v.into_iter().map(|r| r.id).collect::<Vec<_>>();
         assert_eq!(ids(s.execs_of("sbx", 10).expect("list")), ["c", "b", "a"]);
         assert_eq!(ids(s.execs_of("sbx", 1).expect("list")), ["c"]);
         assert_eq!(ids(s.unfinished_execs("sbx").expect("unfinished")), ["b"]);
-        let mut gone = rec("b", Some(2));
-        gone.gone = true;
-        s.put_exec(&gone).expect("b gone");
+        let (gone, first) = s.settle_exec("b", None).expect("settle").expect("known");
+        assert!(first && gone.gone);
         assert!(s.unfinished_execs("sbx").expect("unfinished").is_empty());
         // Records from before execs were agent processes still parse.
         let old = r#"{"id":"x","sandbox_id":"sbx","argv":[],"started_at_ms":1,"result":null}"#;
         let parsed: ExecRecord = serde_json::from_str(old).expect("old record");
         assert_eq!(parsed.agent_id, None);
-    }
-
-    #[test]
-    fn audit_records_the_peer() {
-        let s = Store::in_memory();
-        s.audit(Some(1000), "create", "sbx-1", "ok");
-        assert_eq!(
-            s.audit_log(),
-            vec![(Some(1000), "create".into(), "sbx-1".into(), "ok".into())]
-        );
     }
 }

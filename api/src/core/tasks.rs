@@ -12,6 +12,7 @@ use super::sandboxes::clock_of;
 use super::store::VmPhase;
 use super::vms::BootFailure;
 use super::Core;
+use crate::auth::Actor;
 use crate::error::EndReason;
 use crate::model::{now_ms, EventKind};
 
@@ -28,6 +29,10 @@ impl Core {
             .spawn(async move { core.reconciler().await });
         let core = self.clone();
         self.inner.tasks.spawn(async move { core.expirer().await });
+        let core = self.clone();
+        self.inner
+            .tasks
+            .spawn(async move { core.audit_pruner().await });
     }
 
     async fn reconciler(&self) {
@@ -192,7 +197,7 @@ impl Core {
                 let core = self.clone();
                 self.inner
                     .tasks
-                    .spawn(async move { core.end_sandbox(&id, reason, None).await });
+                    .spawn(async move { core.end_sandbox(&id, reason, &Actor::System).await });
             }
             if last_purge.elapsed() >= PURGE_EVERY {
                 last_purge = Instant::now();
@@ -246,7 +251,8 @@ impl Core {
         }
         let ids: Vec<String> = self.state().sandboxes.keys().cloned().collect();
         for id in ids {
-            self.end_sandbox(&id, EndReason::Shutdown, None).await;
+            self.end_sandbox(&id, EndReason::Shutdown, &Actor::System)
+                .await;
         }
         let pooled: Vec<_> = {
             let mut st = self.state();

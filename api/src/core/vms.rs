@@ -286,8 +286,12 @@ impl Core {
             VmPhase::Claimed => {
                 tracing::warn!(vm_id = %vm.id, sandbox = ?sandbox, how, "VM died under a sandbox");
                 if let Some(id) = sandbox {
-                    self.end_sandbox(&id, crate::error::EndReason::VmDied, None)
-                        .await;
+                    self.end_sandbox(
+                        &id,
+                        crate::error::EndReason::VmDied,
+                        &crate::auth::Actor::System,
+                    )
+                    .await;
                 } else {
                     self.forget_vm(&vm.id);
                 }

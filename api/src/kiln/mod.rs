@@ -6,18 +6,21 @@ mod exec;
 mod files;
 mod sandbox;
 
+use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 
 use futures_util::stream::BoxStream;
 
+use crate::auth::Actor;
 use crate::backend::embedded::Embedded;
 use crate::backend::http::HttpBackend;
+use crate::backend::transport::Transport;
 use crate::backend::Backend;
 use crate::config::Config;
 use crate::core::launcher::Launcher;
 use crate::core::Core;
-use crate::model::{Event, Health, Info, PoolInfo, TemplateInfo};
+use crate::model::{AuditFilter, AuditRecord, Event, Health, Info, PoolInfo, TemplateInfo};
 use crate::Result;
 
 pub(crate) use exec::collect_output;
@@ -54,7 +57,7 @@ impl Kiln {
     }
 
     fn from_core(core: Core) -> Kiln {
-        let caller = Some(rustix::process::getuid().as_raw());
+        let caller = Actor::Uid(Some(rustix::process::getuid().as_raw()));
         Kiln {
             backend: Arc::new(Embedded { core, caller }),
         }
@@ -63,8 +66,20 @@ impl Kiln {
     /// Talks to the `kiln serve` daemon on the unix socket `path`; fails
     /// with `unavailable` when it does not answer.
     pub async fn connect_unix(path: impl AsRef<Path>) -> Result<Kiln> {
+        Self::connect(Transport::Unix(path.as_ref().to_path_buf())).await
+    }
+
+    /// Talks to a daemon's TCP listener (`kiln serve --listen`) as the
+    /// holder of a sandbox token: only that sandbox (`sandboxes().get(id)`)
+    /// and the operations the token allows answer; everything else is
+    /// `unauthenticated` or `permission_denied`.
+    pub async fn connect_tcp(addr: SocketAddr, token: &str) -> Result<Kiln> {
+        Self::connect(Transport::tcp(addr, token)?).await
+    }
+
+    async fn connect(transport: Transport) -> Result<Kiln> {
         let kiln = Kiln {
-            backend: Arc::new(HttpBackend::new(path.as_ref().to_path_buf())),
+            backend: Arc::new(HttpBackend::new(transport)),
         };
         kiln.health().await?;
         Ok(kiln)
@@ -109,6 +124,12 @@ impl Kiln {
     /// live ones, without end.
     pub async fn events(&self, after_seq: u64) -> Result<BoxStream<'static, Result<Event>>> {
         self.backend.events(after_seq).await
+    }
+
+    /// The audit trail: the newest records that pass `filter`, oldest
+    /// first (who did what to which sandbox, and how it went).
+    pub async fn audit(&self, filter: AuditFilter) -> Result<Vec<AuditRecord>> {
+        self.backend.audit(filter).await
     }
 
     /// Embedded: drains (no new work, running execs get the drain timeout)

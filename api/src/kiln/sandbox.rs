@@ -5,7 +5,7 @@ use std::sync::Arc;
 use super::exec::{Exec, ExecBuilder, ExecControl};
 use super::files::Files;
 use crate::backend::Backend;
-use crate::model::{ExecInfo, SandboxFilter, SandboxInfo, SandboxPatch, SandboxSpec};
+use crate::model::{ExecInfo, IssuedToken, SandboxFilter, SandboxInfo, SandboxPatch, SandboxSpec};
 use crate::Result;
 
 /// The sandboxes of a [`super::Kiln`].
@@ -35,6 +35,7 @@ impl Sandboxes {
         Ok(Sandbox {
             backend: Arc::clone(&self.backend),
             info: created.sandbox,
+            token: created.token,
         })
     }
 
@@ -44,6 +45,7 @@ impl Sandboxes {
         Ok(Sandbox {
             backend: Arc::clone(&self.backend),
             info,
+            token: None,
         })
     }
 
@@ -58,6 +60,7 @@ impl Sandboxes {
 pub struct Sandbox {
     backend: Arc<dyn Backend>,
     info: SandboxInfo,
+    token: Option<IssuedToken>,
 }
 
 impl std::fmt::Debug for Sandbox {
@@ -70,6 +73,12 @@ impl Sandbox {
     /// Its id.
     pub fn id(&self) -> &str {
         &self.info.id
+    }
+
+    /// The token issued with the create, when the spec asked for one
+    /// (`SandboxSpec::token`); it is not stored anywhere else.
+    pub fn token(&self) -> Option<&IssuedToken> {
+        self.token.as_ref()
     }
 
     /// What was known when this handle was made or last refreshed.

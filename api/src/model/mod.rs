@@ -2,12 +2,17 @@
 //! embedded core, the HTTP API and the client (serde for the wire, utoipa
 //! for the OpenAPI document).
 
+mod audit;
 mod event;
 mod exec;
 mod files;
 mod pool;
 mod sandbox;
+mod token;
 
+pub use audit::{
+    AuditFilter, AuditKind, AuditOutcome, AuditRecord, AuditResult, AuditWhat, AUDIT_LIMIT,
+};
 pub use event::{Event, EventKind};
 pub use exec::{
     ExecEvent, ExecInfo, ExecResult, ExecSpec, ExecState, SignalName, SignalRequest, StdinWritten,
@@ -18,6 +23,7 @@ pub use sandbox::{
     InlineFile, LaunchType, OnEmpty, SandboxFilter, SandboxInfo, SandboxPatch, SandboxSpec,
     SandboxState,
 };
+pub use token::{CreatedSandbox, IssuedToken, TokenOp, TokenRequest};
 
 /// Milliseconds since the Unix epoch, now.
 pub fn now_ms() -> u64 {

@@ -71,6 +71,10 @@ pub struct SandboxSpec {
     /// With `on_empty: wait`: how long to wait, milliseconds.
     #[serde(default)]
     pub wait_ms: Option<u64>,
+    /// Also issue a token scoped to this sandbox (returned once, in the
+    /// create's answer).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<super::TokenRequest>,
 }
 
 /// `PATCH /v1/sandboxes/{id}`: labels to set (an empty value removes a

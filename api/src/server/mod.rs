@@ -3,7 +3,9 @@
 //! handler annotations (utoipa), so they cannot disagree.
 
 mod error;
+mod gate;
 mod ndjson;
+mod openapi_auth;
 mod peer;
 pub(crate) mod routes;
 mod socket;
@@ -25,7 +27,7 @@ use crate::core::Core;
 use crate::Error;
 use error::ApiError;
 use peer::Peer;
-use routes::{execs, files, pools, sandboxes, system};
+use routes::{audit, execs, files, pools, sandboxes, system};
 
 pub use socket::SocketError;
 
@@ -35,14 +37,19 @@ pub(crate) struct AppState {
     core: Core,
     /// The OpenAPI document, serialized once.
     openapi: Arc<String>,
+    /// How many refused token requests get audit records.
+    denials: Arc<gate::DenialBudget>,
 }
 
 #[derive(OpenApi)]
 #[openapi(
     info(
         title = "kiln",
-        description = "Sandboxes from warm pools of microVMs. HTTP/1.1 on a unix socket; \
-            JSON bodies; errors as {\"error\":{\"code\",\"message\",\"retryable\",\"details\"}}; \
+        description = "Sandboxes from warm pools of microVMs. HTTP/1.1 on a unix socket \
+            (its peers are administrators) and optionally on TCP, where every request needs \
+            Authorization: Bearer <sandbox token> (401 without a valid one, 403 outside its \
+            sandbox and operations); JSON bodies; errors as \
+            {\"error\":{\"code\",\"message\",\"retryable\",\"details\"}}; \
             exec output and events as NDJSON."
     ),
     tags(
@@ -50,7 +57,7 @@ pub(crate) struct AppState {
         (name = "execs", description = "Run commands; attach to them, write their stdin, signal them"),
         (name = "files", description = "Move files in and out"),
         (name = "pools", description = "Templates and warm pools"),
-        (name = "system", description = "Health, info, metrics, events")
+        (name = "system", description = "Health, info, metrics, events, the audit trail")
     )
 )]
 struct ApiDoc;
@@ -66,6 +73,7 @@ fn parts() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(system::openapi))
         .routes(routes!(system::events))
         .routes(routes!(system::templates))
+        .routes(routes!(audit::list))
         .routes(routes!(pools::list))
         .routes(routes!(pools::get, pools::put))
         .routes(routes!(sandboxes::create, sandboxes::list))
@@ -90,6 +98,7 @@ fn parts() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .get_or_insert_with(utoipa::openapi::Components::new)
         .schemas
         .extend(schemas);
+    openapi_auth::document(&mut api);
     let router = router.route(
         "/v1/sandboxes/{id}/files/{*path}",
         get(files::get)
@@ -121,6 +130,7 @@ async fn trace_request(ConnectInfo(peer): ConnectInfo<Peer>, req: Request, next:
         path = %req.uri().path(),
         peer_uid = ?peer.uid,
         peer_pid = ?peer.pid,
+        peer_addr = ?peer.tcp,
     );
     next.run(req).instrument(span).await.into_response()
 }
@@ -132,20 +142,42 @@ pub(crate) fn app(core: Core, max_request_bytes: u64) -> Router {
         api.to_pretty_json()
             .expect("the OpenAPI document serializes"),
     );
+    let state = AppState {
+        core,
+        openapi,
+        denials: Arc::default(),
+    };
     router
         .fallback(no_route)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            gate::gate,
+        ))
         .layer(axum::middleware::from_fn(trace_request))
         .layer(DefaultBodyLimit::max(
             usize::try_from(max_request_bytes).unwrap_or(usize::MAX),
         ))
-        .with_state(AppState { core, openapi })
+        .with_state(state)
 }
 
 /// Runs `kiln serve` until SIGTERM or SIGINT, then drains: new work gets
 /// 503 `draining`, running execs get the drain timeout, every VM stops.
+/// With `server.listen` the same API is served on TCP too, to token
+/// holders only.
 pub async fn serve(config: Config) -> Result<(), SocketError> {
+    config.validate().map_err(SocketError::Config)?;
     let path = config.socket_path();
     let listener = socket::bind(&path, &config.server)?;
+    let tcp = match config.server.listen {
+        Some(addr) => match tokio::net::TcpListener::bind(addr).await {
+            Ok(l) => Some(l),
+            Err(source) => {
+                let _ = std::fs::remove_file(&path);
+                return Err(SocketError::Tcp { addr, source });
+            }
+        },
+        None => None,
+    };
     let max_request = config.limits.max_request_bytes;
     let core = match Core::start(config).await {
         Ok(core) => core,
@@ -156,18 +188,41 @@ pub async fn serve(config: Config) -> Result<(), SocketError> {
     };
     tracing::info!(socket = %path.display(), "kiln serve: listening");
     let app = app(core.clone(), max_request);
+    let stopped = tokio_util::sync::CancellationToken::new();
+    let tcp_served = tcp.map(|l| {
+        if let Ok(addr) = l.local_addr() {
+            tracing::info!(%addr, "kiln serve: listening on TCP (sandbox tokens only)");
+        }
+        let app = app.clone();
+        let stopped = stopped.clone();
+        tokio::spawn(async move {
+            axum::serve(l, app.into_make_service_with_connect_info::<Peer>())
+                .with_graceful_shutdown(stopped.cancelled_owned())
+                .await
+        })
+    });
     let drained = {
         let core = core.clone();
+        let stopped = stopped.clone();
         async move {
             socket::terminated().await;
             tracing::info!("signal: draining");
             core.shutdown().await;
+            stopped.cancel();
         }
     };
     let served = axum::serve(listener, app.into_make_service_with_connect_info::<Peer>())
         .with_graceful_shutdown(drained)
         .await;
+    stopped.cancel();
     let _ = std::fs::remove_file(&path);
+    if let Some(task) = tcp_served {
+        match task.await {
+            Ok(Err(e)) => tracing::warn!(error = %e, "the TCP listener failed"),
+            Err(e) => tracing::warn!(error = %e, "the TCP listener task failed"),
+            Ok(Ok(())) => {}
+        }
+    }
     served.map_err(SocketError::Serve)
 }
 

@@ -1,16 +1,21 @@
-//! Who is on the other end of the unix socket (SO_PEERCRED).
+//! Who is on the other end: a unix-socket peer (SO_PEERCRED) or a TCP
+//! client (its address; who it is comes from its token).
+
+use std::net::SocketAddr;
 
 use axum::extract::connect_info::Connected;
 use axum::serve::IncomingStream;
-use tokio::net::UnixListener;
+use tokio::net::{TcpListener, UnixListener};
 
-/// The peer's credentials, recorded with each change it makes.
+/// The peer of a connection.
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct Peer {
-    /// Unix uid.
+    /// Unix uid (unix socket).
     pub uid: Option<u32>,
-    /// Process id.
+    /// Process id (unix socket).
     pub pid: Option<i32>,
+    /// The client's address on the TCP listener; `None` on the socket.
+    pub tcp: Option<SocketAddr>,
 }
 
 impl Connected<IncomingStream<'_, UnixListener>> for Peer {
@@ -19,11 +24,22 @@ impl Connected<IncomingStream<'_, UnixListener>> for Peer {
             Ok(cred) => Peer {
                 uid: Some(cred.uid()),
                 pid: cred.pid(),
+                tcp: None,
             },
             Err(e) => {
                 tracing::warn!(error = %e, "no peer credentials");
                 Peer::default()
             }
+        }
+    }
+}
+
+impl Connected<IncomingStream<'_, TcpListener>> for Peer {
+    fn connect_info(stream: IncomingStream<'_, TcpListener>) -> Self {
+        Peer {
+            uid: None,
+            pid: None,
+            tcp: Some(*stream.remote_addr()),
         }
     }
 }

@@ -28,6 +28,18 @@ pub enum SocketError {
     /// The configured group does not exist.
     #[error("socket group {0:?} not found in /etc/group")]
     Group(String),
+    /// The TCP listener could not be bound.
+    #[error("TCP listener {addr}: {source}")]
+    Tcp {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// Cause.
+        #[source]
+        source: io::Error,
+    },
+    /// The configuration is invalid (a non-loopback `listen`, ...).
+    #[error(transparent)]
+    Config(crate::config::ConfigError),
     /// The core could not start (state dir locked, bad config, ...).
     #[error(transparent)]
     Core(crate::Error),

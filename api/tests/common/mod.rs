@@ -129,6 +129,19 @@ impl Daemon {
         d
     }
 
+    /// A new daemon on the same config (after this one exited), once it
+    /// answers.
+    pub fn respawn(&self) -> Daemon {
+        let d = Daemon {
+            child: Self::spawn(&self.config_path),
+            socket: self.socket.clone(),
+            state_dir: self.state_dir.clone(),
+            config_path: self.config_path.clone(),
+        };
+        d.wait_answering();
+        d
+    }
+
     /// Spawns `kiln serve --config path` without waiting.
     pub fn spawn(config_path: &Path) -> std::process::Child {
         std::process::Command::new(env!("CARGO_BIN_EXE_kiln"))
@@ -268,10 +281,36 @@ pub async fn http(
     headers: &[(&str, &str)],
     body: Vec<u8>,
 ) -> (u16, hyper::HeaderMap, Vec<u8>) {
-    use http_body_util::{BodyExt, Full};
     let stream = tokio::net::UnixStream::connect(socket)
         .await
         .expect("connect");
+    exchange(stream, method, uri, headers, body).await
+}
+
+/// A raw HTTP/1.1 exchange with the daemon's TCP listener.
+pub async fn http_tcp(
+    addr: std::net::SocketAddr,
+    method: &str,
+    uri: &str,
+    headers: &[(&str, &str)],
+    body: Vec<u8>,
+) -> (u16, hyper::HeaderMap, Vec<u8>) {
+    let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    exchange(stream, method, uri, headers, body).await
+}
+
+/// One request on `stream`: (status, headers, body).
+async fn exchange<S>(
+    stream: S,
+    method: &str,
+    uri: &str,
+    headers: &[(&str, &str)],
+    body: Vec<u8>,
+) -> (u16, hyper::HeaderMap, Vec<u8>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    use http_body_util::{BodyExt, Full};
     let (mut sender, conn) =
         hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
             .await
@@ -301,6 +340,13 @@ pub async fn http(
         .to_bytes()
         .to_vec();
     (status, headers, body)
+}
+
+/// A loopback address with a port that was free a moment ago.
+pub fn free_loopback_addr() -> std::net::SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
 }
 
 /// The error code of a JSON error body.

@@ -4,7 +4,7 @@
 //! the sandbox's agent: an HTTP client that leaves ends only its stream.
 
 use axum::body::Body;
-use axum::extract::{ConnectInfo, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -19,7 +19,7 @@ use crate::backend::{Backend, ExecEvents};
 use crate::core::MAX_STDIN_WRITE;
 use crate::model::{ExecEvent, ExecInfo, ExecResult, ExecSpec, SignalRequest, StdinWritten};
 use crate::server::error::{ApiJson, ApiPath, ApiQuery, ApiResult};
-use crate::server::peer::Peer;
+use crate::server::gate::Caller;
 use crate::server::{ndjson, AppState};
 use crate::{Error, ErrorBody};
 
@@ -57,7 +57,7 @@ pub(crate) struct ExecQuery {
               (status = 413, body = ErrorBody), (status = 503, body = ErrorBody)))]
 pub(crate) async fn start(
     state: State<AppState>,
-    peer: ConnectInfo<Peer>,
+    caller: Caller,
     ApiPath(id): ApiPath<String>,
     ApiQuery(q): ApiQuery<ExecQuery>,
     headers: HeaderMap,
@@ -67,7 +67,7 @@ pub(crate) async fn start(
     if q.wait && q.detach {
         return Err(Error::invalid("wait and detach exclude each other").into());
     }
-    let backend = backend(&state, &peer);
+    let backend = backend(&state, &caller);
     if q.detach {
         let info = backend.start_exec(id, spec, key).await?;
         return Ok((StatusCode::CREATED, Json(info)).into_response());
@@ -109,10 +109,10 @@ fn stream(events: ExecEvents) -> Response {
               (status = 410, body = ErrorBody), (status = 502, body = ErrorBody)))]
 pub(crate) async fn list(
     state: State<AppState>,
-    peer: ConnectInfo<Peer>,
+    caller: Caller,
     ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Json<Vec<ExecInfo>>> {
-    Ok(Json(backend(&state, &peer).execs(id).await?))
+    Ok(Json(backend(&state, &caller).execs(id).await?))
 }
 
 /// One exec.
@@ -122,10 +122,10 @@ pub(crate) async fn list(
               (status = 410, body = ErrorBody), (status = 502, body = ErrorBody)))]
 pub(crate) async fn get(
     state: State<AppState>,
-    peer: ConnectInfo<Peer>,
+    caller: Caller,
     ApiPath((id, exec)): ApiPath<(String, String)>,
 ) -> ApiResult<Json<ExecInfo>> {
-    Ok(Json(backend(&state, &peer).exec_info(id, exec).await?))
+    Ok(Json(backend(&state, &caller).exec_info(id, exec).await?))
 }
 
 /// `GET .../output` query.
@@ -158,11 +158,11 @@ fn yes() -> bool {
               (status = 502, body = ErrorBody)))]
 pub(crate) async fn output(
     state: State<AppState>,
-    peer: ConnectInfo<Peer>,
+    caller: Caller,
     ApiPath((id, exec)): ApiPath<(String, String)>,
     ApiQuery(q): ApiQuery<OutputQuery>,
 ) -> ApiResult<Response> {
-    let events = backend(&state, &peer)
+    let events = backend(&state, &caller)
         .attach(id, exec, q.after_seq, q.follow)
         .await?;
     Ok(stream(events))
@@ -216,7 +216,7 @@ fn offset_of(query: Option<u64>, headers: &HeaderMap) -> Result<Option<u64>, Err
               (status = 410, body = ErrorBody), (status = 413, body = ErrorBody)))]
 pub(crate) async fn stdin(
     state: State<AppState>,
-    peer: ConnectInfo<Peer>,
+    caller: Caller,
     ApiPath((id, exec)): ApiPath<(String, String)>,
     ApiQuery(q): ApiQuery<StdinQuery>,
     headers: HeaderMap,
@@ -230,7 +230,7 @@ pub(crate) async fn stdin(
                 "a stdin write has at most {MAX_STDIN_WRITE} bytes (or the body broke off)"
             ))
         })?;
-    let written = backend(&state, &peer)
+    let written = backend(&state, &caller)
         .write_stdin(id, exec, offset, body, q.close)
         .await?;
     Ok(Json(written))
@@ -246,12 +246,12 @@ pub(crate) async fn stdin(
               (status = 410, body = ErrorBody)))]
 pub(crate) async fn signal(
     state: State<AppState>,
-    peer: ConnectInfo<Peer>,
+    caller: Caller,
     ApiPath((id, exec)): ApiPath<(String, String)>,
     ApiJson(req): ApiJson<SignalRequest>,
 ) -> ApiResult<StatusCode> {
     let signal = req.signal.number()?;
-    backend(&state, &peer).signal(id, exec, signal).await?;
+    backend(&state, &caller).signal(id, exec, signal).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

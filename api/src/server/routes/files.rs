@@ -1,7 +1,7 @@
 //! Files: raw bodies, SHA-256 in headers; listing and directory operations.
 
 use axum::body::Body;
-use axum::extract::{ConnectInfo, State};
+use axum::extract::State;
 use axum::http::{header, HeaderMap};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -14,7 +14,7 @@ use crate::backend::http::{MODE_HEADER, SHA256_HEADER, SIZE_HEADER};
 use crate::backend::Backend;
 use crate::model::{FileEntry, FileWritten};
 use crate::server::error::{ApiJson, ApiPath, ApiQuery, ApiResult};
-use crate::server::peer::Peer;
+use crate::server::gate::Caller;
 use crate::server::AppState;
 use crate::{Error, ErrorBody};
 
@@ -43,7 +43,7 @@ fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> ApiResult<Option<&'a st
               (status = 413, body = ErrorBody), (status = 507, body = ErrorBody)))]
 pub(crate) async fn put(
     state: State<AppState>,
-    peer: ConnectInfo<Peer>,
+    caller: Caller,
     ApiPath((id, path)): ApiPath<(String, String)>,
     headers: HeaderMap,
     body: Body,
@@ -57,7 +57,7 @@ pub(crate) async fn put(
     let sha256 = header_str(&headers, SHA256_HEADER)?.map(str::to_ascii_lowercase);
     let reader =
         tokio_util::io::StreamReader::new(body.into_data_stream().map_err(std::io::Error::other));
-    let written = backend(&state, &peer)
+    let written = backend(&state, &caller)
         .write_file(id, path, mode, Box::new(reader), sha256)
         .await?;
     Ok((
@@ -79,10 +79,10 @@ pub(crate) async fn put(
               (status = 410, body = ErrorBody)))]
 pub(crate) async fn get(
     state: State<AppState>,
-    peer: ConnectInfo<Peer>,
+    caller: Caller,
     ApiPath((id, path)): ApiPath<(String, String)>,
 ) -> ApiResult<Response> {
-    let d = backend(&state, &peer).read_file(id, path).await?;
+    let d = backend(&state, &caller).read_file(id, path).await?;
     let body = Body::from_stream(d.body.map_err(std::io::Error::other));
     Ok((
         [
@@ -107,10 +107,10 @@ pub(crate) async fn get(
               (status = 404, description = "No such file or sandbox")))]
 pub(crate) async fn head(
     state: State<AppState>,
-    peer: ConnectInfo<Peer>,
+    caller: Caller,
     path: ApiPath<(String, String)>,
 ) -> ApiResult<Response> {
-    let full = get(state, peer, path).await?;
+    let full = get(state, caller, path).await?;
     let (parts, _) = full.into_parts();
     Ok(Response::from_parts(parts, Body::empty()))
 }
@@ -132,11 +132,13 @@ pub(crate) struct RemoveQuery {
               (status = 409, body = ErrorBody), (status = 410, body = ErrorBody)))]
 pub(crate) async fn delete(
     state: State<AppState>,
-    peer: ConnectInfo<Peer>,
+    caller: Caller,
     ApiPath((id, path)): ApiPath<(String, String)>,
     ApiQuery(q): ApiQuery<RemoveQuery>,
 ) -> ApiResult<Json<serde_json::Value>> {
-    backend(&state, &peer).remove(id, path, q.recursive).await?;
+    backend(&state, &caller)
+        .remove(id, path, q.recursive)
+        .await?;
     Ok(Json(serde_json::json!({})))
 }
 
@@ -156,12 +158,12 @@ pub(crate) struct PathQuery {
               (status = 410, body = ErrorBody)))]
 pub(crate) async fn list(
     state: State<AppState>,
-    peer: ConnectInfo<Peer>,
+    caller: Caller,
     ApiPath(id): ApiPath<String>,
     ApiQuery(q): ApiQuery<PathQuery>,
 ) -> ApiResult<Json<Vec<FileEntry>>> {
     let path = q.path.unwrap_or_else(|| ".".into());
-    Ok(Json(backend(&state, &peer).list_dir(id, path).await?))
+    Ok(Json(backend(&state, &caller).list_dir(id, path).await?))
 }
 
 /// Describes one path (a symlink itself).
@@ -171,12 +173,12 @@ pub(crate) async fn list(
               (status = 410, body = ErrorBody)))]
 pub(crate) async fn stat(
     state: State<AppState>,
-    peer: ConnectInfo<Peer>,
+    caller: Caller,
     ApiPath(id): ApiPath<String>,
     ApiQuery(q): ApiQuery<PathQuery>,
 ) -> ApiResult<Json<FileEntry>> {
     let path = q.path.unwrap_or_else(|| ".".into());
-    Ok(Json(backend(&state, &peer).stat(id, path).await?))
+    Ok(Json(backend(&state, &caller).stat(id, path).await?))
 }
 
 /// `fs/mkdir` body.
@@ -198,11 +200,13 @@ pub(crate) struct Mkdir {
               (status = 409, body = ErrorBody), (status = 410, body = ErrorBody)))]
 pub(crate) async fn mkdir(
     state: State<AppState>,
-    peer: ConnectInfo<Peer>,
+    caller: Caller,
     ApiPath(id): ApiPath<String>,
     ApiJson(m): ApiJson<Mkdir>,
 ) -> ApiResult<Json<serde_json::Value>> {
-    backend(&state, &peer).mkdir(id, m.path, m.parents).await?;
+    backend(&state, &caller)
+        .mkdir(id, m.path, m.parents)
+        .await?;
     Ok(Json(serde_json::json!({})))
 }
 
@@ -224,10 +228,10 @@ pub(crate) struct Rename {
               (status = 404, body = ErrorBody), (status = 410, body = ErrorBody)))]
 pub(crate) async fn rename(
     state: State<AppState>,
-    peer: ConnectInfo<Peer>,
+    caller: Caller,
     ApiPath(id): ApiPath<String>,
     ApiJson(r): ApiJson<Rename>,
 ) -> ApiResult<Json<serde_json::Value>> {
-    backend(&state, &peer).rename(id, r.from, r.to).await?;
+    backend(&state, &caller).rename(id, r.from, r.to).await?;
     Ok(Json(serde_json::json!({})))
 }

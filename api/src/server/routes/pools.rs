@@ -1,24 +1,21 @@
 //! Warm pools.
 
-use axum::extract::{ConnectInfo, State};
+use axum::extract::State;
 use axum::Json;
 
 use super::backend;
 use crate::backend::Backend;
 use crate::model::{PoolInfo, PoolUpdate};
 use crate::server::error::{ApiJson, ApiPath, ApiResult};
-use crate::server::peer::Peer;
+use crate::server::gate::Caller;
 use crate::server::AppState;
 use crate::ErrorBody;
 
 /// Every pool: target, ready, booting, failures, backoff.
 #[utoipa::path(get, path = "/v1/pools", tag = "pools",
     responses((status = 200, body = Vec<PoolInfo>)))]
-pub(crate) async fn list(
-    state: State<AppState>,
-    peer: ConnectInfo<Peer>,
-) -> ApiResult<Json<Vec<PoolInfo>>> {
-    Ok(Json(backend(&state, &peer).pools().await?))
+pub(crate) async fn list(state: State<AppState>, caller: Caller) -> ApiResult<Json<Vec<PoolInfo>>> {
+    Ok(Json(backend(&state, &caller).pools().await?))
 }
 
 /// One template's pool.
@@ -27,10 +24,10 @@ pub(crate) async fn list(
     responses((status = 200, body = PoolInfo), (status = 404, body = ErrorBody)))]
 pub(crate) async fn get(
     state: State<AppState>,
-    peer: ConnectInfo<Peer>,
+    caller: Caller,
     ApiPath(template): ApiPath<String>,
 ) -> ApiResult<Json<PoolInfo>> {
-    Ok(Json(backend(&state, &peer).pool(template).await?))
+    Ok(Json(backend(&state, &caller).pool(template).await?))
 }
 
 /// Sets how many VMs the pool keeps ready (0: pooling off); kept across
@@ -42,12 +39,12 @@ pub(crate) async fn get(
               (status = 404, body = ErrorBody)))]
 pub(crate) async fn put(
     state: State<AppState>,
-    peer: ConnectInfo<Peer>,
+    caller: Caller,
     ApiPath(template): ApiPath<String>,
     ApiJson(update): ApiJson<PoolUpdate>,
 ) -> ApiResult<Json<PoolInfo>> {
     Ok(Json(
-        backend(&state, &peer)
+        backend(&state, &caller)
             .set_pool(template, update.target)
             .await?,
     ))

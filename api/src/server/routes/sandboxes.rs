@@ -1,6 +1,6 @@
 //! Sandboxes.
 
-use axum::extract::{ConnectInfo, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
 use serde::Deserialize;
@@ -9,9 +9,11 @@ use utoipa::IntoParams;
 use super::backend;
 use crate::backend::http::IDEMPOTENCY_HEADER;
 use crate::backend::Backend;
-use crate::model::{SandboxFilter, SandboxInfo, SandboxPatch, SandboxSpec, SandboxState};
+use crate::model::{
+    CreatedSandbox, SandboxFilter, SandboxInfo, SandboxPatch, SandboxSpec, SandboxState,
+};
 use crate::server::error::{ApiJson, ApiPath, ApiResult};
-use crate::server::peer::Peer;
+use crate::server::gate::Caller;
 use crate::server::AppState;
 use crate::{Error, ErrorBody};
 
@@ -32,29 +34,36 @@ pub(crate) fn idempotency_key(headers: &HeaderMap) -> ApiResult<Option<String>> 
 
 /// Creates a sandbox from the template's warm pool (or as `on_empty`
 /// says); returns once it is ready. A replayed Idempotency-Key answers 200
-/// with the original sandbox.
+/// with the original sandbox. With `token` the answer carries a bearer
+/// token scoped to the sandbox (shown once: a replay issues a new one).
 #[utoipa::path(post, path = "/v1/sandboxes", tag = "sandboxes",
     request_body = SandboxSpec,
     params(("Idempotency-Key" = Option<String>, Header, description = "Makes the create safe to retry")),
-    responses((status = 201, body = SandboxInfo), (status = 200, description = "Idempotent replay", body = SandboxInfo),
+    responses((status = 201, body = CreatedSandbox), (status = 200, description = "Idempotent replay", body = CreatedSandbox),
               (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
               (status = 409, body = ErrorBody), (status = 413, body = ErrorBody),
               (status = 429, body = ErrorBody), (status = 503, body = ErrorBody),
               (status = 504, body = ErrorBody)))]
 pub(crate) async fn create(
     state: State<AppState>,
-    peer: ConnectInfo<Peer>,
+    caller: Caller,
     headers: HeaderMap,
     ApiJson(spec): ApiJson<SandboxSpec>,
-) -> ApiResult<(StatusCode, Json<SandboxInfo>)> {
+) -> ApiResult<(StatusCode, Json<CreatedSandbox>)> {
     let key = idempotency_key(&headers)?;
-    let created = backend(&state, &peer).create(spec, key).await?;
+    let created = backend(&state, &caller).create(spec, key).await?;
     let status = if created.replayed {
         StatusCode::OK
     } else {
         StatusCode::CREATED
     };
-    Ok((status, Json(created.sandbox)))
+    Ok((
+        status,
+        Json(CreatedSandbox {
+            sandbox: created.sandbox,
+            token: created.token,
+        }),
+    ))
 }
 
 /// `GET /v1/sandboxes` query, for the document (parsed by hand: `label`
@@ -96,11 +105,11 @@ pub(crate) fn parse_list_query(query: &str) -> Result<SandboxFilter, Error> {
     responses((status = 200, body = Vec<SandboxInfo>), (status = 400, body = ErrorBody)))]
 pub(crate) async fn list(
     state: State<AppState>,
-    peer: ConnectInfo<Peer>,
+    caller: Caller,
     uri: axum::http::Uri,
 ) -> ApiResult<Json<Vec<SandboxInfo>>> {
     let filter = parse_list_query(uri.query().unwrap_or(""))?;
-    Ok(Json(backend(&state, &peer).list(filter).await?))
+    Ok(Json(backend(&state, &caller).list(filter).await?))
 }
 
 /// A sandbox (counts as activity); 410 with the reason once it ended.
@@ -110,10 +119,10 @@ pub(crate) async fn list(
               (status = 410, body = ErrorBody)))]
 pub(crate) async fn get(
     state: State<AppState>,
-    peer: ConnectInfo<Peer>,
+    caller: Caller,
     ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Json<SandboxInfo>> {
-    Ok(Json(backend(&state, &peer).get(id).await?))
+    Ok(Json(backend(&state, &caller).get(id).await?))
 }
 
 /// Changes labels (an empty value removes one), TTL and idle timeout.
@@ -124,11 +133,11 @@ pub(crate) async fn get(
               (status = 404, body = ErrorBody), (status = 410, body = ErrorBody)))]
 pub(crate) async fn patch(
     state: State<AppState>,
-    peer: ConnectInfo<Peer>,
+    caller: Caller,
     ApiPath(id): ApiPath<String>,
     ApiJson(p): ApiJson<SandboxPatch>,
 ) -> ApiResult<Json<SandboxInfo>> {
-    Ok(Json(backend(&state, &peer).patch(id, p).await?))
+    Ok(Json(backend(&state, &caller).patch(id, p).await?))
 }
 
 /// Deletes a sandbox: its VM is killed and its files removed; returns the
@@ -139,10 +148,10 @@ pub(crate) async fn patch(
               (status = 410, body = ErrorBody)))]
 pub(crate) async fn delete(
     state: State<AppState>,
-    peer: ConnectInfo<Peer>,
+    caller: Caller,
     ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Json<SandboxInfo>> {
-    Ok(Json(backend(&state, &peer).delete(id).await?))
+    Ok(Json(backend(&state, &caller).delete(id).await?))
 }
 
 /// Marks the sandbox active (pushes its idle deadline back).
@@ -152,8 +161,8 @@ pub(crate) async fn delete(
               (status = 410, body = ErrorBody)))]
 pub(crate) async fn keepalive(
     state: State<AppState>,
-    peer: ConnectInfo<Peer>,
+    caller: Caller,
     ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Json<SandboxInfo>> {
-    Ok(Json(backend(&state, &peer).keepalive(id).await?))
+    Ok(Json(backend(&state, &caller).keepalive(id).await?))
 }

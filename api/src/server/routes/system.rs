@@ -1,6 +1,6 @@
 //! Health, info, metrics, the OpenAPI document, templates, events.
 
-use axum::extract::{ConnectInfo, State};
+use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -12,25 +12,22 @@ use super::backend;
 use crate::backend::Backend;
 use crate::model::{Event, Health, Info, TemplateInfo};
 use crate::server::error::{ApiQuery, ApiResult};
-use crate::server::peer::Peer;
+use crate::server::gate::Caller;
 use crate::server::{ndjson, AppState};
 use crate::ErrorBody;
 
 /// Liveness: `ok`, or `draining` during shutdown.
 #[utoipa::path(get, path = "/v1/health", tag = "system",
     responses((status = 200, body = Health)))]
-pub(crate) async fn health(
-    state: State<AppState>,
-    peer: ConnectInfo<Peer>,
-) -> ApiResult<Json<Health>> {
-    Ok(Json(backend(&state, &peer).health().await?))
+pub(crate) async fn health(state: State<AppState>, caller: Caller) -> ApiResult<Json<Health>> {
+    Ok(Json(backend(&state, &caller).health().await?))
 }
 
 /// Version, limits in use, allowed ranges of timeouts.
 #[utoipa::path(get, path = "/v1/info", tag = "system",
     responses((status = 200, body = Info)))]
-pub(crate) async fn info(state: State<AppState>, peer: ConnectInfo<Peer>) -> ApiResult<Json<Info>> {
-    Ok(Json(backend(&state, &peer).info().await?))
+pub(crate) async fn info(state: State<AppState>, caller: Caller) -> ApiResult<Json<Info>> {
+    Ok(Json(backend(&state, &caller).info().await?))
 }
 
 /// Prometheus metrics (text format).
@@ -63,9 +60,9 @@ pub(crate) async fn openapi(state: State<AppState>) -> Response {
     responses((status = 200, body = Vec<TemplateInfo>)))]
 pub(crate) async fn templates(
     state: State<AppState>,
-    peer: ConnectInfo<Peer>,
+    caller: Caller,
 ) -> ApiResult<Json<Vec<TemplateInfo>>> {
-    Ok(Json(backend(&state, &peer).templates().await?))
+    Ok(Json(backend(&state, &caller).templates().await?))
 }
 
 /// `GET /v1/events` query.
@@ -85,10 +82,10 @@ pub(crate) struct EventsQuery {
               (status = 400, body = ErrorBody)))]
 pub(crate) async fn events(
     state: State<AppState>,
-    peer: ConnectInfo<Peer>,
+    caller: Caller,
     ApiQuery(q): ApiQuery<EventsQuery>,
 ) -> ApiResult<Response> {
-    let events = backend(&state, &peer).events(q.after_seq).await?;
+    let events = backend(&state, &caller).events(q.after_seq).await?;
     // An error mid-stream ends it (the client resumes from its last seq).
     let events = events
         .take_while(|e| futures_util::future::ready(e.is_ok()))
