@@ -508,6 +508,10 @@ async fn the_key_is_owner_only_and_tokens_outlive_a_daemon_restart() {
     let meta = std::fs::metadata(&key_path).expect("key file");
     assert_eq!(meta.permissions().mode() & 0o777, 0o600);
     assert_eq!(meta.len(), 32);
+    for db in ["kiln.db", "audit.db"] {
+        let meta = std::fs::metadata(daemon.state_dir.join(db)).expect(db);
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600, "{db}");
+    }
     let key = std::fs::read(&key_path).expect("key");
     let exec = br#"{"argv":["echo","still"]}"#;
     let uri = format!("/v1/sandboxes/{id}/execs?wait=true");

@@ -23,6 +23,9 @@ pub(crate) enum StoreError {
     /// A stored record does not parse.
     #[error("state database record: {0}")]
     Json(#[from] serde_json::Error),
+    /// The database file could not be created owner-only.
+    #[error("state database file: {0}")]
+    File(#[source] std::io::Error),
 }
 
 impl From<StoreError> for Error {
@@ -143,7 +146,19 @@ fn from_json<T: DeserializeOwned>(s: &str) -> Result<T> {
 
 impl Store {
     /// Opens (creating) the database at `path`.
+    /// Owner-only (it holds sandbox labels, argv and agent addresses),
+    /// also when an older kiln created it with the default mode; SQLite
+    /// gives its journal files the same mode.
     pub fn open(path: &Path) -> Result<Self> {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        let file = std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .mode(0o600)
+            .open(path)
+            .map_err(StoreError::File)?;
+        file.set_permissions(std::fs::Permissions::from_mode(0o600))
+            .map_err(StoreError::File)?;
         let conn = Connection::open(path)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;

@@ -2,7 +2,7 @@
 //! configured mode and group), a stale one replaced, a live one refused.
 
 use std::io;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use rustix::fs::Mode;
@@ -74,8 +74,21 @@ fn group_id(group: &str) -> Result<u32, SocketError> {
 /// Binds the socket at `path`. Call before other threads create files:
 /// the umask is process-wide while it is tightened.
 pub(super) fn bind(path: &Path, config: &ServerConfig) -> Result<UnixListener, SocketError> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(io_err(path))?;
+    let gid = config.socket_group.as_deref().map(group_id).transpose()?;
+    if let Some(dir) = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty() && !d.exists())
+    {
+        // A directory made here (often the state dir) is the owner's; the
+        // socket's group, when configured, may only pass through it.
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(if gid.is_some() { 0o710 } else { 0o700 })
+            .create(dir)
+            .map_err(io_err(path))?;
+        if gid.is_some() {
+            std::os::unix::fs::chown(dir, None, gid).map_err(io_err(path))?;
+        }
     }
     if path.exists() {
         if std::os::unix::net::UnixStream::connect(path).is_ok() {
@@ -83,7 +96,6 @@ pub(super) fn bind(path: &Path, config: &ServerConfig) -> Result<UnixListener, S
         }
         std::fs::remove_file(path).map_err(io_err(path))?;
     }
-    let gid = config.socket_group.as_deref().map(group_id).transpose()?;
     // Owner-only from the start; widened below if configured.
     let old = rustix::process::umask(Mode::from_raw_mode(0o177));
     let bound = UnixListener::bind(path);
