@@ -1,8 +1,8 @@
 //! `kiln-bench api`: the daemon's API, measured through `kiln serve` on the
 //! same guest: create -> first `echo` result from a warm pool and with
 //! pooling off, the API's overhead over a direct agent exec on the same
-//! VM, concurrent creates against pools of different sizes, host RSS per
-//! idle pooled VM.
+//! VM, concurrent creates against pools of different sizes, host memory
+//! (PSS) per idle pooled VM, split into guest memory and kiln-vmm's own.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -134,13 +134,40 @@ impl Drop for Serve {
     }
 }
 
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
+/// A process's proportional resident memory (PSS: a page shared by n
+/// processes counts 1/n in each, so the static binary is not counted once
+/// per VM), KiB: `(in mappings of exactly `guest_kib`, everything else)`. A kiln-vmm maps guest RAM below the MMIO
+/// gap as one anonymous mapping of the guest's size; the rest is the
+/// VMM's own share (binary, heap, thread stacks, device buffers).
+fn rss_split_kib(pid: u32, guest_kib: u64) -> (u64, u64) {
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap_or_default();
+    let (mut guest, mut own) = (0, 0);
+    let mut in_guest = false;
+    let kib = |v: &str| -> u64 { v.trim().trim_end_matches("kB").trim().parse().unwrap_or(0) };
+    for line in smaps.lines() {
+        if let Some(v) = line.strip_prefix("Size:") {
+            in_guest = kib(v) == guest_kib;
+        } else if let Some(v) = line.strip_prefix("Pss:") {
+            if in_guest {
+                guest += kib(v);
+            } else {
+                own += kib(v);
+            }
+        }
+    }
+    (guest, own)
+}
+
+/// The pid's parent, from /proc.
+fn parent_of(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command may hold spaces and parentheses: fields follow the last ')'.
+    stat.rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
 }
 
 async fn wait_ready(kiln: &Kiln, n: u32) -> Result<()> {
@@ -324,13 +351,27 @@ pub fn run(a: ApiArgs) -> Result<()> {
         kiln.set_pool_target("bench", idle).await?;
         wait_ready(&kiln, idle).await?;
         tokio::time::sleep(Duration::from_secs(5)).await;
+        // A jailed VM is a supervisor plus its VMM child (same command
+        // line): a VM is a process whose parent is not one of them.
         let pids = serve.vm_pids();
-        let total: u64 = pids.iter().map(|&p| rss_kib(p)).sum();
+        let vms = pids
+            .iter()
+            .filter(|&&p| parent_of(p).is_none_or(|pp| !pids.contains(&pp)))
+            .count()
+            .max(1);
+        let guest_kib = u64::from(a.mem_mib) * 1024;
+        let (guest, own) = pids.iter().fold((0, 0), |(g, o), &p| {
+            let (pg, po) = rss_split_kib(p, guest_kib);
+            (g + pg, o + po)
+        });
+        let mib = |kib: u64| kib as f64 / 1024.0 / vms as f64;
         out.push(format!(
-            "host RSS per idle pooled VM: {:.1} MiB ({} VMs, {:.1} MiB in all)",
-            total as f64 / 1024.0 / pids.len().max(1) as f64,
+            "host memory (PSS) per idle pooled VM: {:.1} MiB = guest memory touched {:.1} MiB + kiln-vmm's own {:.1} MiB (supervisor and VMM; {vms} VMs, {} processes, {:.1} MiB in all)",
+            mib(guest + own),
+            mib(guest),
+            mib(own),
             pids.len(),
-            total as f64 / 1024.0
+            (guest + own) as f64 / 1024.0
         ));
         anyhow::Ok(out)
     });
