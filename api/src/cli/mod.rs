@@ -62,6 +62,9 @@ enum Command {
 /// Parses the command line and runs the chosen command.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Serve(_) | Command::Run(_)) {
+        default_sigpipe();
+    }
     let result = match cli.command {
         Command::Doctor => {
             let report = kiln::doctor::diagnose();
@@ -93,5 +96,17 @@ pub fn main() -> ExitCode {
             eprintln!("kiln: {e:#}");
             ExitCode::from(1)
         }
+    }
+}
+
+/// Client commands end quietly when their reader goes away (`kiln ps |
+/// head`), as Unix tools do, instead of panicking in `println!`: Rust
+/// ignores SIGPIPE by default. `serve` and `run` keep ignoring it, so a
+/// closed socket or pipe is an error they handle (run then stops its VM).
+fn default_sigpipe() {
+    // SAFETY: sets the disposition of one signal to its default before any
+    // thread is started; no handler code is installed.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }
