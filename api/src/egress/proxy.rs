@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UnixListener, UnixStream};
@@ -92,6 +93,7 @@ impl Drop for EgressProxy {
 
 async fn accept_loop(listener: UnixListener, shared: Arc<Shared>, stop: CancellationToken) {
     let slots = Arc::new(Semaphore::new(shared.settings.max_connections));
+    let lingering = Arc::new(Semaphore::new(LINGERING));
     loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,
@@ -102,7 +104,7 @@ async fn accept_loop(listener: UnixListener, shared: Arc<Shared>, stop: Cancella
             Err(e) => {
                 tracing::warn!(error = %e, "egress: accept failed");
                 // EMFILE and friends: do not spin.
-                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }
         };
@@ -113,6 +115,14 @@ async fn accept_loop(listener: UnixListener, shared: Arc<Shared>, stop: Cancella
             );
             // One small write into an empty socket buffer; never waits.
             let _ = stream.try_write(response(503, &reason).as_bytes());
+            // Lingering (so the client reads the 503, not a reset) takes
+            // one of a few slots of its own; past those the socket closes.
+            if let Ok(permit) = Arc::clone(&lingering).try_acquire_owned() {
+                tokio::spawn(async move {
+                    linger(stream).await;
+                    drop(permit);
+                });
+            }
             report(&shared, None, Verdict::Denied(reason));
             continue;
         };
@@ -126,6 +136,40 @@ async fn accept_loop(listener: UnixListener, shared: Arc<Shared>, stop: Cancella
             drop(permit);
         });
     }
+}
+
+/// Refused connections over the cap that may linger at once.
+const LINGERING: usize = 16;
+
+/// How long a refused connection is drained before it closes.
+const LINGER: Duration = Duration::from_secs(1);
+
+/// Most bytes drained from a refused connection.
+const LINGER_BYTES: usize = 64 * 1024;
+
+/// Writes the proxy's own answer and closes the connection.
+async fn refuse(mut client: UnixStream, status: u16, reason: &str) {
+    let _ = client.write_all(response(status, reason).as_bytes()).await;
+    linger(client).await;
+}
+
+/// Ends our side, then reads (and drops) what the client still sends, for
+/// a bounded time and size: closing a unix socket with unread data makes
+/// the client's next read fail with a reset instead of giving it the
+/// answer.
+async fn linger(mut client: UnixStream) {
+    let _ = client.shutdown().await;
+    let drain = async {
+        let mut buf = [0u8; 4096];
+        let mut total = 0;
+        while total < LINGER_BYTES {
+            match client.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => total += n,
+            }
+        }
+    };
+    let _ = tokio::time::timeout(LINGER, drain).await;
 }
 
 /// A proxy's own answer: status line, a one-line reason body, close.
@@ -195,7 +239,7 @@ async fn serve(mut client: UnixStream, shared: &Shared) {
         Ok(Ok(None)) | Ok(Err(_)) => return,
         Err(_) => {
             let reason = format!("no request head within {:?}", s.header_timeout);
-            let _ = client.write_all(response(408, &reason).as_bytes()).await;
+            refuse(client, 408, &reason).await;
             return report(shared, None, Verdict::Denied(reason));
         }
     };
@@ -203,7 +247,7 @@ async fn serve(mut client: UnixStream, shared: &Shared) {
         Ok(r) => r,
         Err(e) => {
             let reason = e.to_string();
-            let _ = client.write_all(response(400, &reason).as_bytes()).await;
+            refuse(client, 400, &reason).await;
             return report(shared, None, Verdict::Denied(reason));
         }
     };
@@ -211,9 +255,7 @@ async fn serve(mut client: UnixStream, shared: &Shared) {
     let upstream = match open(&req, shared).await {
         Ok(u) => u,
         Err(r) => {
-            let _ = client
-                .write_all(response(r.status, &r.reason).as_bytes())
-                .await;
+            refuse(client, r.status, &r.reason).await;
             let verdict = if r.failed {
                 Verdict::Failed(r.reason)
             } else {
