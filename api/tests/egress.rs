@@ -12,44 +12,22 @@ use std::time::Duration;
 use kiln::egress::{Allowlist, EgressEvent, EgressProxy, EgressSettings, Verdict};
 use kiln::model::EgressSpec;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, UnixStream};
+use tokio::net::UnixStream;
 
 /// The body every request to the test server gets.
 const BODY: &str = "hello from the loopback server";
 
-/// A loopback HTTP server: answers every request with [`BODY`] (or
-/// `big` bytes of it when asked for `/big`) and counts connections.
+/// A loopback HTTP server answering [`BODY`] (1000 times over for
+/// `/big`); counts connections.
 async fn http_server() -> (u16, Arc<AtomicUsize>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let port = listener.local_addr().expect("addr").port();
-    let accepted = Arc::new(AtomicUsize::new(0));
-    let count = Arc::clone(&accepted);
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = listener.accept().await {
-            count.fetch_add(1, Ordering::SeqCst);
-            tokio::spawn(async move {
-                let mut head = Vec::new();
-                let mut b = [0u8; 1024];
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match s.read(&mut b).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => head.extend_from_slice(&b[..n]),
-                    }
-                }
-                let body = if head.starts_with(b"GET /big ") {
-                    BODY.repeat(1000)
-                } else {
-                    BODY.to_string()
-                };
-                let reply = format!(
-                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                    body.len()
-                );
-                let _ = s.write_all(reply.as_bytes()).await;
-            });
+    common::http_server(|head| {
+        if head.starts_with(b"GET /big ") {
+            BODY.repeat(1000)
+        } else {
+            BODY.to_string()
         }
-    });
-    (port, accepted)
+    })
+    .await
 }
 
 struct Proxy {
