@@ -51,7 +51,13 @@ fn proxy_socket(vm: &Vm) -> PathBuf {
 
 /// One connection as an audit record's parts.
 fn audit_parts(e: &EgressEvent) -> (AuditWhat, AuditResult) {
-    let target = e.target.clone().unwrap_or_else(|| "-".into());
+    let mut target = e.target.clone().unwrap_or_else(|| "-".into());
+    if e.unreported > 0 {
+        target.push_str(&format!(
+            " ({} earlier connections not recorded: too many too fast)",
+            e.unreported
+        ));
+    }
     match &e.verdict {
         Verdict::Allowed {
             addr,
@@ -214,6 +220,7 @@ mod tests {
                 sent: 10,
                 received: 20,
             },
+            unreported: 0,
         });
         assert_eq!(what.bytes, Some(30));
         assert_eq!(
@@ -224,8 +231,12 @@ mod tests {
         let (what, result) = audit_parts(&EgressEvent {
             target: Some("evil.com:443".into()),
             verdict: Verdict::Denied("not listed".into()),
+            unreported: 3,
         });
-        assert_eq!(what.detail.as_deref(), Some("evil.com:443"));
+        assert_eq!(
+            what.detail.as_deref(),
+            Some("evil.com:443 (3 earlier connections not recorded: too many too fast)")
+        );
         assert_eq!(result, AuditResult::denied("not listed"));
     }
 }

@@ -8,12 +8,14 @@
 //!
 //! `policy.rs` (the allowlist), `addr.rs` (which addresses are refused),
 //! `request.rs` (the request head), `proxy.rs` (the listener and one
-//! connection), `pump.rs` (moving bytes under the sandbox's budget).
+//! connection), `pump.rs` (moving bytes under the sandbox's budget), `report.rs`
+//! (reports rate-limited, with a count of those held back).
 
 pub mod addr;
 pub mod policy;
 mod proxy;
 mod pump;
+mod report;
 pub mod request;
 
 use std::net::SocketAddr;
@@ -73,6 +75,9 @@ pub struct EgressEvent {
     pub target: Option<String>,
     /// How it went.
     pub verdict: Verdict,
+    /// Connections before this one that were not reported (a guest
+    /// opening them faster than reports may go out).
+    pub unreported: u64,
 }
 
 /// Where a proxy reports its connections.

@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::addr::classify;
 use super::pump::{pump, Budget};
+use super::report::Limiter;
 use super::request::{head_end, parse_head, Host, ProxyRequest, MAX_HEAD};
 use super::{EgressError, EgressEvent, EgressLog, EgressSettings, Verdict};
 
@@ -39,6 +40,7 @@ struct Shared {
     settings: EgressSettings,
     budget: Budget,
     log: EgressLog,
+    limiter: Limiter,
 }
 
 impl EgressProxy {
@@ -70,6 +72,7 @@ impl EgressProxy {
             budget: Budget::new(settings.max_bytes),
             settings,
             log,
+            limiter: Limiter::new(),
         });
         tokio::spawn(accept_loop(listener, shared, stop.clone()));
         Ok(EgressProxy {
@@ -190,17 +193,35 @@ fn response(status: u16, reason: &str) -> String {
 }
 
 fn report(shared: &Shared, target: Option<String>, verdict: Verdict) {
+    let Some(unreported) = shared.limiter.admit() else {
+        return;
+    };
     let target_s = target.as_deref().unwrap_or("-");
     match &verdict {
         Verdict::Allowed {
             addr,
             sent,
             received,
-        } => tracing::info!(target = target_s, %addr, sent, received, "egress connection ended"),
-        Verdict::Denied(reason) => tracing::info!(target = target_s, reason, "egress denied"),
-        Verdict::Failed(reason) => tracing::info!(target = target_s, reason, "egress failed"),
+        } => tracing::info!(
+            target = target_s,
+            %addr,
+            sent,
+            received,
+            unreported,
+            "egress connection ended"
+        ),
+        Verdict::Denied(reason) => {
+            tracing::info!(target = target_s, reason, unreported, "egress denied")
+        }
+        Verdict::Failed(reason) => {
+            tracing::info!(target = target_s, reason, unreported, "egress failed")
+        }
     }
-    (shared.log)(EgressEvent { target, verdict });
+    (shared.log)(EgressEvent {
+        target,
+        verdict,
+        unreported,
+    });
 }
 
 /// A refusal: the status to answer and why.
