@@ -107,7 +107,8 @@ impl Core {
             .config()
             .templates
             .get(template)
-            .and_then(|t| t.egress.clone());
+            .and_then(|t| t.egress.clone())
+            .filter(|s| !s.is_empty());
         let chosen = match (asked, &default) {
             (None, _) => default.clone(),
             (Some(asked), None) => Some(asked.clone()),
