@@ -143,8 +143,13 @@ async fn an_allowed_name_gets_through_plain_http_and_connect() {
             Some(format!("localhost:{port}").as_str())
         );
         match &e.verdict {
-            Verdict::Allowed { addr, received, .. } => {
+            Verdict::Allowed {
+                addr,
+                sent,
+                received,
+            } => {
                 assert!(addr.ip().is_loopback(), "{addr}");
+                assert!(*sent >= 30, "the request went up: {sent}");
                 assert!(*received > BODY.len() as u64);
             }
             other => panic!("not allowed: {other:?}"),

@@ -401,6 +401,11 @@ async fn tunnel(
         Some(head) => upstream.write_all(head).await?,
     }
     upstream.write_all(early).await?;
+    // What went up before the pump counts as sent, and against the budget.
+    let before = (req.forward.as_ref().map_or(0, Vec::len) + early.len()) as u64;
+    if !shared.budget.take(before) {
+        return Err(super::pump::PumpError::Budget);
+    }
     let (sent, received) = pump(
         client,
         upstream,
@@ -408,5 +413,5 @@ async fn tunnel(
         shared.settings.idle_timeout,
     )
     .await?;
-    Ok((sent + early.len() as u64, received))
+    Ok((sent + before, received))
 }

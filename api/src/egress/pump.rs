@@ -46,7 +46,7 @@ impl Budget {
     }
 
     /// Takes `n` bytes; false when that goes past the budget.
-    fn take(&self, n: u64) -> bool {
+    pub(super) fn take(&self, n: u64) -> bool {
         self.used.fetch_add(n, Ordering::Relaxed).saturating_add(n) <= self.max
     }
 }
