@@ -74,14 +74,7 @@ async fn an_allowlisted_sandbox_gets_a_proxy_its_env_and_audit_records() {
         .expect("exec");
     assert_eq!(String::from_utf8_lossy(&out.stdout), "[]\n");
 
-    let sandbox = kiln
-        .sandboxes()
-        .create(SandboxSpec {
-            egress: Some(spec(&["localhost"])),
-            ..SandboxSpec::default()
-        })
-        .await
-        .expect("create with egress");
+    let sandbox = create_allowing_localhost(&kiln).await;
     let id = sandbox.cached_info().id.clone();
     assert_eq!(sandbox.cached_info().egress, Some(spec(&["localhost"])));
     let out = sandbox
@@ -98,11 +91,7 @@ async fn an_allowlisted_sandbox_gets_a_proxy_its_env_and_audit_records() {
     let sockets = egress_sockets(&dir);
     assert_eq!(sockets.len(), 1, "{sockets:?}");
     for target in ["localhost", "pypi.org"] {
-        let mut s = UnixStream::connect(&sockets[0]).await.expect("connect");
-        let req = format!("GET http://{target}:{port}/ HTTP/1.1\r\n\r\n");
-        s.write_all(req.as_bytes()).await.expect("write");
-        let mut answer = String::new();
-        s.read_to_string(&mut answer).await.expect("read");
+        let answer = ask(&sockets[0], &format!("{target}:{port}")).await;
         if target == "localhost" {
             assert!(answer.ends_with(BODY), "{answer}");
         } else {
@@ -218,4 +207,69 @@ async fn templates_give_the_default_and_creates_may_only_narrow_it() {
         .await
         .expect_err("bad CIDR");
     assert_eq!(err.code(), "invalid_argument", "{err}");
+}
+
+/// A sandbox that may reach `localhost`.
+async fn create_allowing_localhost(kiln: &Kiln) -> kiln::Sandbox {
+    kiln.sandboxes()
+        .create(SandboxSpec {
+            egress: Some(spec(&["localhost"])),
+            ..SandboxSpec::default()
+        })
+        .await
+        .expect("create with egress")
+}
+
+/// Sends a plain HTTP proxy request for `target` on the egress socket;
+/// returns the whole answer.
+async fn ask(socket: &Path, target: &str) -> String {
+    let mut s = UnixStream::connect(socket).await.expect("connect");
+    let req = format!("GET http://{target}/ HTTP/1.1\r\n\r\n");
+    s.write_all(req.as_bytes()).await.expect("write");
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).await.expect("read");
+    answer
+}
+
+#[tokio::test]
+async fn a_restarted_daemon_gives_a_readopted_sandbox_its_proxy_back() {
+    let dir = common::scratch("egress-restart");
+    let state = dir.join("state");
+    let mut c = config(&state);
+    c.templates.remove("netted");
+    let daemon = common::Daemon::start(&c);
+    let port = http_server().await;
+    let kiln = Kiln::connect_unix(&daemon.socket).await.expect("connect");
+    let sandbox = create_allowing_localhost(&kiln).await;
+    let sockets = egress_sockets(&state);
+    assert_eq!(sockets.len(), 1, "{sockets:?}");
+    let target = format!("localhost:{port}");
+    assert!(ask(&sockets[0], &target).await.ends_with(BODY));
+
+    let mut daemon = daemon;
+    daemon.signal(libc::SIGKILL);
+    daemon.wait_exit();
+    let restarted = daemon.respawn();
+    assert_eq!(
+        egress_sockets(&state),
+        sockets,
+        "the same socket, listening again"
+    );
+    let answer = ask(&sockets[0], &target).await;
+    assert!(answer.ends_with(BODY), "{answer}");
+    let answer = ask(&sockets[0], &format!("pypi.org:{port}")).await;
+    assert!(answer.starts_with("HTTP/1.1 403"), "{answer}");
+
+    let kiln = Kiln::connect_unix(&restarted.socket)
+        .await
+        .expect("reconnect");
+    kiln.sandboxes()
+        .get(sandbox.id())
+        .await
+        .expect("re-adopted")
+        .delete()
+        .await
+        .expect("delete");
+    assert!(egress_sockets(&state).is_empty());
+    std::mem::forget(daemon);
 }
