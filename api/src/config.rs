@@ -32,6 +32,8 @@ pub struct Config {
     pub server: ServerConfig,
     /// The audit trail's retention.
     pub audit: AuditConfig,
+    /// Limits of the sandboxes' egress proxies.
+    pub egress: EgressConfig,
 }
 
 /// What starts VMs.
@@ -87,6 +89,10 @@ pub struct TemplateConfig {
     /// VMs to keep ready.
     #[serde(default)]
     pub pool_target: u32,
+    /// The egress allowlist of its sandboxes unless a create narrows it
+    /// (none: no network).
+    #[serde(default)]
+    pub egress: Option<crate::model::EgressSpec>,
 }
 
 fn one() -> u8 {
@@ -287,6 +293,43 @@ impl Default for AuditConfig {
     }
 }
 
+/// Limits of each sandbox's egress proxy (for sandboxes with an
+/// allowlist).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EgressConfig {
+    /// Most connections a sandbox may have open at once.
+    pub max_connections: u32,
+    /// Most bytes a sandbox may move through its proxy, both ways, over
+    /// its life (per daemon run).
+    pub max_bytes: u64,
+    /// How long a connection may take to send its request head, seconds.
+    pub header_timeout_secs: u64,
+    /// How long resolving and connecting upstream may take, seconds.
+    pub connect_timeout_secs: u64,
+    /// A connection idle both ways this long is closed, seconds.
+    pub idle_timeout_secs: u64,
+    /// DANGEROUS, for tests only: address ranges the proxies connect to
+    /// although they are loopback, private or link-local (for example
+    /// `["127.0.0.1/32"]` for a test server on the host's loopback). Every
+    /// sandbox with an allowlist naming a host that resolves there reaches
+    /// it. Empty (the default) refuses every inside address.
+    pub allow_private: Vec<ipnet::IpNet>,
+}
+
+impl Default for EgressConfig {
+    fn default() -> Self {
+        EgressConfig {
+            max_connections: 64,
+            max_bytes: 1 << 30,
+            header_timeout_secs: 10,
+            connect_timeout_secs: 10,
+            idle_timeout_secs: 300,
+            allow_private: Vec::new(),
+        }
+    }
+}
+
 /// The default state directory: `$KILN_STATE_DIR`, else
 /// `/var/lib/kiln` for root, else `$XDG_STATE_HOME/kiln` or
 /// `~/.local/state/kiln`.
@@ -316,6 +359,7 @@ impl Default for Config {
             pool: PoolConfig::default(),
             server: ServerConfig::default(),
             audit: AuditConfig::default(),
+            egress: EgressConfig::default(),
         }
     }
 }
@@ -412,7 +456,19 @@ impl Config {
         if self.audit.max_rows == 0 || self.audit.prune_interval_secs == 0 {
             return bad("audit.max_rows and audit.prune_interval_secs must be at least 1");
         }
+        let e = &self.egress;
+        if e.max_connections == 0
+            || e.header_timeout_secs == 0
+            || e.connect_timeout_secs == 0
+            || e.idle_timeout_secs == 0
+        {
+            return bad("egress.max_connections and the egress timeouts must be at least 1");
+        }
         for (name, tc) in &self.templates {
+            if let Some(spec) = &tc.egress {
+                crate::egress::Allowlist::parse(spec)
+                    .map_err(|e| ConfigError::Invalid(format!("template {name}: {e}")))?;
+            }
             if name.is_empty() || name.len() > 64 || !name.chars().all(valid_name_char) {
                 return Err(ConfigError::Invalid(format!(
                     "template name {name:?}: use 1-64 of [A-Za-z0-9._-]"
@@ -519,6 +575,15 @@ mod tests {
             ("[server]\nlisten = \"0.0.0.0:8080\"", "not a loopback"),
             ("[server]\nlisten = \"[::]:8080\"", "listen_any"),
             ("[audit]\nmax_rows = 0", "max_rows"),
+            ("[egress]\nmax_connections = 0", "max_connections"),
+            (
+                "[templates.t]\negress = { allow = [\"*.com\"] }",
+                "invalid egress name",
+            ),
+            (
+                "[templates.t]\negress = { cidrs = [\"10.0.0.0/33\"] }",
+                "invalid egress CIDR",
+            ),
         ] {
             let err = Config::from_toml(toml).expect_err(toml);
             assert!(err.to_string().contains(needle), "{toml}: {err}");

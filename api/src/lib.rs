@@ -15,6 +15,7 @@ mod backend;
 pub mod config;
 mod core;
 pub mod doctor;
+pub mod egress;
 mod error;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]

@@ -8,7 +8,8 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use futures_util::StreamExt;
 use kiln::model::{
-    CreatedSandbox, OnEmpty, SandboxFilter, SandboxSpec, SandboxState, TokenOp, TokenRequest,
+    CreatedSandbox, EgressSpec, OnEmpty, SandboxFilter, SandboxSpec, SandboxState, TokenOp,
+    TokenRequest,
 };
 use kiln::Kiln;
 
@@ -85,6 +86,15 @@ pub struct CreateArgs {
     /// uid:<your uid>).
     #[arg(long, requires = "token")]
     token_subject: Option<String>,
+    /// Let the sandbox reach these names through its HTTP/HTTPS proxy
+    /// (`pypi.org`, `*.npmjs.org`; comma-separated or repeated). Replaces
+    /// the template's allowlist and must lie within it. Without it (and
+    /// without a template allowlist) the sandbox has no network.
+    #[arg(long, value_delimiter = ',')]
+    allow: Vec<String>,
+    /// IP ranges a program may name as IP literals (`203.0.113.0/24`).
+    #[arg(long, value_delimiter = ',')]
+    allow_cidr: Vec<String>,
 }
 
 fn parse_op(s: &str) -> Result<TokenOp, String> {
@@ -227,6 +237,10 @@ async fn create(conn: &Conn, a: CreateArgs) -> Result<ExitCode> {
             ops: a.token,
             ttl_secs: a.token_ttl,
             subject: a.token_subject,
+        }),
+        egress: (!a.allow.is_empty() || !a.allow_cidr.is_empty()).then_some(EgressSpec {
+            allow: a.allow,
+            cidrs: a.allow_cidr,
         }),
         ..SandboxSpec::default()
     };

@@ -9,6 +9,7 @@
 mod admission;
 mod audit;
 mod audit_log;
+mod egress;
 mod events;
 mod exec;
 mod exec_control;
@@ -79,6 +80,8 @@ struct Sandbox {
     notice_sent_for: Option<u64>,
     /// Its running execs.
     execs: exec_watch::RunningExecs,
+    /// Its egress proxy (with an allowlist); dropping it closes it.
+    egress: Option<crate::egress::EgressProxy>,
 }
 
 /// Everything behind the lock.
@@ -220,6 +223,7 @@ fn templates_of(config: &Config, needs_files: bool) -> BTreeMap<String, Template
                 mem_mib: builtin.1,
                 kernel_args: String::new(),
                 pool_target: u32::from(name == config.default_template),
+                egress: None,
             }
         });
     }

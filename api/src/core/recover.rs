@@ -15,7 +15,7 @@ use super::store::{VmPhase, VmRow};
 use super::vms::Vm;
 use super::{Core, Sandbox, VmSlot};
 use crate::error::EndReason;
-use crate::model::{now_ms, SandboxState};
+use crate::model::{now_ms, SandboxInfo, SandboxState};
 use crate::vm_process::{ProcessIdentity, VmProcess};
 use crate::Result;
 
@@ -174,6 +174,25 @@ impl Core {
         if phase != row.phase {
             self.set_phase(&vm, phase, None);
         }
+        // A claimed VM's sandbox gets its egress proxy back (its byte
+        // budget starts over).
+        let proxy = match (&phase, &sandbox) {
+            (
+                VmPhase::Claimed,
+                Some(SandboxInfo {
+                    id,
+                    egress: Some(allow),
+                    ..
+                }),
+            ) => match self.attach_egress(id, &vm, allow) {
+                Ok(p) => Some(p),
+                Err(e) => {
+                    tracing::warn!(sandbox_id = %id, error = %e, "egress proxy not re-attached");
+                    None
+                }
+            },
+            _ => None,
+        };
         {
             let mut st = self.state();
             st.usage.vms += 1;
@@ -197,6 +216,7 @@ impl Core {
                             vm: Arc::clone(&vm),
                             notice_sent_for: None,
                             execs: Default::default(),
+                            egress: proxy,
                         },
                     );
                 }

@@ -18,8 +18,8 @@ use crate::auth::Actor;
 use crate::config::TimeoutsConfig;
 use crate::error::EndReason;
 use crate::model::{
-    now_ms, AuditKind, AuditResult, AuditWhat, EventKind, InlineFile, IssuedToken, LaunchType,
-    OnEmpty, SandboxFilter, SandboxInfo, SandboxPatch, SandboxSpec, SandboxState,
+    now_ms, AuditKind, AuditResult, AuditWhat, EgressSpec, EventKind, InlineFile, IssuedToken,
+    LaunchType, OnEmpty, SandboxFilter, SandboxInfo, SandboxPatch, SandboxSpec, SandboxState,
 };
 use crate::{Error, Result};
 
@@ -149,6 +149,9 @@ pub(crate) fn check_create(spec: &SandboxSpec, t: &TimeoutsConfig) -> Result<Che
         _ => None,
     };
     let token = spec.token.as_ref().map(|r| check_token(r, t)).transpose()?;
+    if let Some(egress) = &spec.egress {
+        super::egress::check_egress(egress)?;
+    }
     Ok(CheckedCreate {
         ttl,
         idle,
@@ -195,6 +198,7 @@ impl Core {
             wait,
             token,
         } = check_create(&spec, &self.config().timeouts)?;
+        let egress = self.egress_of(&template_name, spec.egress.as_ref())?;
         let scope = "create";
         if let Some(key) = &key {
             match self
@@ -233,7 +237,17 @@ impl Core {
         let id = new_id("sbx");
         let span = tracing::info_span!("sandbox", sandbox_id = %id, template = %template_name);
         let result = self
-            .create_inner(&id, &template, spec, files, ttl, idle, wait, caller.uid())
+            .create_inner(
+                &id,
+                &template,
+                spec,
+                egress,
+                files,
+                ttl,
+                idle,
+                wait,
+                caller.uid(),
+            )
             .instrument(span)
             .await;
         if let Some(key) = &key {
@@ -277,6 +291,7 @@ impl Core {
         id: &str,
         template: &crate::template::Template,
         spec: SandboxSpec,
+        egress: Option<EgressSpec>,
         files: Vec<(String, Option<u32>, Vec<u8>)>,
         ttl: u64,
         idle: u64,
@@ -307,6 +322,24 @@ impl Core {
                 return Err(super::files::vm_error(e));
             }
         }
+        // The proxy and its variables: late-bound like the files.
+        let mut env = spec.env;
+        let proxy = match &egress {
+            None => None,
+            Some(allow) => match self.attach_egress(id, &vm, allow) {
+                Ok(p) => {
+                    for (k, v) in super::egress::proxy_env() {
+                        env.entry(k).or_insert(v);
+                    }
+                    Some(p)
+                }
+                Err(e) => {
+                    self.forget_vm(&vm.id);
+                    self.retire(vm).await;
+                    return Err(e);
+                }
+            },
+        };
         let ready_at_ms = now_ms();
         let mut info = SandboxInfo {
             id: id.to_string(),
@@ -314,8 +347,9 @@ impl Core {
             state: SandboxState::Ready,
             launch_type: launch,
             labels: spec.labels,
-            env: spec.env,
+            env,
             cwd: spec.cwd,
+            egress,
             ttl_secs: ttl,
             idle_timeout_secs: idle,
             created_at_ms,
@@ -341,6 +375,7 @@ impl Core {
                 vm,
                 notice_sent_for: None,
                 execs: Default::default(),
+                egress: proxy,
             },
         );
         let m = &self.inner.metrics;
@@ -569,6 +604,7 @@ impl Core {
             mut info,
             vm,
             execs,
+            egress,
             ..
         } = {
             let mut st = self.state();
@@ -576,6 +612,8 @@ impl Core {
             st.ending.insert(id.to_string(), reason);
             sandbox
         };
+        // No way out from here on: the listener and its connections close.
+        drop(egress);
         self.forget_vm(&vm.id);
         info.state = SandboxState::Ended;
         info.end_reason = Some(reason);

@@ -481,6 +481,7 @@ mod tests {
             labels: [("team".to_string(), "a".to_string())].into(),
             env: Default::default(),
             cwd: None,
+            egress: None,
             ttl_secs: 60,
             idle_timeout_secs: 30,
             created_at_ms: 1,

@@ -39,11 +39,14 @@ pub enum AuditKind {
     /// A request with a token, or without one where one is needed, was
     /// refused.
     TokenDenied,
+    /// A connection out of a sandbox through its egress proxy, allowed
+    /// (with the bytes it moved) or denied (and why).
+    Egress,
 }
 
 impl AuditKind {
     /// Every kind.
-    pub const ALL: [AuditKind; 15] = [
+    pub const ALL: [AuditKind; 16] = [
         Self::Create,
         Self::Patch,
         Self::Delete,
@@ -59,6 +62,7 @@ impl AuditKind {
         Self::Remove,
         Self::PoolChange,
         Self::TokenDenied,
+        Self::Egress,
     ];
 
     /// The wire name.
@@ -79,6 +83,7 @@ impl AuditKind {
             Self::Remove => "remove",
             Self::PoolChange => "pool_change",
             Self::TokenDenied => "token_denied",
+            Self::Egress => "egress",
         }
     }
 }

@@ -3,6 +3,7 @@
 //! for the OpenAPI document).
 
 mod audit;
+mod egress;
 mod event;
 mod exec;
 mod files;
@@ -13,6 +14,7 @@ mod token;
 pub use audit::{
     AuditFilter, AuditKind, AuditOutcome, AuditRecord, AuditResult, AuditWhat, AUDIT_LIMIT,
 };
+pub use egress::EgressSpec;
 pub use event::{Event, EventKind};
 pub use exec::{
     ExecEvent, ExecInfo, ExecResult, ExecSpec, ExecState, SignalName, SignalRequest, StdinWritten,

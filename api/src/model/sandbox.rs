@@ -75,6 +75,13 @@ pub struct SandboxSpec {
     /// create's answer).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token: Option<super::TokenRequest>,
+    /// Network egress: the names (and IP ranges) the sandbox may reach
+    /// through its HTTP/HTTPS proxy. Absent: the template's allowlist
+    /// (none by default: no network). Given: it replaces the template's,
+    /// and must lie within it when the template has one; `{}` turns
+    /// egress off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub egress: Option<super::EgressSpec>,
 }
 
 /// `PATCH /v1/sandboxes/{id}`: labels to set (an empty value removes a
@@ -163,6 +170,9 @@ pub struct SandboxInfo {
     pub env: BTreeMap<String, String>,
     /// Default working directory of execs.
     pub cwd: Option<String>,
+    /// The egress allowlist in force (none: no network at all).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub egress: Option<super::EgressSpec>,
     /// TTL, seconds from ready.
     pub ttl_secs: u64,
     /// Idle timeout, seconds.

@@ -88,6 +88,7 @@ pub fn host_config(state_dir: &Path, pool_target: u32) -> Config {
             mem_mib: 128,
             kernel_args: String::new(),
             pool_target,
+            egress: None,
         },
     );
     c.limits.max_vms = 8;
@@ -354,4 +355,45 @@ pub fn error_code(body: &[u8]) -> String {
     let v: serde_json::Value = serde_json::from_slice(body)
         .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(body)));
     v["error"]["code"].as_str().unwrap_or("").to_string()
+}
+
+/// A loopback HTTP server for egress tests: answers each connection's
+/// first request with `body(request head)` and closes; counts
+/// connections. Returns its port.
+pub async fn http_server(
+    body: impl Fn(&[u8]) -> String + Send + Sync + 'static,
+) -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = Arc::clone(&accepted);
+    let body = Arc::new(body);
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            count.fetch_add(1, Ordering::SeqCst);
+            let body = Arc::clone(&body);
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut b = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut b).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&b[..n]),
+                    }
+                }
+                let body = body(&head);
+                let reply = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = s.write_all(reply.as_bytes()).await;
+            });
+        }
+    });
+    (port, accepted)
 }

@@ -92,20 +92,31 @@ impl Listener {
     }
 }
 
-fn listen_vsock(port: u32) -> io::Result<OwnedFd> {
+/// A new close-on-exec AF_VSOCK stream socket.
+pub(super) fn vsock_socket() -> io::Result<OwnedFd> {
     // SAFETY: plain syscall, no pointers.
     let fd = unsafe { libc::socket(libc::AF_VSOCK, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
     if fd == -1 {
         return Err(io::Error::last_os_error());
     }
     // SAFETY: socket() returned a new fd that nothing else owns.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// The vsock address `cid:port`.
+pub(super) fn vsock_addr(cid: u32, port: u32) -> libc::sockaddr_vm {
     // SAFETY: all-zero is a valid sockaddr_vm; the fields that matter are
     // set below.
     let mut addr: libc::sockaddr_vm = unsafe { std::mem::zeroed() };
     addr.svm_family = libc::AF_VSOCK as libc::sa_family_t;
     addr.svm_port = port;
-    addr.svm_cid = libc::VMADDR_CID_ANY;
+    addr.svm_cid = cid;
+    addr
+}
+
+fn listen_vsock(port: u32) -> io::Result<OwnedFd> {
+    let fd = vsock_socket()?;
+    let addr = vsock_addr(libc::VMADDR_CID_ANY, port);
     // SAFETY: `addr` is a valid sockaddr_vm and the length is its size.
     let rc = unsafe {
         libc::bind(

@@ -4,6 +4,7 @@ mod args;
 mod boot_timer;
 mod config;
 mod conn;
+mod egress;
 mod exec;
 mod files;
 mod init;
@@ -123,6 +124,13 @@ fn run(started: Instant, pid1: bool) -> Result<ExitCode, AgentError> {
         ),
         Transport::Unix(path) => (Listener::unix(path)?, Mode::Host(Some(path.clone()))),
     };
+    if pid1 && matches!(transport, Transport::Vsock(_)) {
+        // The loopback proxy port of programs; the host decides per
+        // sandbox whether anything answers behind it.
+        if let Err(e) = egress::start() {
+            klog!("egress forwarder not started: {e}");
+        }
+    }
     klog!(
         "serving on {} after {} ms",
         match &transport {

@@ -34,6 +34,16 @@ pub use wire::DecodeError;
 /// The vsock port the agent listens on inside the guest.
 pub const AGENT_VSOCK_PORT: u32 = 1024;
 
+/// The host vsock port of the egress proxy: the guest agent's forwarder
+/// connects to CID 2 on this port, which kiln-vmm hands to the unix socket
+/// `<vsock uds>_1080` where the daemon's proxy listens (only for a sandbox
+/// with an egress allowlist).
+pub const EGRESS_VSOCK_PORT: u32 = 1080;
+
+/// Where the guest agent's egress forwarder listens inside the guest;
+/// programs get `HTTP_PROXY`/`HTTPS_PROXY=http://` this.
+pub const EGRESS_GUEST_ADDR: &str = "127.0.0.1:3128";
+
 /// Protocol version carried in every frame header (3: process table).
 pub const PROTOCOL_VERSION: u8 = 3;
 

@@ -405,7 +405,19 @@ impl Muxer {
                 self.conns.insert(key, Connection::new_peer(stream, hdr));
                 self.sync(key);
             }
-            Err(_) => self.queue_rst(hdr),
+            Err(e) => {
+                // Nothing listening is normal (a port the host does not
+                // serve); anything else is worth a (rate-limited) line.
+                if e.kind() != std::io::ErrorKind::NotFound
+                    && e.kind() != std::io::ErrorKind::ConnectionRefused
+                {
+                    warn_limited!(
+                        "vsock: guest connection to {}: {e}",
+                        Path::new(&path).display()
+                    );
+                }
+                self.queue_rst(hdr)
+            }
         }
     }
 
