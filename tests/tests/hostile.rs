@@ -1,0 +1,163 @@
+//! A hostile guest against a real, jailed kiln-vmm: a program in the guest
+//! floods the vsock device (many connections, sends that the host never
+//! reads, connects to ports nobody listens on, abortive closes). kiln-vmm
+//! must keep running, its memory must stay within the guest's RAM plus a
+//! fixed allowance (sampled from /proc while the flood runs), its log must
+//! grow at a bounded rate, and the guest's agent must still answer after.
+//!
+//! Nonsense descriptors, rings and register writes need a guest kernel
+//! module or /dev/mem, which the test guest does not have; they are
+//! covered at the device level (vmm `hostile` unit tests) and by the
+//! `virtio_mmio` fuzz target.
+
+use std::fs;
+use std::os::unix::net::UnixListener;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use kiln_e2e::vm::{boot_python_node, exec, sh, TestVm};
+use kiln_vmm::jail::inspect;
+
+/// What the VMM may use beyond guest RAM (its own heap, stacks, buffers).
+const VMM_ALLOWANCE_KIB: u64 = 96 * 1024;
+/// Lines a second one guest-triggered call site may log (`LogLimit::BURST`).
+const LOG_BURST: usize = kiln_vmm::devices::virtio::LogLimit::BURST as usize;
+
+/// The guest's flood, bounded in time: each phase stops at its deadline.
+const FLOOD: &str = r#"
+import socket, struct, time
+AF = socket.AF_VSOCK
+socks = []
+for i in range(128):
+    s = socket.socket(AF, socket.SOCK_STREAM)
+    s.setblocking(False)
+    try:
+        s.connect((2, 5000))
+    except OSError:
+        pass
+    socks.append(s)
+time.sleep(1)
+buf = b"x" * 65536
+sent = 0
+end = time.time() + 10
+while time.time() < end:
+    for s in socks:
+        try:
+            sent += s.send(buf)
+        except OSError:
+            pass
+refused = 0
+end = time.time() + 10
+port = 20000
+while time.time() < end:
+    s = socket.socket(AF, socket.SOCK_STREAM)
+    s.settimeout(2)
+    try:
+        s.connect((2, port))
+    except OSError:
+        refused += 1
+    s.close()
+    port += 1
+for s in socks:
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    s.close()
+print(sent, refused)
+"#;
+
+fn the_vmm(vm: &TestVm) -> i32 {
+    let children = inspect::children(vm.pid() as i32);
+    assert_eq!(children.len(), 1, "one VMM under kiln-vmm: {children:?}");
+    children[0]
+}
+
+fn rss_kib(pid: i32) -> Option<u64> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+fn log_lines(vm: &TestVm) -> usize {
+    fs::read_to_string(vm.process().log_path())
+        .map(|s| s.lines().count())
+        .unwrap_or(0)
+}
+
+#[test]
+fn vsock_flood_from_the_guest_is_survived() {
+    let vm = boot_python_node();
+    let vmm = the_vmm(&vm);
+    // A host service that accepts the guest's connections and never reads.
+    let lpath = format!("{}_5000", vm.vsock_uds().display());
+    let _ = fs::remove_file(&lpath);
+    let listener = UnixListener::bind(&lpath).expect("bind the host port");
+    listener.set_nonblocking(true).expect("nonblocking");
+    let accepted = Arc::new(AtomicU64::new(0));
+    let max_rss = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let sampler = {
+        let (accepted, max_rss, stop) = (accepted.clone(), max_rss.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut held = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                while let Ok((s, _)) = listener.accept() {
+                    held.push(s);
+                    accepted.fetch_add(1, Ordering::Relaxed);
+                }
+                if let Some(kib) = rss_kib(vmm) {
+                    max_rss.fetch_max(kib, Ordering::Relaxed);
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        })
+    };
+    let lines_before = log_lines(&vm);
+    let started = Instant::now();
+    let out = exec(&vm, &["python3", "-c", FLOOD], None);
+    let secs = started.elapsed().as_secs() as usize + 1;
+    stop.store(true, Ordering::Relaxed);
+    sampler.join().expect("sampler");
+    let _ = fs::remove_file(&lpath);
+    let report = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.code == Some(0),
+        "flood failed: {report} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let counts: Vec<u64> = report
+        .split_whitespace()
+        .filter_map(|n| n.parse().ok())
+        .collect();
+    assert_eq!(counts.len(), 2, "flood report {report:?}");
+    assert!(counts[1] > 0, "no refused connects: {report}");
+
+    // Still alive and serving.
+    assert!(
+        std::path::Path::new(&format!("/proc/{vmm}")).exists(),
+        "kiln-vmm died: {}",
+        vm.vmm_report()
+    );
+    vm.ping().expect("the agent answers after the flood");
+    assert_eq!(sh(&vm, "echo alive").stdout, b"alive\n");
+
+    let guest_kib = 512 * 1024;
+    let max = max_rss.load(Ordering::Relaxed);
+    assert!(max > 0, "no RSS samples of {vmm}");
+    assert!(
+        max <= guest_kib + VMM_ALLOWANCE_KIB,
+        "kiln-vmm RSS peaked at {max} KiB (guest RAM {guest_kib} KiB)"
+    );
+    let logged = log_lines(&vm) - lines_before;
+    // A dozen guest-triggerable call sites at most, each rate-limited.
+    let cap = 12 * LOG_BURST * secs;
+    assert!(logged <= cap, "{logged} log lines in {secs}s (cap {cap})");
+    eprintln!(
+        "flood: sent {} bytes, {} refused connects, {} accepted by the host; \
+         kiln-vmm peak RSS {max} KiB, {logged} log lines in {secs}s",
+        counts[0],
+        counts[1],
+        accepted.load(Ordering::Relaxed)
+    );
+}
