@@ -1,9 +1,15 @@
 //! A hostile guest against a real, jailed kiln-vmm: a program in the guest
-//! floods the vsock device (many connections, sends that the host never
-//! reads, connects to ports nobody listens on, abortive closes). kiln-vmm
-//! must keep running, its memory must stay within the guest's RAM plus a
-//! fixed allowance (sampled from /proc while the flood runs), its log must
-//! grow at a bounded rate, and the guest's agent must still answer after.
+//! floods the vsock device (128 connections to a host port whose listener
+//! accepts and never reads, sends on all of them, connects to ports nobody
+//! listens on for ten seconds, closes with data in flight). kiln-vmm must
+//! keep running, its memory must stay within the guest's RAM plus a fixed
+//! allowance (sampled from /proc while the flood runs), its log must grow
+//! at a bounded rate, and the guest's agent must still answer after.
+//!
+//! In the testbed the jailed VMM resets the guest's connections to the
+//! test's host port (the guest sees ECONNRESET; not yet understood), so
+//! the send-without-reading phase is reported (`first connect errno`,
+//! bytes sent, connections accepted) rather than asserted.
 //!
 //! Nonsense descriptors, rings and register writes need a guest kernel
 //! module or /dev/mem, which the test guest does not have; they are
@@ -11,6 +17,7 @@
 //! `virtio_mmio` fuzz target.
 
 use std::fs;
+use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixListener;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -26,10 +33,17 @@ const LOG_BURST: usize = kiln_vmm::devices::virtio::LogLimit::BURST as usize;
 
 /// The guest's flood, bounded in time: each phase stops at its deadline.
 const FLOOD: &str = r#"
-import socket, struct, time
+import socket, time
 AF = socket.AF_VSOCK
-socks = []
-for i in range(128):
+probe = socket.socket(AF, socket.SOCK_STREAM)
+probe.settimeout(20)
+try:
+    probe.connect((2, 5000))
+    probe_err = 0
+except OSError as e:
+    probe_err = e.errno
+socks = [probe]
+for i in range(127):
     s = socket.socket(AF, socket.SOCK_STREAM)
     s.setblocking(False)
     try:
@@ -60,9 +74,12 @@ while time.time() < end:
     s.close()
     port += 1
 for s in socks:
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    try:
+        s.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
     s.close()
-print(sent, refused)
+print(sent, refused, probe_err)
 "#;
 
 fn the_vmm(vm: &TestVm) -> i32 {
@@ -94,6 +111,8 @@ fn vsock_flood_from_the_guest_is_survived() {
     let _ = fs::remove_file(&lpath);
     let listener = UnixListener::bind(&lpath).expect("bind the host port");
     listener.set_nonblocking(true).expect("nonblocking");
+    // The jailed VMM runs as its own uid: it needs write permission to connect.
+    fs::set_permissions(&lpath, fs::Permissions::from_mode(0o777)).expect("chmod the host port");
     let accepted = Arc::new(AtomicU64::new(0));
     let max_rss = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
@@ -130,7 +149,7 @@ fn vsock_flood_from_the_guest_is_survived() {
         .split_whitespace()
         .filter_map(|n| n.parse().ok())
         .collect();
-    assert_eq!(counts.len(), 2, "flood report {report:?}");
+    assert_eq!(counts.len(), 3, "flood report {report:?}");
     assert!(counts[1] > 0, "no refused connects: {report}");
 
     // Still alive and serving.
@@ -154,10 +173,11 @@ fn vsock_flood_from_the_guest_is_survived() {
     let cap = 12 * LOG_BURST * secs;
     assert!(logged <= cap, "{logged} log lines in {secs}s (cap {cap})");
     eprintln!(
-        "flood: sent {} bytes, {} refused connects, {} accepted by the host; \
-         kiln-vmm peak RSS {max} KiB, {logged} log lines in {secs}s",
+        "flood: sent {} bytes, {} refused connects, first connect errno {}, {} accepted \
+         by the host; kiln-vmm peak RSS {max} KiB, {logged} log lines in {secs}s",
         counts[0],
         counts[1],
+        counts[2],
         accepted.load(Ordering::Relaxed)
     );
 }
