@@ -6,10 +6,12 @@
 //! allowance (sampled from /proc while the flood runs), its log must grow
 //! at a bounded rate, and the guest's agent must still answer after.
 //!
-//! In the testbed the jailed VMM resets the guest's connections to the
-//! test's host port (the guest sees ECONNRESET; not yet understood), so
-//! the send-without-reading phase is reported (`first connect errno`,
-//! bytes sent, connections accepted) rather than asserted.
+//! The VM's run directory is owner-only (0700, root) and the jailed VMM
+//! runs as its own uid, so it cannot reach `<uds>_<port>` there: every
+//! guest-initiated connection is reset. The test opens the directory
+//! (0755) so the flood reaches its host port; with that, the flood kills
+//! kiln-vmm today (a seccomp violation, openat in the virtio thread), so
+//! the test is ignored until that is fixed. Run it with `--ignored`.
 //!
 //! Nonsense descriptors, rings and register writes need a guest kernel
 //! module or /dev/mem, which the test guest does not have; they are
@@ -23,7 +25,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use kiln_e2e::vm::{boot_python_node, exec, sh, TestVm};
+use kiln_agent::protocol::ExecRequest;
+use kiln_e2e::vm::{boot_python_node, sh, TestVm};
 use kiln_vmm::jail::inspect;
 
 /// What the VMM may use beyond guest RAM (its own heap, stacks, buffers).
@@ -103,10 +106,14 @@ fn log_lines(vm: &TestVm) -> usize {
 }
 
 #[test]
+#[ignore = "the flood kills kiln-vmm: seccomp violation (openat) in the virtio thread"]
 fn vsock_flood_from_the_guest_is_survived() {
     let vm = boot_python_node();
     let vmm = the_vmm(&vm);
     // A host service that accepts the guest's connections and never reads.
+    // Let the jailed VMM (its own uid) through to `<uds>_<port>`.
+    let run_dir = vm.vsock_uds().parent().expect("a run dir").to_owned();
+    fs::set_permissions(&run_dir, fs::Permissions::from_mode(0o755)).expect("open the run dir");
     let lpath = format!("{}_5000", vm.vsock_uds().display());
     let _ = fs::remove_file(&lpath);
     let listener = UnixListener::bind(&lpath).expect("bind the host port");
@@ -134,7 +141,14 @@ fn vsock_flood_from_the_guest_is_survived() {
     };
     let lines_before = log_lines(&vm);
     let started = Instant::now();
-    let out = exec(&vm, &["python3", "-c", FLOOD], None);
+    let req = ExecRequest {
+        argv: vec!["python3".into(), "-c".into(), FLOOD.into()],
+        timeout_ms: Some(60_000),
+        ..ExecRequest::default()
+    };
+    let out = vm
+        .try_exec(req, b"")
+        .unwrap_or_else(|e| panic!("the flood's exec failed: {e}; {}", vm.vmm_report()));
     let secs = started.elapsed().as_secs() as usize + 1;
     stop.store(true, Ordering::Relaxed);
     sampler.join().expect("sampler");
@@ -151,6 +165,14 @@ fn vsock_flood_from_the_guest_is_survived() {
         .collect();
     assert_eq!(counts.len(), 3, "flood report {report:?}");
     assert!(counts[1] > 0, "no refused connects: {report}");
+    assert_eq!(
+        counts[2], 0,
+        "the guest could not reach the host port: {report}"
+    );
+    assert!(
+        accepted.load(Ordering::Relaxed) > 0,
+        "the host accepted nothing"
+    );
 
     // Still alive and serving.
     assert!(
