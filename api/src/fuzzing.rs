@@ -1,6 +1,11 @@
 //! Entry points for the fuzz targets (cargo feature `fuzzing`, not part of
 //! the supported API): what a client can send the daemon, checked the way
-//! the daemon checks it, without a daemon.
+//! the daemon checks it, without a daemon, and whole HTTP requests
+//! through the daemon's router ([`HttpHarness`]).
+
+mod http;
+
+pub use http::{Answer, HttpHarness, Origin, MAX_REQUEST_BYTES};
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;

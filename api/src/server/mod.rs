@@ -6,7 +6,7 @@ mod error;
 mod gate;
 mod ndjson;
 mod openapi_auth;
-mod peer;
+pub(crate) mod peer;
 pub(crate) mod routes;
 mod socket;
 
@@ -122,6 +122,20 @@ async fn no_route() -> ApiError {
     ApiError(Error::NotFound("no such route".into()))
 }
 
+/// A route that exists, asked with a method it doesn't serve: 405 with the
+/// same JSON error body as every other refusal (axum's default is empty).
+async fn wrong_method(req: Request) -> Response {
+    let body = crate::error::ErrorBody {
+        error: crate::error::ErrorDetail {
+            code: "method_not_allowed".into(),
+            message: format!("{} is not served on {}", req.method(), req.uri().path()),
+            retryable: false,
+            details: serde_json::Value::Null,
+        },
+    };
+    (axum::http::StatusCode::METHOD_NOT_ALLOWED, axum::Json(body)).into_response()
+}
+
 /// A span per request, with the peer's uid.
 async fn trace_request(ConnectInfo(peer): ConnectInfo<Peer>, req: Request, next: Next) -> Response {
     let span = tracing::info_span!(
@@ -149,6 +163,7 @@ pub(crate) fn app(core: Core, max_request_bytes: u64) -> Router {
     };
     router
         .fallback(no_route)
+        .method_not_allowed_fallback(wrong_method)
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             gate::gate,

@@ -93,8 +93,21 @@ async fn every_documented_operation_is_served() {
         .uri("/v1/nope")
         .body(Body::empty())
         .expect("request");
-    let resp = router.oneshot(req).await.expect("response");
+    let resp = router.clone().oneshot(req).await.expect("response");
     assert_eq!(resp.status(), 404);
+    // A served route asked with another method: 405 with a JSON error body.
+    let req = Request::builder()
+        .method("PURGE")
+        .uri("/v1/health")
+        .body(Body::empty())
+        .expect("request");
+    let resp = router.oneshot(req).await.expect("response");
+    assert_eq!(resp.status(), 405);
+    let body = axum::body::to_bytes(resp.into_body(), 1 << 20)
+        .await
+        .expect("body");
+    let err: crate::ErrorBody = serde_json::from_slice(&body).expect("a JSON error body");
+    assert_eq!(err.error.code, "method_not_allowed");
     core.shutdown().await;
     let _ = std::fs::remove_dir_all(dir);
 }

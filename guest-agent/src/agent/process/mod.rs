@@ -25,6 +25,7 @@ mod spawn;
 mod stdin;
 mod supervisor;
 mod table;
+mod validate;
 mod waker;
 
 use std::sync::atomic::{AtomicBool, Ordering};

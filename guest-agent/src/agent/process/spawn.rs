@@ -10,6 +10,7 @@ use thiserror::Error;
 use kiln_agent::protocol::{ErrorCode, ExecRequest};
 
 use super::super::sandbox::{Entry, ExecSandbox, SandboxError, SANDBOX_HOME};
+use super::validate::InvalidRequest;
 
 /// `PATH` given to programs whose environment has none.
 pub const DEFAULT_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
@@ -17,15 +18,9 @@ pub const DEFAULT_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
 /// Why a process could not start.
 #[derive(Debug, Error)]
 pub enum StartError {
-    /// `argv` has no program.
-    #[error("argv is empty")]
-    EmptyArgv,
-    /// A string that becomes a C string contains NUL.
-    #[error("{0} contains a NUL byte")]
-    Nul(&'static str),
-    /// An environment variable name is empty or contains `=`.
-    #[error("invalid environment variable name {0:?}")]
-    BadEnvName(String),
+    /// The request can never become a command.
+    #[error("invalid exec request")]
+    Invalid(#[from] InvalidRequest),
     /// The process could not be started.
     #[error("cannot start {program:?}")]
     Spawn {
@@ -50,7 +45,7 @@ impl StartError {
     /// The error code for the reply.
     pub fn code(&self) -> ErrorCode {
         match self {
-            Self::EmptyArgv | Self::Nul(_) | Self::BadEnvName(_) => ErrorCode::BadRequest,
+            Self::Invalid(_) => ErrorCode::BadRequest,
             Self::Spawn { .. } => ErrorCode::SpawnFailed,
             Self::Resources(_) => ErrorCode::Internal,
             Self::Sandbox(SandboxError::Nul(_)) => ErrorCode::BadRequest,
@@ -58,28 +53,6 @@ impl StartError {
             Self::TooMany(_) => ErrorCode::TooManyProcesses,
         }
     }
-}
-
-/// Rejects requests that cannot become a command.
-pub fn validate(req: &ExecRequest) -> Result<(), StartError> {
-    if req.argv.is_empty() {
-        return Err(StartError::EmptyArgv);
-    }
-    if req.argv.iter().any(|a| a.contains('\0')) {
-        return Err(StartError::Nul("argv"));
-    }
-    for (k, v) in &req.env {
-        if k.is_empty() || k.contains('=') {
-            return Err(StartError::BadEnvName(k.clone()));
-        }
-        if k.contains('\0') || v.contains('\0') {
-            return Err(StartError::Nul("env"));
-        }
-    }
-    if req.cwd.as_deref().is_some_and(|c| c.contains('\0')) {
-        return Err(StartError::Nul("cwd"));
-    }
-    Ok(())
 }
 
 /// The command for `req`, entering `confined` before exec.
@@ -138,40 +111,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn validation_rejects_bad_requests() {
-        let ok = ExecRequest {
-            argv: vec!["true".into()],
-            env: vec![("A".into(), "b=c".into())],
-            ..ExecRequest::default()
-        };
-        assert!(validate(&ok).is_ok());
-        let cases = [
-            ExecRequest::default(),
-            ExecRequest {
-                argv: vec!["a\0b".into()],
-                ..ok.clone()
-            },
-            ExecRequest {
-                env: vec![("A=B".into(), String::new())],
-                ..ok.clone()
-            },
-            ExecRequest {
-                env: vec![(String::new(), String::new())],
-                ..ok.clone()
-            },
-            ExecRequest {
-                env: vec![("A".into(), "\0".into())],
-                ..ok.clone()
-            },
-            ExecRequest {
-                cwd: Some("/\0".into()),
-                ..ok.clone()
-            },
-        ];
-        for req in cases {
-            let err = validate(&req).expect_err("invalid");
-            assert_eq!(err.code(), ErrorCode::BadRequest, "{req:?}");
-        }
+    fn invalid_requests_are_bad_requests() {
+        let err = StartError::from(InvalidRequest::EmptyArgv);
+        assert_eq!(err.code(), ErrorCode::BadRequest);
     }
 
     #[test]

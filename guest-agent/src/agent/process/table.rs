@@ -15,9 +15,10 @@ use kiln_agent::protocol::{ExecRequest, ExitStatus, ProcessInfo, DEFAULT_MAX_OUT
 use super::super::reaper::Reaper;
 use super::super::sandbox::Sandbox;
 use super::ring::OutputRing;
-use super::spawn::{build_command, validate, StartError};
+use super::spawn::{build_command, StartError};
 use super::stdin::StdinPipe;
 use super::supervisor::Supervisor;
+use super::validate::validate;
 use super::waker::Mailbox;
 use super::{Process, State};
 

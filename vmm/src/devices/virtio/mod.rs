@@ -324,6 +324,9 @@ macro_rules! warn_limited {
 pub(crate) use warn_limited;
 
 #[cfg(test)]
+pub(crate) mod test_logs;
+
+#[cfg(test)]
 #[allow(clippy::unwrap_used)] // test-only helpers
 pub(crate) mod test_utils {
     //! Guest memory and a minimal guest driver for device tests.

@@ -459,6 +459,9 @@ impl BusDevice for MmioTransport {
 }
 
 #[cfg(test)]
+mod hostile;
+
+#[cfg(test)]
 #[allow(clippy::unwrap_used)] // in tests a failed unwrap is a failed test
 mod tests {
     use event_manager::{EventOps, Events, MutEventSubscriber};
@@ -537,17 +540,17 @@ mod tests {
         Fixture { t, dev, mem }
     }
 
-    fn r(t: &mut MmioTransport, off: u64) -> u32 {
+    pub(super) fn r(t: &mut MmioTransport, off: u64) -> u32 {
         let mut b = [0u8; 4];
         t.read(off, &mut b);
         u32::from_le_bytes(b)
     }
 
-    fn w(t: &mut MmioTransport, off: u64, v: u32) {
+    pub(super) fn w(t: &mut MmioTransport, off: u64, v: u32) {
         t.write(off, &v.to_le_bytes());
     }
 
-    fn negotiate(t: &mut MmioTransport, features: u64) {
+    pub(super) fn negotiate(t: &mut MmioTransport, features: u64) {
         w(t, REG_STATUS, STATUS_ACKNOWLEDGE);
         w(t, REG_STATUS, STATUS_ACKNOWLEDGE | STATUS_DRIVER);
         w(t, REG_DRIVER_FEATURES_SEL, 0);
@@ -561,7 +564,13 @@ mod tests {
         );
     }
 
-    fn setup_queue(t: &mut MmioTransport, mem: &GuestMemoryMmap, idx: u32, base: u64, size: u16) {
+    pub(super) fn setup_queue(
+        t: &mut MmioTransport,
+        mem: &GuestMemoryMmap,
+        idx: u32,
+        base: u64,
+        size: u16,
+    ) {
         let tq = TestQueue::new(mem, base, size);
         w(t, REG_QUEUE_SEL, idx);
         w(t, REG_QUEUE_NUM, u32::from(size));

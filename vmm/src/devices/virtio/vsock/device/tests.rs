@@ -288,4 +288,5 @@ fn config_space_and_cid_validation() {
     }
 }
 
+mod hostile;
 mod stream;
