@@ -63,8 +63,11 @@ fn the_jailed_vmm_seen_from_outside() {
             .iter()
             .all(|t| names.contains(t))
     };
-    wait_for("every VMM thread", || {
-        inspect::view(vmm[0]).is_ok_and(|v| all_threads(&v))
+    // The main thread installs its own filter after starting the others:
+    // wait (bounded) until every thread is there and filtered.
+    wait_for("every VMM thread, filtered", || {
+        inspect::view(vmm[0])
+            .is_ok_and(|v| all_threads(&v) && v.thread_seccomp.iter().all(|(_, m)| *m == 2))
     });
     let vmm = inspect::view(vmm[0]).unwrap();
     let expected_uid = if is_root() {
