@@ -281,7 +281,13 @@ fn guest_that_never_answers_times_out() {
         }],
         true,
     );
-    let err = boot_expect_failure(img, Duration::from_secs(40));
+    // A guest crash is not the failure under test (the testbed crashes a
+    // small share of guests, issue 9): boot again, as kiln's cold create does.
+    let mut err = boot_expect_failure(img.clone(), Duration::from_secs(40));
+    if err.guest_crashed() {
+        eprintln!("the guest crashed ({err}); booting again");
+        err = boot_expect_failure(img, Duration::from_secs(40));
+    }
     assert!(
         matches!(err, VmProcessError::NotReady(_)),
         "expected a readiness timeout, got: {err}"
