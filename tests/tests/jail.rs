@@ -114,6 +114,21 @@ fn self_testing_vmm(dir: &Path) -> PathBuf {
     path
 }
 
+/// Boots `spec`, whose VMM must die once the guest's userspace starts.
+fn seccomp_trap_boot(spec: &kiln::vm_process::VmSpec) -> VmProcessError {
+    let vm = TestVm::spawn(spec).expect("spawn");
+    let err = vm
+        .wait_ready(kiln_e2e::vm::BOOT_TIMEOUT)
+        .expect_err("the VMM must die when the guest's userspace starts");
+    let pid = vm.pid();
+    drop(vm);
+    assert!(
+        !std::path::Path::new(&format!("/proc/{pid}")).exists(),
+        "VMM {pid} left running"
+    );
+    err
+}
+
 #[test]
 fn a_seccomp_violation_kills_the_vmm_and_kiln_reports_it() {
     require_kvm();
@@ -121,10 +136,12 @@ fn a_seccomp_violation_kills_the_vmm_and_kiln_reports_it() {
     fs::create_dir_all(&dir).expect("scratch dir");
     let mut s = spec();
     s.vmm = self_testing_vmm(&dir);
-    let vm = TestVm::spawn(&s).expect("spawn");
-    let err = vm
-        .wait_ready(kiln_e2e::vm::BOOT_TIMEOUT)
-        .expect_err("the VMM must die when the guest's userspace starts");
+    let mut err = seccomp_trap_boot(&s);
+    if err.guest_crashed() {
+        // The testbed crashes a small share of guests (issue 9).
+        eprintln!("the guest crashed ({err}); booting again");
+        err = seccomp_trap_boot(&s);
+    }
     let VmProcessError::EarlyExit { ended, detail } = &err else {
         panic!("expected an early exit, got {err}");
     };
@@ -140,6 +157,5 @@ fn a_seccomp_violation_kills_the_vmm_and_kiln_reports_it() {
         err.to_string().contains(&line),
         "kiln's error names it: {err}"
     );
-    drop(vm);
     let _ = fs::remove_dir_all(dir);
 }
