@@ -5,7 +5,10 @@
 //! socket families), that the thread needs. The tables live in one file
 //! per architecture (`x86_64.rs`), each entry with its reason.
 //!
-//! A forbidden syscall traps; the SIGSYS handler (`report.rs`) writes
+//! A few syscalls that library code makes lazily and copes with failing
+//! (`Refused`: glibc's malloc opening a /proc file) return `EACCES`
+//! instead, through a second, tiny filter stacked under the first.
+//! Any other forbidden syscall traps; the SIGSYS handler (`report.rs`) writes
 //! `kiln-vmm: seccomp violation: syscall N in the K thread` to stderr and
 //! the process dies of SIGSYS.
 
@@ -28,7 +31,7 @@ use seccompiler::{
     SeccompRule,
 };
 
-pub use rules::{Allowed, Runtime, ThreadKind};
+pub use rules::{Allowed, Refused, Runtime, ThreadKind, REFUSED_ERRNO};
 
 /// How long a spawner waits for a new thread to report its filter.
 const INSTALL_TIMEOUT: Duration = Duration::from_secs(5);
@@ -68,10 +71,13 @@ pub enum SeccompError {
     },
 }
 
-/// The compiled filter of every thread kind, ready to install.
+/// The compiled filters of every thread kind, ready to install: the
+/// refusals (`Errno` on match, else allow) then the allow list (allow on
+/// match, else trap). Stacked filters take the strictest answer, so a
+/// refused syscall, allowed by the list, fails with its errno.
 #[derive(Debug)]
 pub struct ThreadFilters {
-    programs: BTreeMap<ThreadKind, BpfProgram>,
+    programs: BTreeMap<ThreadKind, Vec<BpfProgram>>,
 }
 
 /// Whether this kernel has seccomp (a syscall, so it also answers inside
@@ -84,6 +90,11 @@ pub fn kernel_supports_seccomp() -> bool {
 /// Every syscall `kind` may make (the architecture's table).
 pub fn allowed(kind: ThreadKind, rt: &Runtime) -> Vec<Allowed> {
     arch::allowed(kind, rt)
+}
+
+/// The syscalls `kind` may attempt but that fail with [`REFUSED_ERRNO`].
+pub fn refused(kind: ThreadKind) -> Vec<Refused> {
+    arch::refused(kind)
 }
 
 /// The table entries as seccompiler rules: one entry per syscall, any
@@ -140,11 +151,22 @@ impl ThreadFilters {
                 kind: kind.name(),
                 source,
             };
-            let rules = rule_map(&allowed(kind, rt)).map_err(build)?;
+            let refused = refused(kind);
+            let mut list = allowed(kind, rt);
+            list.extend(refused.iter().map(|r| rules::any(r.syscall, r.why)));
+            let mut stack = Vec::new();
+            if !refused.is_empty() {
+                let rules = refused.iter().map(|r| (r.syscall, Vec::new())).collect();
+                let errno = SeccompAction::Errno(REFUSED_ERRNO);
+                let filter =
+                    SeccompFilter::new(rules, SeccompAction::Allow, errno, arch).map_err(build)?;
+                stack.push(filter.try_into().map_err(build)?);
+            }
+            let rules = rule_map(&list).map_err(build)?;
             let filter = SeccompFilter::new(rules, SeccompAction::Trap, SeccompAction::Allow, arch)
                 .map_err(build)?;
-            let program: BpfProgram = filter.try_into().map_err(build)?;
-            programs.insert(kind, program);
+            stack.push(filter.try_into().map_err(build)?);
+            programs.insert(kind, stack);
         }
         Ok(ThreadFilters { programs })
     }
@@ -158,24 +180,30 @@ impl ThreadFilters {
         })
     }
 
-    /// Number of BPF instructions in `kind`'s filter.
+    /// Number of BPF instructions in `kind`'s filters.
     pub fn len(&self, kind: ThreadKind) -> usize {
-        self.programs.get(&kind).map_or(0, Vec::len)
+        self.programs
+            .get(&kind)
+            .map_or(0, |stack| stack.iter().map(Vec::len).sum())
     }
 
     /// Installs `kind`'s filter on the calling thread (and sets
     /// `no_new_privs`, which seccomp requires). Irreversible.
     pub fn install(&self, kind: ThreadKind) -> Result<(), SeccompError> {
-        let program = self.programs.get(&kind).ok_or(SeccompError::Install {
+        let stack = self.programs.get(&kind).ok_or(SeccompError::Install {
             kind: kind.name(),
             source: seccompiler::Error::EmptyFilter,
         })?;
         report::install_handler().map_err(SeccompError::Handler)?;
         report::set_thread_kind(kind);
-        seccompiler::apply_filter(program).map_err(|source| SeccompError::Install {
-            kind: kind.name(),
-            source,
-        })
+        // In order: the allow list, last, forbids seccomp(2) itself.
+        for program in stack {
+            seccompiler::apply_filter(program).map_err(|source| SeccompError::Install {
+                kind: kind.name(),
+                source,
+            })?;
+        }
+        Ok(())
     }
 }
 

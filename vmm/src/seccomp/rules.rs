@@ -143,6 +143,25 @@ pub fn when_any(syscall: i64, groups: Vec<Vec<ArgCheck>>, why: &'static str) -> 
     }
 }
 
+/// A syscall a thread may attempt but that fails with [`REFUSED_ERRNO`]
+/// instead of killing the VMM: for library code that opens files lazily
+/// and copes with failure.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refused {
+    /// Syscall number.
+    pub syscall: i64,
+    /// Who makes it, and why failing it is safe.
+    pub why: &'static str,
+}
+
+/// The error a [`Refused`] syscall returns.
+pub const REFUSED_ERRNO: u32 = libc::EACCES as u32;
+
+/// `syscall` refused with [`REFUSED_ERRNO`].
+pub fn refuse(syscall: i64, why: &'static str) -> Refused {
+    Refused { syscall, why }
+}
+
 /// Values the tables need that only exist at run time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Runtime {

@@ -296,3 +296,46 @@ fn a_forbidden_ioctl_number_kills_and_allowed_calls_pass() {
     assert!(libc::WIFEXITED(status), "status {status:#x}: {stderr}");
     assert_eq!(libc::WEXITSTATUS(status), 0, "{stderr}");
 }
+
+#[test]
+fn every_refusal_says_why() {
+    for kind in ThreadKind::ALL {
+        for entry in refused(kind) {
+            assert!(entry.why.len() > 5, "{kind:?}: syscall {}", entry.syscall);
+        }
+    }
+}
+
+#[test]
+fn a_refused_syscall_fails_with_its_errno_and_the_thread_lives_on() {
+    for kind in [ThreadKind::Vcpu, ThreadKind::Virtio, ThreadKind::Main] {
+        let (status, stderr) = in_filtered_child(kind, || {
+            let path = c"/proc/sys/vm/overcommit_memory";
+            // SAFETY: `path` is a NUL-terminated string that outlives the call.
+            let fd = unsafe { libc::openat(libc::AT_FDCWD, path.as_ptr(), libc::O_RDONLY) };
+            let errno = std::io::Error::last_os_error().raw_os_error();
+            if fd >= 0 || errno != Some(REFUSED_ERRNO as i32) {
+                // SAFETY: leaving the forked child without running destructors.
+                unsafe { libc::_exit(4) };
+            }
+        });
+        assert!(
+            libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+            "{kind:?}: status {status:#x}: {stderr}"
+        );
+    }
+}
+
+#[test]
+fn a_filtered_thread_may_free_much_memory() {
+    // What the vsock flood did to the virtio thread: many small buffers,
+    // then all freed, so the allocator trims its heap.
+    let (status, stderr) = in_filtered_child(ThreadKind::Virtio, || {
+        let bufs: Vec<Vec<u8>> = (0..40_000).map(|i| vec![i as u8; 512]).collect();
+        drop(std::hint::black_box(bufs));
+    });
+    assert!(
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        "status {status:#x}: {stderr}"
+    );
+}

@@ -1,6 +1,7 @@
 //! The seccomp filter of each kiln-vmm thread on x86_64: one entry per
 //! syscall, with the argument values it is limited to and the reason the
-//! thread needs it. Anything else traps and kills the VMM with a report
+//! thread needs it. A few syscalls are refused with an errno instead
+//! ([`refused`]); anything else traps and kills the VMM with a report
 //! (`super::report`).
 
 use libc::{
@@ -14,9 +15,9 @@ use libc::{
     SYS_timerfd_settime, SYS_unlink, SYS_wait4, SYS_write, SYS_writev, AF_UNIX, FIONBIO,
     MAP_SHARED, PROT_EXEC, SOCK_STREAM,
 };
-use libc::{SYS_fcntl, F_GETFD};
+use libc::{SYS_fcntl, SYS_openat, F_GETFD};
 
-use super::rules::{any, when, when_any, Allowed, ArgCheck, Runtime, ThreadKind};
+use super::rules::{any, refuse, when, when_any, Allowed, ArgCheck, Refused, Runtime, ThreadKind};
 use crate::hypervisor::kvm::seccomp::vcpu_run_ioctls;
 
 /// The socket type bits of `socket(2)`'s second argument (flags masked off).
@@ -33,6 +34,18 @@ pub fn allowed(kind: ThreadKind, rt: &Runtime) -> Vec<Allowed> {
         ThreadKind::Virtio => virtio(),
     });
     list
+}
+
+/// What `kind` may attempt but must see fail (the same for every kind: any
+/// thread allocates).
+pub fn refused(_kind: ThreadKind) -> Vec<Refused> {
+    vec![refuse(
+        SYS_openat,
+        "glibc's malloc opens /proc/sys/vm/overcommit_memory the first time a \
+         thread's heap shrinks (found by a guest flooding vsock, which made the \
+         virtio thread free a lot) and treats a failure as 'do not unmap'; no \
+         thread opens anything once running, and the jail's root holds nothing",
+    )]
 }
 
 /// What every thread of the process needs: the allocator, locks, logging,
