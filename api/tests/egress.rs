@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use kiln::egress::{Allowlist, EgressEvent, EgressProxy, EgressSettings, Verdict};
+use kiln::egress::{Allowlist, EgressEvent, EgressProxy, EgressSettings, EgressUsage, Verdict};
 use kiln::model::EgressSpec;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
@@ -45,6 +45,7 @@ fn settings(allow: &[&str], cidrs: &[&str], loopback_allowed: bool) -> EgressSet
         .expect("allowlist"),
         max_connections: 8,
         max_bytes: 1 << 20,
+        used_before: 0,
         header_timeout: Duration::from_secs(5),
         connect_timeout: Duration::from_secs(5),
         idle_timeout: Duration::from_secs(30),
@@ -60,6 +61,10 @@ fn settings(allow: &[&str], cidrs: &[&str], loopback_allowed: bool) -> EgressSet
 }
 
 fn start(name: &str, settings: EgressSettings) -> Proxy {
+    start_with_usage(name, settings, None)
+}
+
+fn start_with_usage(name: &str, settings: EgressSettings, usage: Option<EgressUsage>) -> Proxy {
     let socket = common::scratch(name).join("vsock.sock_1080");
     let events = Arc::new(Mutex::new(Vec::new()));
     let sink = Arc::clone(&events);
@@ -68,6 +73,7 @@ fn start(name: &str, settings: EgressSettings) -> Proxy {
         settings,
         None,
         Arc::new(move |e| sink.lock().expect("events").push(e)),
+        usage,
     )
     .expect("proxy");
     Proxy {
@@ -314,6 +320,45 @@ async fn the_byte_budget_holds() {
         "cut short: {} bytes",
         answer.len()
     );
+    let answer = p
+        .ask(&format!("GET http://localhost:{port}/ HTTP/1.1\r\n\r\n"))
+        .await;
+    assert!(answer.starts_with("HTTP/1.1 403"), "{answer}");
+    assert!(answer.contains("budget"), "{answer}");
+}
+
+#[tokio::test]
+async fn the_byte_budget_outlives_the_proxy() {
+    let (port, _) = http_server().await;
+    let totals = Arc::new(Mutex::new(Vec::new()));
+    let sink = Arc::clone(&totals);
+    let usage: EgressUsage = Arc::new(move |n| sink.lock().expect("totals").push(n));
+    let p = start_with_usage(
+        "egress-usage",
+        settings(&["localhost"], &[], true),
+        Some(usage),
+    );
+    for _ in 0..2 {
+        let answer = p
+            .ask(&format!("GET http://localhost:{port}/ HTTP/1.1\r\n\r\n"))
+            .await;
+        assert!(answer.ends_with(BODY), "{answer}");
+    }
+    // The proxy reports once it has closed both sides: after the client
+    // saw the end of the answer.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while totals.lock().expect("totals").len() < 2 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let seen = totals.lock().expect("totals").clone();
+    assert_eq!(seen.len(), 2, "one total per connection: {seen:?}");
+    assert!(0 < seen[0] && seen[0] < seen[1], "growing totals: {seen:?}");
+    drop(p);
+    // The daemon restarted: the new proxy starts from what was spent.
+    let mut s = settings(&["localhost"], &[], true);
+    s.used_before = seen[1];
+    s.max_bytes = seen[1];
+    let p = start("egress-usage-again", s);
     let answer = p
         .ask(&format!("GET http://localhost:{port}/ HTTP/1.1\r\n\r\n"))
         .await;

@@ -134,6 +134,8 @@ impl Core {
             allowlist: check_egress(spec)?,
             max_connections: c.max_connections as usize,
             max_bytes: c.max_bytes,
+            // A daemon restart must not hand the sandbox a fresh budget.
+            used_before: self.inner.store.egress_used(id)?,
             header_timeout: Duration::from_secs(c.header_timeout_secs),
             connect_timeout: Duration::from_secs(c.connect_timeout_secs),
             idle_timeout: Duration::from_secs(c.idle_timeout_secs),
@@ -162,7 +164,16 @@ impl Core {
                 );
             }
         });
-        EgressProxy::start(&socket, settings, owner, log)
+        let inner = Arc::downgrade(&self.inner);
+        let sandbox = id.to_string();
+        let usage = Arc::new(move |bytes: u64| {
+            if let Some(inner) = inner.upgrade() {
+                if let Err(e) = inner.store.set_egress_used(&sandbox, bytes) {
+                    tracing::warn!(sandbox_id = %sandbox, error = %e, "cannot record egress usage");
+                }
+            }
+        });
+        EgressProxy::start(&socket, settings, owner, log, Some(usage))
             .map_err(|e| Error::Internal(format!("{e}: {}", error_chain(&e))))
     }
 

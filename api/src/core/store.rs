@@ -131,6 +131,7 @@ CREATE TABLE IF NOT EXISTS idempotency (
     scope TEXT NOT NULL, key TEXT NOT NULL, body_hash TEXT NOT NULL, resource_id TEXT,
     created_at_ms INTEGER NOT NULL, PRIMARY KEY (scope, key));
 CREATE TABLE IF NOT EXISTS events (seq INTEGER PRIMARY KEY AUTOINCREMENT, event TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS egress_usage (sandbox_id TEXT PRIMARY KEY, bytes INTEGER NOT NULL);
 ";
 
 /// Events kept for `GET /v1/events?after_seq=` (older ones are trimmed).
@@ -256,15 +257,47 @@ impl Store {
     pub fn purge_tombstones(&self, before_ms: u64) -> Result<usize> {
         let before = i64::try_from(before_ms).unwrap_or(i64::MAX);
         self.with(|c| {
-            c.execute(
-                "DELETE FROM execs WHERE sandbox_id IN
-                   (SELECT id FROM sandboxes WHERE ended = 1 AND ended_at_ms < ?1)",
-                params![before],
-            )?;
+            for table in ["execs", "egress_usage"] {
+                c.execute(
+                    &format!(
+                        "DELETE FROM {table} WHERE sandbox_id IN
+                           (SELECT id FROM sandboxes WHERE ended = 1 AND ended_at_ms < ?1)"
+                    ),
+                    params![before],
+                )?;
+            }
             Ok(c.execute(
                 "DELETE FROM sandboxes WHERE ended = 1 AND ended_at_ms < ?1",
                 params![before],
             )?)
+        })
+    }
+
+    /// Records that sandbox `id` has moved `bytes` through its egress
+    /// proxy in all (a total: it never goes down).
+    pub fn set_egress_used(&self, id: &str, bytes: u64) -> Result<()> {
+        let bytes = i64::try_from(bytes).unwrap_or(i64::MAX);
+        self.with(|c| {
+            c.execute(
+                "INSERT INTO egress_usage (sandbox_id, bytes) VALUES (?1, ?2)
+                 ON CONFLICT (sandbox_id) DO UPDATE SET bytes = max(bytes, excluded.bytes)",
+                params![id, bytes],
+            )?;
+            Ok(())
+        })
+    }
+
+    /// Bytes sandbox `id` has moved through its egress proxy (0 if none).
+    pub fn egress_used(&self, id: &str) -> Result<u64> {
+        self.with(|c| {
+            let bytes: Option<i64> = c
+                .query_row(
+                    "SELECT bytes FROM egress_usage WHERE sandbox_id = ?1",
+                    params![id],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            Ok(bytes.map_or(0, |b| u64::try_from(b).unwrap_or(0)))
         })
     }
 
@@ -512,6 +545,25 @@ mod tests {
         assert_eq!(s.purge_tombstones(101).expect("purge"), 1);
         assert_eq!(s.sandbox("b").expect("get"), None);
         assert_eq!(s.sandbox("a").expect("get"), Some(info("a")));
+    }
+
+    #[test]
+    fn egress_usage_only_grows_and_goes_with_the_tombstone() {
+        let s = Store::in_memory();
+        assert_eq!(s.egress_used("b").expect("none yet"), 0);
+        s.set_egress_used("b", 500).expect("set");
+        // A report that arrives late (a smaller total) changes nothing.
+        s.set_egress_used("b", 300).expect("set");
+        assert_eq!(s.egress_used("b").expect("get"), 500);
+        s.set_egress_used("b", 700).expect("set");
+        assert_eq!(s.egress_used("b").expect("get"), 700);
+        let mut gone = info("b");
+        gone.state = SandboxState::Ended;
+        gone.end_reason = Some(EndReason::Idle);
+        gone.ended_at_ms = Some(100);
+        s.put_sandbox(&gone).expect("tombstone");
+        assert_eq!(s.purge_tombstones(101).expect("purge"), 1);
+        assert_eq!(s.egress_used("b").expect("purged"), 0);
     }
 
     #[test]

@@ -39,6 +39,10 @@ pub struct EgressSettings {
     /// Most bytes moved (both ways, all connections) over the sandbox's
     /// life.
     pub max_bytes: u64,
+    /// Bytes the sandbox moved before this proxy started (a proxy
+    /// re-attached after a daemon restart): they count against
+    /// `max_bytes`.
+    pub used_before: u64,
     /// How long a client has to send its whole request head.
     pub header_timeout: Duration,
     /// How long resolving and connecting upstream may take.
@@ -82,6 +86,12 @@ pub struct EgressEvent {
 
 /// Where a proxy reports its connections.
 pub type EgressLog = Arc<dyn Fn(EgressEvent) + Send + Sync>;
+
+/// Where a proxy reports the sandbox's bytes moved so far (all
+/// connections, `used_before` included) after each allowed connection:
+/// every one, unlike the rate-limited [`EgressLog`], so the budget can
+/// outlive the proxy.
+pub type EgressUsage = Arc<dyn Fn(u64) + Send + Sync>;
 
 /// Why a proxy could not start.
 #[derive(Debug, thiserror::Error)]

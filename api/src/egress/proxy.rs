@@ -18,7 +18,7 @@ use super::addr::classify;
 use super::pump::{pump, Budget};
 use super::report::Limiter;
 use super::request::{head_end, parse_head, Host, ProxyRequest, MAX_HEAD};
-use super::{EgressError, EgressEvent, EgressLog, EgressSettings, Verdict};
+use super::{EgressError, EgressEvent, EgressLog, EgressSettings, EgressUsage, Verdict};
 
 /// A running proxy; dropping it stops the listener and every connection
 /// and removes the socket.
@@ -40,18 +40,21 @@ struct Shared {
     settings: EgressSettings,
     budget: Budget,
     log: EgressLog,
+    usage: Option<EgressUsage>,
     limiter: Limiter,
 }
 
 impl EgressProxy {
     /// Listens on the unix socket `path` (mode 0600; `owner` makes it that
     /// uid's and gid's, for a jailed VMM that runs as another user) and
-    /// serves until dropped. Must run inside a tokio runtime.
+    /// serves until dropped, reporting connections to `log` and the bytes
+    /// spent to `usage`. Must run inside a tokio runtime.
     pub fn start(
         path: &Path,
         settings: EgressSettings,
         owner: Option<(u32, u32)>,
         log: EgressLog,
+        usage: Option<EgressUsage>,
     ) -> Result<Self, EgressError> {
         let err = |source| EgressError::Socket {
             path: path.to_path_buf(),
@@ -69,9 +72,10 @@ impl EgressProxy {
         }
         let stop = CancellationToken::new();
         let shared = Arc::new(Shared {
-            budget: Budget::new(settings.max_bytes),
+            budget: Budget::new(settings.used_before, settings.max_bytes),
             settings,
             log,
+            usage,
             limiter: Limiter::new(),
         });
         tokio::spawn(accept_loop(listener, shared, stop.clone()));
@@ -297,6 +301,9 @@ async fn serve(mut client: UnixStream, shared: &Shared) {
         },
         Err(e) => Verdict::Failed(format!("{addr}: {e}")),
     };
+    if let Some(usage) = &shared.usage {
+        usage(shared.budget.used());
+    }
     report(shared, Some(target), verdict);
 }
 

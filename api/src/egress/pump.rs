@@ -32,12 +32,18 @@ pub(super) struct Budget {
 }
 
 impl Budget {
-    /// A budget of `max` bytes.
-    pub(super) fn new(max: u64) -> Self {
+    /// A budget of `max` bytes of which `used` are spent.
+    pub(super) fn new(used: u64, max: u64) -> Self {
         Budget {
-            used: AtomicU64::new(0),
+            used: AtomicU64::new(used),
             max,
         }
+    }
+
+    /// Bytes spent so far (at most the budget: a connection that ran past
+    /// it was cut there).
+    pub(super) fn used(&self) -> u64 {
+        self.used.load(Ordering::Relaxed).min(self.max)
     }
 
     /// Whether any byte is left.
@@ -137,7 +143,7 @@ mod tests {
     async fn bytes_flow_both_ways_and_are_counted() {
         let (client, mut client_end) = tokio::io::duplex(1024);
         let (server, mut server_end) = tokio::io::duplex(1024);
-        let budget = Budget::new(1000);
+        let budget = Budget::new(0, 1000);
         let run = pump(client, server, &budget, Duration::from_secs(5));
         let drive = async {
             client_end.write_all(b"hello").await.expect("write");
@@ -165,7 +171,7 @@ mod tests {
     async fn the_budget_ends_a_connection() {
         let (client, mut client_end) = tokio::io::duplex(1 << 16);
         let (server, _server_end) = tokio::io::duplex(1 << 16);
-        let budget = Budget::new(10);
+        let budget = Budget::new(0, 10);
         client_end.write_all(&[7u8; 11]).await.expect("write");
         let r = pump(client, server, &budget, Duration::from_secs(5)).await;
         assert!(matches!(r, Err(PumpError::Budget)), "{r:?}");
@@ -176,7 +182,7 @@ mod tests {
     async fn an_idle_connection_is_closed() {
         let (client, _c) = tokio::io::duplex(64);
         let (server, _s) = tokio::io::duplex(64);
-        let budget = Budget::new(10);
+        let budget = Budget::new(0, 10);
         let r = pump(client, server, &budget, Duration::from_millis(200)).await;
         assert!(matches!(r, Err(PumpError::Idle(_))), "{r:?}");
     }
