@@ -1,4 +1,4 @@
-//! Boots in bursts: each round starts `parallel` VMs of one VMM at once and
+//! Boots in rounds: each round starts `parallel` VMs (often 1) of one VMM at once and
 //! waits for every agent, the VMMs alternating round by round. A failed boot
 //! is counted and reported (with its error) instead of ending the run, so the
 //! failure rate of each VMM under concurrent boots is measured side by side.
@@ -48,7 +48,10 @@ pub fn run(peers: &[Box<dyn Peer>], rounds: usize, parallel: usize) -> Vec<Burst
             for (i, outcome) in outcomes {
                 match outcome {
                     Ok(s) => {
-                        eprintln!("{} #{i}: ping {:?}", result.name, s.ping);
+                        eprintln!(
+                            "{} #{i}: userspace {:?}, ping {:?}",
+                            result.name, s.userspace, s.ping
+                        );
                         result.samples.push(s);
                     }
                     Err(e) => {

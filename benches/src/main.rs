@@ -21,7 +21,7 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 
-use peer::{kiln::KilnVmm, qemu::QemuMicrovm, Peer};
+use peer::{firecracker::Firecracker, kiln::KilnVmm, qemu::QemuMicrovm, Peer};
 
 /// kiln benchmark harness.
 #[derive(Parser)]
@@ -141,6 +141,10 @@ struct VmArgs {
     /// QEMU firmware directory (-L), holding qboot.rom.
     #[arg(long)]
     qemu_data: Option<PathBuf>,
+    /// Firecracker binary for the Firecracker peer (boot only; omit to
+    /// skip it).
+    #[arg(long)]
+    firecracker: Option<PathBuf>,
 }
 
 impl VmArgs {
@@ -349,48 +353,40 @@ fn boot(args: BootArgs) -> Result<()> {
     if let Some(qemu) = vms.qemu_microvm(args.vcpus) {
         peers.push(Box::new(qemu));
     }
+    if let Some(binary) = &vms.firecracker {
+        peers.push(Box::new(Firecracker {
+            binary: binary.clone(),
+            kernel: vms.kernel.clone(),
+            initramfs: vms.initramfs.clone(),
+            vcpus: args.vcpus,
+            mem_mib: vms.mem_mib,
+            scratch: scratch.clone(),
+        }));
+    }
     if peers.is_empty() {
         bail!("nothing to measure: give at least one VMM");
     }
+    // Round by round the VMMs take turns, so drift in the machine's speed
+    // hits them alike; a failed boot is counted, not the end of the run.
+    let results = burst::run(&peers, args.n, args.parallel);
+    let _ = std::fs::remove_dir_all(&scratch);
     if args.parallel > 1 {
-        let results = burst::run(&peers, args.n, args.parallel);
-        let _ = std::fs::remove_dir_all(&scratch);
         println!(
             "cold boots in bursts of {} at once, {} rounds per VMM, {} vCPU, {} MiB; ratios are p50 against the first row of each metric",
             args.parallel, args.n, args.vcpus, args.vms.mem_mib
         );
-        let table: Vec<_> = results
-            .iter()
-            .map(|r| (r.name.clone(), r.samples.clone()))
-            .collect();
-        print!("{}", report::boot_table(&table));
-        print!("{}", burst::failure_report(&results, peer::BOOT_TIMEOUT));
-        return Ok(());
+    } else {
+        println!(
+            "cold boot, {} runs per VMM, {} vCPU, {} MiB; ratios are p50 against the first row of each metric",
+            args.n, args.vcpus, args.vms.mem_mib
+        );
     }
-    // Interleave the VMMs run by run, so drift in the machine's speed hits
-    // them alike.
-    let mut results: Vec<(String, Vec<peer::BootSample>)> =
-        peers.iter().map(|p| (p.name(), Vec::new())).collect();
-    for i in 0..args.n {
-        for (peer, (_, samples)) in peers.iter().zip(results.iter_mut()) {
-            let s = peer
-                .boot_once(i)
-                .with_context(|| format!("{} boot {i}", peer.name()))?;
-            eprintln!(
-                "{} #{i}: userspace {:?}, ping {:?}",
-                peer.name(),
-                s.userspace,
-                s.ping
-            );
-            samples.push(s);
-        }
-    }
-    let _ = std::fs::remove_dir_all(&scratch);
-    println!(
-        "cold boot, {} runs per VMM, {} vCPU, {} MiB; ratios are p50 against the first row of each metric",
-        args.n, args.vcpus, args.vms.mem_mib
-    );
-    print!("{}", report::boot_table(&results));
+    let table: Vec<_> = results
+        .iter()
+        .map(|r| (r.name.clone(), r.samples.clone()))
+        .collect();
+    print!("{}", report::boot_table(&table));
+    print!("{}", burst::failure_report(&results, peer::BOOT_TIMEOUT));
     Ok(())
 }
 

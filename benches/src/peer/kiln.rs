@@ -4,12 +4,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use kiln_agent::client;
-use kiln_agent::protocol::AGENT_VSOCK_PORT;
-use kiln_vmm::vm::hybrid_vsock;
 use kiln_vmm::vm::timings::TimingsReport;
 
-use super::{wait_for_pong, BootError, BootSample, Peer, BOOT_TIMEOUT};
+use super::{
+    hybrid_ping, hybrid_shutdown, wait_for_pong, BootError, BootSample, Peer, BOOT_TIMEOUT,
+};
 use crate::child::ChildGuard;
 
 /// A kiln-vmm configuration.
@@ -91,19 +90,9 @@ impl Peer for KilnVmm {
             .spawn()
             .map_err(|source| BootError::Spawn { what, source })?;
         let mut guard = ChildGuard::new(child);
-        wait_for_pong(what, &mut guard, start + BOOT_TIMEOUT, || {
-            let mut stream =
-                hybrid_vsock::connect(&uds, AGENT_VSOCK_PORT, Duration::from_secs(5)).ok()?;
-            let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
-            Some(client::ping(&mut stream).is_ok())
-        })?;
+        wait_for_pong(what, &mut guard, start + BOOT_TIMEOUT, || hybrid_ping(&uds))?;
         let ping = start.elapsed();
-        if let Ok(mut stream) =
-            hybrid_vsock::connect(&uds, AGENT_VSOCK_PORT, Duration::from_secs(5))
-        {
-            let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
-            let _ = client::shutdown(&mut stream);
-        }
+        hybrid_shutdown(&uds);
         let status = guard
             .wait_or_kill(Duration::from_secs(30))
             .map_err(|source| BootError::Spawn { what, source })?;

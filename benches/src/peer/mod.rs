@@ -1,11 +1,54 @@
 //! The VMMs a benchmark compares, each booting the same kernel + initramfs.
 
+pub mod firecracker;
 pub mod kiln;
 pub mod qemu;
 
+use std::io::{BufRead, BufReader, Read};
+use std::path::Path;
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use kiln_agent::client;
+use kiln_agent::protocol::AGENT_VSOCK_PORT;
+use kiln_vmm::vm::hybrid_vsock;
+
 use crate::child::ChildGuard;
+
+/// The line kiln's agent prints on the console when booted with
+/// `kiln.console_mark` (peers have no kiln boot-timer device).
+pub const CONSOLE_MARK: &str = "kiln-agent: userspace started";
+
+/// Reads a guest console (a VMM's stdout) on a thread of its own and sends
+/// the instant [`CONSOLE_MARK`] shows up.
+pub fn watch_console_mark(console: impl Read + Send + 'static) -> mpsc::Receiver<Instant> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(console).lines() {
+            let Ok(line) = line else { break };
+            if line.contains(CONSOLE_MARK) {
+                let _ = tx.send(Instant::now());
+            }
+        }
+    });
+    rx
+}
+
+/// One ping of the agent behind a hybrid-vsock unix socket (kiln-vmm's and
+/// Firecracker's): `None` while nothing accepts, else whether it answered.
+pub fn hybrid_ping(uds: &Path) -> Option<bool> {
+    let mut stream = hybrid_vsock::connect(uds, AGENT_VSOCK_PORT, Duration::from_secs(5)).ok()?;
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+    Some(client::ping(&mut stream).is_ok())
+}
+
+/// Asks the agent behind a hybrid-vsock socket to power the guest off.
+pub fn hybrid_shutdown(uds: &Path) {
+    if let Ok(mut stream) = hybrid_vsock::connect(uds, AGENT_VSOCK_PORT, Duration::from_secs(5)) {
+        let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+        let _ = client::shutdown(&mut stream);
+    }
+}
 
 /// One cold boot, measured from just before the VMM process is spawned.
 #[derive(Debug, Clone, Copy)]

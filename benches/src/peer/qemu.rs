@@ -1,22 +1,17 @@
 //! QEMU's `microvm` machine with in-kernel vhost-vsock, booting the same
 //! kernel and initramfs as kiln.
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use kiln_agent::client;
 use kiln_agent::protocol::AGENT_VSOCK_PORT;
 
-use super::{wait_for_pong, BootError, BootSample, Peer, BOOT_TIMEOUT};
+use super::{wait_for_pong, watch_console_mark, BootError, BootSample, Peer, BOOT_TIMEOUT};
 use crate::child::ChildGuard;
 use crate::vsock;
 
-/// The line kiln's agent prints on the console when booted with
-/// `kiln.console_mark` (peers have no boot-timer device).
-const CONSOLE_MARK: &str = "kiln-agent: userspace started";
 /// First guest CID handed to QEMU runs; run `i` uses `CID_BASE + i`.
 const CID_BASE: u32 = 1000;
 
@@ -128,15 +123,7 @@ impl Peer for QemuMicrovm {
                 what,
                 detail: "no stdout pipe".into(),
             })?;
-        let (mark_tx, mark_rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if line.contains(CONSOLE_MARK) {
-                    let _ = mark_tx.send(Instant::now());
-                }
-            }
-        });
+        let mark_rx = watch_console_mark(stdout);
 
         wait_for_qemu_pong(&mut guard, cid, start + BOOT_TIMEOUT)?;
         let ping = start.elapsed();
