@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 
 use super::{
-    hybrid_ping, hybrid_shutdown, wait_for_pong, watch_console_mark, BootError, BootSample, Peer,
+    hybrid_ping, hybrid_shutdown, wait_for_pong, BootError, BootSample, ConsoleMark, Peer,
     BOOT_TIMEOUT,
 };
 use crate::child::ChildGuard;
@@ -81,24 +81,10 @@ impl Peer for Firecracker {
             .spawn()
             .map_err(|source| BootError::Spawn { what, source })?;
         let mut guard = ChildGuard::new(child);
-        let stdout = guard
-            .child_mut()
-            .stdout
-            .take()
-            .ok_or_else(|| BootError::Guest {
-                what,
-                detail: "no stdout pipe".into(),
-            })?;
-        let marks = watch_console_mark(stdout);
+        let mark = ConsoleMark::watch(what, &mut guard)?;
         wait_for_pong(what, &mut guard, start + BOOT_TIMEOUT, || hybrid_ping(&uds))?;
         let ping = start.elapsed();
-        let userspace = marks
-            .recv_timeout(Duration::from_secs(10))
-            .map_err(|_| BootError::Guest {
-                what,
-                detail: "no userspace mark on the console".into(),
-            })?
-            .duration_since(start);
+        let userspace = mark.since(start)?;
         hybrid_shutdown(&uds);
         let _ = guard.wait_or_kill(Duration::from_secs(30));
         let _ = std::fs::remove_file(&uds);

@@ -19,19 +19,50 @@ use crate::child::ChildGuard;
 /// `kiln.console_mark` (peers have no kiln boot-timer device).
 pub const CONSOLE_MARK: &str = "kiln-agent: userspace started";
 
-/// Reads a guest console (a VMM's stdout) on a thread of its own and sends
-/// the instant [`CONSOLE_MARK`] shows up.
-pub fn watch_console_mark(console: impl Read + Send + 'static) -> mpsc::Receiver<Instant> {
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(console).lines() {
-            let Ok(line) = line else { break };
-            if line.contains(CONSOLE_MARK) {
-                let _ = tx.send(Instant::now());
+/// The instant [`CONSOLE_MARK`] shows up on a guest console (a VMM's
+/// stdout), read on a thread of its own.
+pub struct ConsoleMark {
+    what: &'static str,
+    rx: mpsc::Receiver<Instant>,
+}
+
+impl ConsoleMark {
+    /// Watches the piped stdout of the VMM in `guard`.
+    pub fn watch(what: &'static str, guard: &mut ChildGuard) -> Result<Self, BootError> {
+        let console = guard
+            .child_mut()
+            .stdout
+            .take()
+            .ok_or_else(|| BootError::Guest {
+                what,
+                detail: "no stdout pipe".into(),
+            })?;
+        Ok(Self::watch_reader(what, console))
+    }
+
+    fn watch_reader(what: &'static str, console: impl Read + Send + 'static) -> Self {
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(console).lines() {
+                let Ok(line) = line else { break };
+                if line.contains(CONSOLE_MARK) {
+                    let _ = tx.send(Instant::now());
+                }
             }
-        }
-    });
-    rx
+        });
+        ConsoleMark { what, rx }
+    }
+
+    /// Time from `start` to the mark (waiting up to 10 s more for it).
+    pub fn since(&self, start: Instant) -> Result<Duration, BootError> {
+        self.rx
+            .recv_timeout(Duration::from_secs(10))
+            .map(|at| at.duration_since(start))
+            .map_err(|_| BootError::Guest {
+                what: self.what,
+                detail: "no userspace mark on the console".into(),
+            })
+    }
 }
 
 /// One ping of the agent behind a hybrid-vsock unix socket (kiln-vmm's and

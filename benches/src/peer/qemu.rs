@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use kiln_agent::client;
 use kiln_agent::protocol::AGENT_VSOCK_PORT;
 
-use super::{wait_for_pong, watch_console_mark, BootError, BootSample, Peer, BOOT_TIMEOUT};
+use super::{wait_for_pong, BootError, BootSample, ConsoleMark, Peer, BOOT_TIMEOUT};
 use crate::child::ChildGuard;
 use crate::vsock;
 
@@ -115,25 +115,10 @@ impl Peer for QemuMicrovm {
             .spawn()
             .map_err(|source| BootError::Spawn { what, source })?;
         let mut guard = ChildGuard::new(child);
-        let stdout = guard
-            .child_mut()
-            .stdout
-            .take()
-            .ok_or_else(|| BootError::Guest {
-                what,
-                detail: "no stdout pipe".into(),
-            })?;
-        let mark_rx = watch_console_mark(stdout);
-
+        let mark = ConsoleMark::watch(what, &mut guard)?;
         wait_for_qemu_pong(&mut guard, cid, start + BOOT_TIMEOUT)?;
         let ping = start.elapsed();
-        let userspace = mark_rx
-            .recv_timeout(Duration::from_secs(10))
-            .map_err(|_| BootError::Guest {
-                what,
-                detail: "no userspace mark on the console".into(),
-            })?
-            .duration_since(start);
+        let userspace = mark.since(start)?;
 
         if let Ok(mut sock) = vsock::connect(
             cid,
