@@ -42,8 +42,9 @@ fn restore(spec: &kiln::vm_process::VmSpec, dir: &Path) -> (TestVm, Duration) {
     (vm, start.elapsed())
 }
 
-/// The jailed VMM's own process (the supervisor's child) and its RSS.
-fn vmm_rss_kib(supervisor: u32) -> Option<(u64, u64, u64)> {
+/// The jailed VMM's own process (the supervisor's child) and its RSS:
+/// total, anonymous, file-backed, shared memory.
+fn vmm_rss_kib(supervisor: u32) -> Option<(u64, u64, u64, u64)> {
     let children =
         std::fs::read_to_string(format!("/proc/{supervisor}/task/{supervisor}/children")).ok()?;
     let pid = children
@@ -58,7 +59,12 @@ fn vmm_rss_kib(supervisor: u32) -> Option<(u64, u64, u64)> {
             .and_then(|l| l.split_whitespace().nth(1))
             .and_then(|v| v.parse().ok())
     };
-    Some((field("VmRSS:")?, field("RssAnon:")?, field("RssFile:")?))
+    Some((
+        field("VmRSS:")?,
+        field("RssAnon:")?,
+        field("RssFile:")?,
+        field("RssShmem:")?,
+    ))
 }
 
 fn guest_unix_secs(vm: &TestVm) -> u64 {
@@ -130,7 +136,7 @@ fn clones_share_state_but_not_entropy_or_time() {
 
     let rss = |vm: &TestVm| vmm_rss_kib(vm.pid());
     eprintln!(
-        "snapshot: cold boot to agent ready {cold:?}; snapshot {} us (vcpus paused in {} us, {} MiB of memory written, state {} bytes); clones ready in {a_ready:?} and {b_ready:?}; VMM RSS (total, anon, file KiB): source {:?}, clone a {:?}, clone b {:?}",
+        "snapshot: cold boot to agent ready {cold:?}; snapshot {} us (vcpus paused in {} us, {} MiB of memory written, state {} bytes); clones ready in {a_ready:?} and {b_ready:?}; VMM RSS (total, anon, file, shmem KiB; a memory file on tmpfs counts as shmem): source {:?}, clone a {:?}, clone b {:?}",
         report.total_us,
         report.pause_us,
         report.memory_bytes_written >> 20,

@@ -123,6 +123,10 @@ impl ControlServer {
         let mut out = serde_json::to_vec(&reply).unwrap_or_else(|_| b"{\"ok\":false}".to_vec());
         out.push(b'\n');
         let _ = (&stream).write_all(&out);
+        // A snapshot that stops the VM does so once its reply is out.
+        if reply.snapshot.as_ref().is_some_and(|r| !r.resumed) {
+            snapshotter.stop();
+        }
     }
 
     fn handle(&self, request: ControlRequest, snapshotter: &Snapshotter) -> ControlReply {

@@ -238,7 +238,8 @@ pub struct Snapshotter {
 
 impl Snapshotter {
     /// Snapshots the VM into its snapshot directory, then resumes it or,
-    /// with `resume` false, stops it.
+    /// with `resume` false, leaves it paused for [`Snapshotter::stop`] (so
+    /// the caller can answer before the process goes away).
     pub fn take(&self, resume: bool) -> Result<SnapshotReport, SnapshotError> {
         let files = self.files.lock().expect("snapshot lock poisoned");
         let files = files.as_ref().ok_or(SnapshotError::NoSnapshotDir)?;
@@ -248,10 +249,9 @@ impl Snapshotter {
             .pause(&self.exit, PAUSE_TIMEOUT, |id| self.vcpus.kick(id))?;
         let pause_us = start.elapsed().as_micros() as u64;
         let result = self.save_paused(files, vcpus, resume);
-        if result.is_ok() && !resume {
-            self.exit.request(ExitReason::Stopped);
+        if resume || result.is_err() {
+            self.pause.resume();
         }
-        self.pause.resume();
         let (state_bytes, memory_bytes_written) = result?;
         Ok(SnapshotReport {
             dir: files.dir.clone(),
@@ -284,27 +284,45 @@ impl Snapshotter {
             guard.save()
         };
         let devices: Vec<TransportState> = self.transports.iter().map(lock).collect();
-        let vm = self.vm.save_state()?;
-        let result = (|| {
-            let mem_path = files.dir.join(MEMORY_FILE);
-            let (memory, written) = memory_file::write(&self.mem, &files.memory, &mem_path)?;
-            let snapshot = VmSnapshot {
-                mem_bytes: self.mem_bytes,
-                memory,
-                cmdline: self.cmdline.clone(),
-                vcpus,
-                vm,
-                devices,
-            };
-            let state_path = files.dir.join(STATE_FILE);
-            let state_bytes = format::write(&files.state, &state_path, &snapshot)?;
-            Ok((state_bytes, written))
-        })();
+        let result = self
+            .vm
+            .save_state()
+            .map_err(SnapshotError::from)
+            .and_then(|vm| self.write_files(files, vcpus, vm, devices));
         if resume {
             // Host connections were dropped above, taken or not.
             self.after_snapshot();
         }
         result
+    }
+
+    /// Writes guest memory, then the state that describes it.
+    fn write_files(
+        &self,
+        files: &SnapshotFiles,
+        vcpus: Vec<VcpuState>,
+        vm: VmState,
+        devices: Vec<TransportState>,
+    ) -> Result<(u64, u64), SnapshotError> {
+        let mem_path = files.dir.join(MEMORY_FILE);
+        let (memory, written) = memory_file::write(&self.mem, &files.memory, &mem_path)?;
+        let snapshot = VmSnapshot {
+            mem_bytes: self.mem_bytes,
+            memory,
+            cmdline: self.cmdline.clone(),
+            vcpus,
+            vm,
+            devices,
+        };
+        let state_path = files.dir.join(STATE_FILE);
+        let state_bytes = format::write(&files.state, &state_path, &snapshot)?;
+        Ok((state_bytes, written))
+    }
+
+    /// Stops a VM left paused by a snapshot without `resume`.
+    pub fn stop(&self) {
+        self.exit.request(ExitReason::Stopped);
+        self.pause.resume();
     }
 
     /// Tells every device the snapshot is over.

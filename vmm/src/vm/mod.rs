@@ -123,7 +123,11 @@ impl MicroVm {
     /// Snapshots the VM into its snapshot directory (`config.control`),
     /// then resumes it or, with `resume` false, stops it.
     pub fn snapshot(&self, resume: bool) -> Result<SnapshotReport, SnapshotError> {
-        self.snapshotter.take(resume)
+        let report = self.snapshotter.take(resume)?;
+        if !resume {
+            self.snapshotter.stop();
+        }
+        Ok(report)
     }
 
     /// The control socket, when configured.
