@@ -175,11 +175,25 @@ fn restore_latency_against_cold_boot() {
     assert!(!report.resumed);
     drop(source);
     let mut restores = Vec::new();
-    for _ in 0..RESTORES {
+    for i in 0..RESTORES {
+        let spawned = SystemTime::now();
         let (vm, ready) = restore(&spec, &dir);
         assert_eq!(ok(&sh(&vm, "echo up")), "up\n");
         restores.push(ready);
-        drop(vm);
+        // Where the time went, from the VMM's own report (written at exit).
+        let exit = vm.shutdown(Duration::from_secs(60)).expect("shutdown");
+        if let Some(r) = exit.report {
+            let spawned_us = spawned
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_micros() as u64);
+            eprintln!(
+                "restore {i}: ready {ready:?}; exec to VMM start {} us, VM built at {:?} us, vCPU 0 running at {:?} us (from VMM start); exit {}",
+                r.start_unix_us.saturating_sub(spawned_us),
+                r.built_us,
+                r.kernel_entry_us,
+                r.exit,
+            );
+        }
     }
     let pct = |v: &mut Vec<Duration>, p: usize| {
         v.sort();
