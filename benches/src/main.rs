@@ -10,6 +10,7 @@ mod diag;
 mod exec;
 mod peer;
 mod report;
+mod restore;
 mod stats;
 mod stream;
 mod transfer;
@@ -46,6 +47,9 @@ enum Command {
     /// Runs one command in a kiln VM and in a QEMU microvm (same guest) and
     /// prints both outputs, to compare what each VMM exposes.
     Compare(CompareArgs),
+    /// Snapshot restore to agent ready against cold boot to agent ready,
+    /// alternating in one run; the restored clones' RSS.
+    Restore(restore::RestoreArgs),
 }
 
 #[derive(clap::Args)]
@@ -397,5 +401,6 @@ fn main() -> Result<()> {
         Command::Stream(args) => stream(args),
         Command::Compare(args) => compare(args),
         Command::Api(args) => api::run(args),
+        Command::Restore(args) => restore::run(args),
     }
 }

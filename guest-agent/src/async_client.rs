@@ -26,7 +26,7 @@ use crate::client::reply;
 pub use crate::client::{AttachEvent, ClientError, ExecEvent};
 use crate::protocol::{
     encode_to_vec, Attach, ExecRequest, ExitStatus, FrameError, Message, MessageDecoder, Pong,
-    ProcessInfo, Signal, StdinWrite, Wait, MAX_CHUNK,
+    ProcessInfo, Resume, Signal, StdinWrite, Wait, MAX_CHUNK,
 };
 
 /// The read side of a connection with its decoder. `recv` is cancel-safe:
@@ -92,6 +92,15 @@ pub async fn shutdown<S: AsyncRead + AsyncWrite + Unpin>(
     stream: &mut S,
 ) -> Result<(), ClientError> {
     reply::ok(call(stream, &Message::Shutdown).await?)
+}
+
+/// Tells the agent of a VM restored from a snapshot to reseed its kernel
+/// RNG and set its clock (see [`crate::protocol::Resume`]).
+pub async fn resume<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+    resume: &Resume,
+) -> Result<(), ClientError> {
+    reply::ok(call(stream, &Message::Resume(resume.clone())).await?)
 }
 
 /// Runs a program; the stream yields its output as it arrives and ends

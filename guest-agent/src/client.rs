@@ -23,7 +23,7 @@ use thiserror::Error;
 
 use crate::protocol::{
     read_message, write_message, ErrorCode, ExecRequest, ExitStatus, Gap, Message, MessageKind,
-    OutputChunk, Pong, ProtocolError, MAX_CHUNK,
+    OutputChunk, Pong, ProtocolError, Resume, MAX_CHUNK,
 };
 
 /// Why a client operation failed.
@@ -103,6 +103,12 @@ pub fn ping<S: Read + Write>(stream: &mut S) -> Result<Pong, ClientError> {
 /// once the agent has acknowledged; the VM goes away shortly after.
 pub fn shutdown<S: Read + Write>(stream: &mut S) -> Result<(), ClientError> {
     reply::ok(call(stream, &Message::Shutdown)?)
+}
+
+/// Tells the agent of a VM restored from a snapshot to reseed its kernel
+/// RNG and set its clock (see [`crate::protocol::Resume`]).
+pub fn resume<S: Read + Write>(stream: &mut S, resume: &Resume) -> Result<(), ClientError> {
+    reply::ok(call(stream, &Message::Resume(resume.clone()))?)
 }
 
 /// Runs a program and streams its output to the callbacks as it arrives.

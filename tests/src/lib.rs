@@ -93,13 +93,40 @@ pub mod vm {
     impl TestVm {
         /// Spawns a VM from `spec` without waiting for it.
         pub fn spawn(spec: &VmSpec) -> Result<Self, VmProcessError> {
-            let rt = tokio::runtime::Builder::new_multi_thread()
+            Self::spawn_with(spec, &SpawnOptions::default())
+        }
+
+        fn runtime() -> tokio::runtime::Runtime {
+            tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
                 .enable_all()
                 .build()
-                .expect("tokio runtime");
-            let vm = rt.block_on(async { VmProcess::spawn(spec, &SpawnOptions::default()) })?;
+                .expect("tokio runtime")
+        }
+
+        /// Spawns a VM from `spec` with `options` without waiting for it.
+        pub fn spawn_with(spec: &VmSpec, options: &SpawnOptions) -> Result<Self, VmProcessError> {
+            let rt = Self::runtime();
+            let vm = rt.block_on(async { VmProcess::spawn(spec, options) })?;
             Ok(TestVm { rt, vm: Some(vm) })
+        }
+
+        /// Starts a clone of the snapshot in `snapshot_dir` without waiting
+        /// for it ([`TestVm::wait_ready`] resumes it).
+        pub fn restore(spec: &VmSpec, snapshot_dir: &Path) -> Result<Self, VmProcessError> {
+            let rt = Self::runtime();
+            let vm = rt.block_on(async {
+                VmProcess::restore(spec, snapshot_dir, &SpawnOptions::default())
+            })?;
+            Ok(TestVm { rt, vm: Some(vm) })
+        }
+
+        /// Snapshots the VM into its snapshot directory.
+        pub fn snapshot(
+            &self,
+            resume: bool,
+        ) -> Result<kiln_vmm::snapshot::SnapshotReport, VmProcessError> {
+            self.block_on(self.process().snapshot(resume, Duration::from_secs(120)))
         }
 
         /// The VM process.
@@ -253,10 +280,15 @@ pub mod vm {
     /// before its agent answered: the testbed's nested SVM corrupts a
     /// small share of guests (issue 9); any other failure fails the test.
     pub fn boot_spec(spec: &VmSpec) -> TestVm {
+        boot_spec_with(spec, &SpawnOptions::default())
+    }
+
+    /// [`boot_spec`] with spawn options (a snapshot directory, ...).
+    pub fn boot_spec_with(spec: &VmSpec, options: &SpawnOptions) -> TestVm {
         require_kvm();
         let mut attempt = 1;
         loop {
-            let vm = TestVm::spawn(spec).expect("spawn kiln-vmm");
+            let vm = TestVm::spawn_with(spec, options).expect("spawn kiln-vmm");
             match vm.wait_ready(BOOT_TIMEOUT) {
                 Ok(_) => return vm,
                 Err(e) if e.guest_crashed() && attempt < BOOT_ATTEMPTS => {

@@ -5,10 +5,16 @@
 //! boot structures, vCPUs ([`build`]); then the device event loop and the
 //! vCPU threads ([`BuiltVm::start`]). `kiln-vmm` drops its privileges in
 //! between.
+//!
+//! A restore (`config.restore`) reads and checks the snapshot first, maps
+//! its memory instead of creating it, attaches the same devices and loads
+//! their saved state instead of loading a kernel, and loads the VM and
+//! vCPU state instead of an entry state.
 
 use std::io;
 use std::os::unix::fs::FileTypeExt;
-use std::os::unix::net::UnixStream;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -21,12 +27,15 @@ use crate::devices::virtio::blk::{Blk, BlkError};
 use crate::devices::virtio::rng::Rng;
 use crate::devices::virtio::vsock::{Vsock, VsockError};
 use crate::devices::virtio::{VirtioDevices, VirtioError};
-use crate::hypervisor::{self, EntryState, HypervisorError, Vm};
+use crate::hypervisor::{self, HypervisorError, Vm};
 use crate::layout::{
     BOOT_TIMER_ADDR, BOOT_TIMER_SIZE, I8042_PORT_BASE, I8042_PORT_LEN, SERIAL_IRQ, SERIAL_PORT_BASE,
 };
 use crate::memory::{self, MemoryError};
-use crate::seccomp::{SeccompError, ThreadFilters};
+use crate::seccomp::{SeccompError, ThreadFilters, ThreadKind};
+use crate::snapshot::control::ControlServer;
+use crate::snapshot::{self, SnapshotError, Snapshotter, VmSnapshot};
+use crate::vcpu::pause::PauseCtl;
 use crate::vcpu::run_loop::VcpuContext;
 use crate::vcpu::threads::VcpuThreads;
 use crate::vm::exit::ExitState;
@@ -87,6 +96,18 @@ pub enum BuildError {
     /// The seccomp filters could not be built.
     #[error(transparent)]
     Seccomp(#[from] SeccompError),
+    /// The snapshot to restore is unusable or does not fit the config.
+    #[error("restore: {0}")]
+    Snapshot(#[from] SnapshotError),
+    /// The control socket could not be set up.
+    #[error("control socket {path}: {source}")]
+    Control {
+        /// The socket path.
+        path: PathBuf,
+        /// Underlying error.
+        #[source]
+        source: io::Error,
+    },
 }
 
 /// Builds and starts the VM described by `config`; boot times are measured
@@ -114,11 +135,15 @@ pub struct BuiltVm {
     exit: Arc<ExitState>,
     clock: Arc<BootClock>,
     contexts: Vec<VcpuContext>,
+    pause: Arc<PauseCtl>,
     virtio: VirtioDevices,
     serial_log: Option<PathBuf>,
     socket: Option<SocketGuard>,
+    control: Option<(ControlServer, SocketGuard)>,
+    snapshot_files: Option<snapshot::SnapshotFiles>,
     cmdline: String,
-    vm: Box<dyn Vm>,
+    mem_bytes: u64,
+    vm: Arc<dyn Vm>,
     mem: memory::GuestMemoryMmap,
 }
 
@@ -127,10 +152,22 @@ pub struct BuiltVm {
 /// vsock socket.
 pub fn build(config: &VmConfig, vmm_start: Instant) -> Result<BuiltVm, BuildError> {
     config.validate()?;
+    // A restore refuses a bad snapshot before anything is built.
+    let restore = match &config.restore {
+        Some(dir) => {
+            let (snapshot, mem) = snapshot::load(dir)?;
+            snapshot.check_fits(config.vcpus, config.mem_bytes())?;
+            Some((snapshot, mem))
+        }
+        None => None,
+    };
     let hv = hypervisor::open_default()?;
-    let vm = hv.create_vm()?;
+    let vm: Arc<dyn Vm> = Arc::from(hv.create_vm()?);
     vm.create_irq_controller()?;
-    let mem = memory::create(config.mem_bytes())?;
+    let (snapshot, mem) = match restore {
+        Some((snapshot, mem)) => (Some(snapshot), mem),
+        None => (None, memory::create(config.mem_bytes())?),
+    };
     // SAFETY: `mem` is moved into the returned BuiltVm and then MicroVm (or
     // dropped on error after `vm`, which is declared before it is used by
     // any vCPU); the handle drops the VM before the memory.
@@ -157,62 +194,178 @@ pub fn build(config: &VmConfig, vmm_start: Instant) -> Result<BuiltVm, BuildErro
         let device = Blk::open(&drive.path, drive.read_only)?;
         fragments.push(virtio.attach(vm.as_ref(), &mut mmio, fragments.len(), device)?);
     }
-
-    let cmdline = cmdline::build(
-        config.serial_log.is_some(),
-        &fragments,
-        &config.cmdline_extra,
-    )?;
-    let spec = BootSpec {
-        kernel: &config.kernel,
-        initramfs: config.initramfs.as_deref(),
-        cmdline: &cmdline,
-        vcpus: config.vcpus,
+    let snapshot_files = config
+        .control
+        .as_ref()
+        .map(|c| snapshot::SnapshotFiles::open(&c.snapshot_dir))
+        .transpose()?;
+    let control = match &config.control {
+        Some(c) => Some((
+            ControlServer::new(bind_control(&c.socket)?),
+            SocketGuard(c.socket.clone()),
+        )),
+        None => None,
     };
-    let boot = boot::load(&mem, &spec)?;
-    tracing::debug!("kernel loaded ({:?}), cmdline: {cmdline}", boot.protocol);
 
     let (pio, mmio) = (Arc::new(pio), Arc::new(mmio));
+    let pause = Arc::new(PauseCtl::new(config.vcpus));
     let shared = Shared {
         pio: &pio,
         mmio: &mmio,
         exit: &exit,
         clock: &clock,
+        pause: &pause,
         test_seccomp_violation: config.jail.test_seccomp_violation,
     };
-    let contexts = create_vcpus(vm.as_ref(), config.vcpus, &boot.entry, &shared)?;
+    let mut contexts = create_vcpus(vm.as_ref(), config.vcpus, &shared)?;
+    let cmdline = match &snapshot {
+        Some(snapshot) => {
+            restore_state(snapshot, vm.as_ref(), &virtio, &mut contexts)?;
+            snapshot.cmdline.clone()
+        }
+        None => {
+            let cmdline = cmdline::build(
+                config.serial_log.is_some(),
+                &fragments,
+                &config.cmdline_extra,
+            )?;
+            let spec = BootSpec {
+                kernel: &config.kernel,
+                initramfs: config.initramfs.as_deref(),
+                cmdline: &cmdline,
+                vcpus: config.vcpus,
+            };
+            let boot = boot::load(&mem, &spec)?;
+            tracing::debug!("kernel loaded ({:?}), cmdline: {cmdline}", boot.protocol);
+            // Only vCPU 0 gets the entry state (the others wait for the
+            // guest's INIT/SIPI in the in-kernel local APIC).
+            if let Some(ctx) = contexts.first_mut() {
+                ctx.vcpu.set_entry_state(&boot.entry)?;
+            }
+            cmdline
+        }
+    };
     Ok(BuiltVm {
         exit,
         clock,
         contexts,
+        pause,
         virtio,
         serial_log: config.serial_log.clone(),
         socket,
+        control,
+        snapshot_files,
         cmdline,
+        mem_bytes: config.mem_bytes(),
         vm,
         mem,
     })
+}
+
+/// Loads a snapshot into a built VM: device state (each device activates
+/// on its saved rings and learns it was restored), then the interrupt
+/// controllers and clocks, then every vCPU.
+fn restore_state(
+    snapshot: &VmSnapshot,
+    vm: &dyn Vm,
+    virtio: &VirtioDevices,
+    contexts: &mut [VcpuContext],
+) -> Result<(), BuildError> {
+    let transports = virtio.transports();
+    if transports.len() != snapshot.devices.len() {
+        return Err(SnapshotError::Mismatch(format!(
+            "the snapshot has {} virtio devices, the config {}",
+            snapshot.devices.len(),
+            transports.len()
+        ))
+        .into());
+    }
+    for (index, (transport, state)) in transports.iter().zip(&snapshot.devices).enumerate() {
+        let mut transport = transport.lock().expect("virtio transport lock poisoned");
+        transport
+            .restore(state)
+            .map_err(|source| SnapshotError::Device { index, source })?;
+        transport
+            .device()
+            .lock()
+            .expect("virtio device lock poisoned")
+            .after_snapshot();
+    }
+    vm.restore_state(&snapshot.vm)?;
+    for (ctx, state) in contexts.iter_mut().zip(&snapshot.vcpus) {
+        ctx.vcpu.restore_state(state)?;
+    }
+    Ok(())
+}
+
+/// Binds the control socket, owner-only.
+fn bind_control(path: &Path) -> Result<UnixListener, BuildError> {
+    claim_socket_path(path)?;
+    let err = |source| BuildError::Control {
+        path: path.to_owned(),
+        source,
+    };
+    let listener = UnixListener::bind(path).map_err(err)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(err)?;
+    Ok(listener)
 }
 
 impl BuiltVm {
     /// Starts the device event loop, then the vCPU threads; with `filters`
     /// each thread installs its seccomp filter before it does anything.
     pub fn start(self, filters: Option<Arc<ThreadFilters>>) -> Result<MicroVm, BuildError> {
+        let transports = self.virtio.transports().to_vec();
         let event_loop = self.virtio.spawn(filters.clone())?;
         self.clock.mark_built();
-        let handle = MicroVm {
+        let vcpus = Arc::new(VcpuThreads::default());
+        let snapshotter = Arc::new(Snapshotter {
+            vm: Arc::clone(&self.vm),
+            mem: self.mem.clone(),
+            mem_bytes: self.mem_bytes,
+            cmdline: self.cmdline.clone(),
+            transports,
+            pause: self.pause,
+            vcpus: Arc::clone(&vcpus),
+            gate: event_loop.gate(),
+            exit: Arc::clone(&self.exit),
+            files: Mutex::new(self.snapshot_files),
+        });
+        let (control, control_socket) = match self.control {
+            Some((server, guard)) => {
+                let fd = server.listener_fd().map_err(|source| BuildError::Control {
+                    path: guard.0.clone(),
+                    source,
+                })?;
+                (Some((server, fd)), Some(guard.disarm()))
+            }
+            None => (None, None),
+        };
+        let mut handle = MicroVm {
             exit: self.exit,
             clock: self.clock,
-            vcpus: VcpuThreads::default(),
+            vcpus,
             dump: event_loop.dump_trigger(),
             event_loop: Mutex::new(Some(event_loop)),
             serial_log: self.serial_log,
             vsock_uds: self.socket.map(SocketGuard::disarm),
+            control_socket,
+            control_listener: None,
+            snapshotter: Arc::clone(&snapshotter),
             cmdline: self.cmdline,
             finishing: Mutex::new(()),
             _vm: self.vm,
             _mem: self.mem,
         };
+        if let Some((server, fd)) = control {
+            handle.control_listener = Some(fd);
+            // Detached: it ends when `finish` shuts its listener down.
+            crate::seccomp::spawn_filtered(
+                "kiln-control".into(),
+                ThreadKind::Control,
+                filters.clone(),
+                move || server.run(snapshotter),
+            )?;
+        }
         // On error the handle's Drop stops the threads already started.
         handle
             .vcpus
@@ -262,24 +415,20 @@ struct Shared<'a> {
     mmio: &'a Arc<Bus>,
     exit: &'a Arc<ExitState>,
     clock: &'a Arc<BootClock>,
+    pause: &'a Arc<PauseCtl>,
     test_seccomp_violation: bool,
 }
 
-/// Creates and configures every vCPU; only vCPU 0 gets the entry state (the
-/// others wait for the guest's INIT/SIPI in the in-kernel local APIC).
+/// Creates and configures (CPUID, MSRs, FPU, LAPIC) every vCPU.
 fn create_vcpus(
     vm: &dyn Vm,
     count: u8,
-    entry: &EntryState,
     shared: &Shared<'_>,
 ) -> Result<Vec<VcpuContext>, BuildError> {
     (0..count)
         .map(|id| {
             let mut vcpu = vm.create_vcpu(id)?;
             vcpu.configure(id, count)?;
-            if id == 0 {
-                vcpu.set_entry_state(entry)?;
-            }
             Ok(VcpuContext {
                 id,
                 vcpu,
@@ -287,6 +436,7 @@ fn create_vcpus(
                 mmio: Arc::clone(shared.mmio),
                 exit: Arc::clone(shared.exit),
                 clock: Arc::clone(shared.clock),
+                pause: Arc::clone(shared.pause),
                 test_seccomp_violation: shared.test_seccomp_violation && id == 0,
             })
         })

@@ -114,6 +114,26 @@ pub struct VmConfig {
     /// How `kiln-vmm` confines itself (on by default).
     #[serde(default)]
     pub jail: JailConfig,
+    /// When set, a control socket that takes snapshot requests
+    /// (`kiln_vmm::snapshot::control`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub control: Option<ControlConfig>,
+    /// When set, the VM resumes from this snapshot directory instead of
+    /// booting the kernel: vCPUs, memory size and devices must match the
+    /// snapshot's; the vsock socket path and drive files may differ.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restore: Option<PathBuf>,
+}
+
+/// The VM's control socket and where its snapshots go.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ControlConfig {
+    /// Unix socket taking one JSON request per line.
+    pub socket: PathBuf,
+    /// Directory a snapshot is written to (an existing directory; its
+    /// `vm.state` and `vm.mem` are replaced).
+    pub snapshot_dir: PathBuf,
 }
 
 /// The uid and gid `kiln-vmm` switches to when started as root: an id no
@@ -197,6 +217,8 @@ impl VmConfig {
             boot_timer: true,
             drives: Vec::new(),
             jail: JailConfig::default(),
+            control: None,
+            restore: None,
         }
     }
 

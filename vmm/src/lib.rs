@@ -21,6 +21,7 @@ pub mod layout;
 pub mod memory;
 pub mod probe;
 pub mod seccomp;
+pub mod snapshot;
 pub mod vcpu;
 pub mod vm;
 

@@ -22,7 +22,7 @@ use std::time::Instant;
 
 use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser};
 use kiln_vmm::builder;
-use kiln_vmm::config::{DriveConfig, VmConfig, VsockConfig};
+use kiln_vmm::config::{ControlConfig, DriveConfig, VmConfig, VsockConfig};
 use kiln_vmm::devices::virtio::DumpTrigger;
 use kiln_vmm::jail::{self, Jailed, Role};
 use kiln_vmm::seccomp::{self, ThreadFilters, ThreadKind};
@@ -97,6 +97,15 @@ struct Args {
     /// Memory the VMM may use beyond guest RAM (cgroup memory.max).
     #[arg(long, value_name = "MIB")]
     vmm_memory_allowance_mib: Option<u64>,
+    /// Serve snapshot requests on this unix socket (needs --snapshot-dir).
+    #[arg(long, value_name = "PATH", requires = "snapshot_dir")]
+    control_socket: Option<PathBuf>,
+    /// Where snapshots taken through the control socket are written.
+    #[arg(long, value_name = "DIR", requires = "control_socket")]
+    snapshot_dir: Option<PathBuf>,
+    /// Resume from the snapshot in DIR instead of booting the kernel.
+    #[arg(long, value_name = "DIR")]
+    restore: Option<PathBuf>,
     /// Jail self-test: once the guest's userspace starts, vCPU 0 makes a
     /// syscall its seccomp filter forbids, which must kill the VMM.
     #[arg(long, hide = true)]
@@ -252,6 +261,15 @@ fn build_config(a: &Args, matches: &ArgMatches) -> Result<VmConfig, String> {
         config.boot_timer = false;
     }
     config.drives.extend(drives_in_order(a, matches));
+    if let (Some(socket), Some(snapshot_dir)) = (&a.control_socket, &a.snapshot_dir) {
+        config.control = Some(ControlConfig {
+            socket: socket.clone(),
+            snapshot_dir: snapshot_dir.clone(),
+        });
+    }
+    if a.restore.is_some() {
+        config.restore = a.restore.clone();
+    }
     apply_jail_flags(a, &mut config.jail);
     config.validate().map_err(|e| e.to_string())?;
     Ok(config)

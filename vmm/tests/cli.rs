@@ -238,3 +238,34 @@ fn refuses_a_path_that_is_not_a_socket() {
     assert_eq!(out.status.code(), Some(2));
     assert_eq!(std::fs::read(&path).unwrap(), b"keep me");
 }
+
+#[test]
+fn restore_errors_are_status_two_with_one_line() {
+    let dir = temp_dir("cli-restore");
+    let kernel = write_file(&dir, "vmlinux", &elf_kernel(&pvh_check_guest(), true, 0));
+    write_file(
+        &dir,
+        "vm.state",
+        b"KILN-VM-SNAPSHOT\n{\"format_version\":99}\n",
+    );
+    write_file(&dir, "vm.mem", &[]);
+    for (snapshot, want) in [
+        (dir.join("missing"), "vm.state"),
+        (dir.to_path_buf(), "snapshot state file is corrupt"),
+    ] {
+        let out = run(kiln_vmm()
+            .arg("--kernel")
+            .arg(&kernel)
+            .arg("--no-jail")
+            .arg("--restore")
+            .arg(&snapshot));
+        assert_eq!(out.status.code(), Some(2));
+        let err = stderr(&out);
+        assert!(
+            err.starts_with("kiln-vmm: restore: ")
+                && err.contains(want)
+                && err.lines().count() == 1,
+            "{err}"
+        );
+    }
+}

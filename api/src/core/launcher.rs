@@ -39,6 +39,7 @@ impl Launcher for KilnVmmLauncher {
             &SpawnOptions {
                 run_dir: Some(run_dir),
                 own_session: true,
+                snapshot_dir: None,
             },
         )
     }

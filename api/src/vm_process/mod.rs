@@ -7,9 +7,16 @@
 //! [`VmProcess::kill`], and on drop, which also removes the run directory.
 //! A VM spawned with [`SpawnOptions::own_session`] survives its parent's
 //! death and can be taken over later with [`VmProcess::adopt`].
+//!
+//! Snapshots: a VM spawned with [`SpawnOptions::snapshot_dir`] has a
+//! control socket (`<run dir>/control.sock`) and [`VmProcess::snapshot`]
+//! writes its snapshot there; [`VmProcess::restore`] starts a clone from
+//! one, whose [`VmProcess::wait_ready`] reseeds the guest's RNG and sets
+//! its clock before it reports ready.
 
 mod handle;
 mod identity;
+mod snapshot;
 
 use std::fs::{self, File};
 use std::io::Read;
@@ -21,7 +28,7 @@ use std::time::{Duration, Instant};
 
 use kiln_agent::protocol::files::{Entry, FileDigest};
 use kiln_agent::protocol::{ExecRequest, ExitStatus as GuestExit, Pong};
-use kiln_vmm::config::{VmConfig, VsockConfig};
+use kiln_vmm::config::{ControlConfig, VmConfig, VsockConfig};
 use kiln_vmm::vm::timings::{Timings, TimingsReport};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
@@ -53,6 +60,9 @@ pub struct SpawnOptions {
     /// parent's process group or session do not reach it, and it outlives
     /// the parent (a daemon that is SIGKILLed re-adopts it).
     pub own_session: bool,
+    /// Give the VM a control socket whose snapshots go to this existing
+    /// directory (see [`VmProcess::snapshot`]).
+    pub snapshot_dir: Option<PathBuf>,
 }
 
 /// Errors from running a VM process.
@@ -93,6 +103,9 @@ pub enum VmProcessError {
     /// Signalling or adopting the process failed.
     #[error("managing the VM process: {0}")]
     Process(#[source] std::io::Error),
+    /// The VMM's control socket failed or refused the request.
+    #[error("control socket: {0}")]
+    Control(String),
 }
 
 impl VmProcessError {
@@ -148,6 +161,7 @@ const SOCKET_NAME: &str = "vsock.sock";
 const LOG_NAME: &str = "vmm.log";
 const TIMINGS_NAME: &str = "timings.json";
 const CONFIG_NAME: &str = "config.json";
+const CONTROL_NAME: &str = "control.sock";
 
 fn create_run_dir(dir: Option<PathBuf>) -> Result<PathBuf, VmProcessError> {
     let dir = dir.unwrap_or_else(|| {
@@ -174,6 +188,8 @@ pub struct VmProcess {
     dir: PathBuf,
     log: PathBuf,
     spawned_at: Instant,
+    /// Restored from a snapshot: `wait_ready` sends the resume request.
+    restored: bool,
 }
 
 impl std::fmt::Debug for VmProcess {
@@ -189,6 +205,28 @@ impl VmProcess {
     /// Starts `kiln-vmm --config <run dir>/config.json` for `spec`. Must run
     /// inside a tokio runtime.
     pub fn spawn(spec: &VmSpec, options: &SpawnOptions) -> Result<Self, VmProcessError> {
+        Self::spawn_vmm(spec, options, None)
+    }
+
+    /// Starts a clone of the snapshot in `snapshot_dir` for `spec` (whose
+    /// vCPUs, memory and devices must be the snapshot's; its drive files
+    /// may differ, its vsock socket is the new run directory's). Its
+    /// [`VmProcess::wait_ready`] resumes the guest as a distinct machine.
+    pub fn restore(
+        spec: &VmSpec,
+        snapshot_dir: &Path,
+        options: &SpawnOptions,
+    ) -> Result<Self, VmProcessError> {
+        let mut vm = Self::spawn_vmm(spec, options, Some(snapshot_dir))?;
+        vm.restored = true;
+        Ok(vm)
+    }
+
+    fn spawn_vmm(
+        spec: &VmSpec,
+        options: &SpawnOptions,
+        restore: Option<&Path>,
+    ) -> Result<Self, VmProcessError> {
         let dir = create_run_dir(options.run_dir.clone())?;
         let uds = dir.join(SOCKET_NAME);
         let mut config = spec.config.clone();
@@ -196,6 +234,14 @@ impl VmProcess {
             uds_path: uds.clone(),
             guest_cid: config.vsock.map_or(3, |v| v.guest_cid),
         });
+        config.control = options
+            .snapshot_dir
+            .as_ref()
+            .map(|snapshot_dir| ControlConfig {
+                socket: dir.join(CONTROL_NAME),
+                snapshot_dir: snapshot_dir.clone(),
+            });
+        config.restore = restore.map(Path::to_path_buf);
         let config_path = dir.join(CONFIG_NAME);
         let written = serde_json::to_vec_pretty(&config)
             .map_err(std::io::Error::other)
@@ -259,6 +305,7 @@ impl VmProcess {
             dir,
             log,
             spawned_at,
+            restored: false,
         })
     }
 
@@ -277,6 +324,7 @@ impl VmProcess {
             log: dir.join(LOG_NAME),
             dir,
             spawned_at: Instant::now(),
+            restored: false,
         })
     }
 
@@ -335,8 +383,9 @@ impl VmProcess {
         format!("{state}; its last log line: {}", self.last_log_line())
     }
 
-    /// Waits until the guest agent answers a ping; returns its pong. Fails
-    /// at once when the process ends first.
+    /// Waits until the guest agent answers a ping; returns its pong. A VM
+    /// restored from a snapshot is then resumed (fresh RNG seed, host
+    /// time) before this returns. Fails at once when the process ends first.
     pub async fn wait_ready(&self, timeout: Duration) -> Result<Pong, VmProcessError> {
         let deadline = tokio::time::Instant::now() + timeout;
         let attempts = async {
@@ -350,8 +399,17 @@ impl VmProcess {
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
         };
+        let ready = async {
+            let pong = attempts.await;
+            if self.restored {
+                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                self.resume_guest(left.max(Duration::from_millis(1)))
+                    .await?;
+            }
+            Ok(pong)
+        };
         tokio::select! {
-            pong = attempts => Ok(pong),
+            pong = ready => pong,
             ended = self.process.wait() => Err(VmProcessError::EarlyExit {
                 ended,
                 detail: last_line(&self.log),

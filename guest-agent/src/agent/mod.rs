@@ -13,6 +13,7 @@ mod listener;
 mod power;
 mod process;
 mod reaper;
+mod resume;
 mod sandbox;
 mod server;
 

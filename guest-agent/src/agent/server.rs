@@ -139,6 +139,7 @@ impl Server {
             }
             Message::Exec(req) => exec::run(conn, &req, &self.table, &self.sandbox),
             Message::Shutdown => self.shutdown(conn),
+            Message::Resume(resume) => self.resume(conn, &resume),
             request @ (Message::FileWrite(_)
             | Message::FileRead(_)
             | Message::ListDir(_)
@@ -161,6 +162,24 @@ impl Server {
                 let _ = write_message(conn, &Message::error(ErrorCode::BadRequest, detail));
             }
         }
+    }
+
+    /// Reseeds the RNG and sets the clock of a restored VM. An agent on
+    /// the host leaves the host's RNG and clock alone.
+    fn resume(&self, conn: &mut Conn, resume: &kiln_agent::protocol::Resume) {
+        let result = match &self.mode {
+            Mode::Guest => super::resume::apply(resume),
+            Mode::Host(_) => Ok(()),
+        };
+        let reply = match result {
+            Ok(()) => Message::Ok,
+            Err(e) => {
+                let detail = chain(&e);
+                klog!("resume: {detail}");
+                Message::error(ErrorCode::Internal, detail)
+            }
+        };
+        let _ = write_message(conn, &reply);
     }
 
     fn shutdown(&self, conn: &mut Conn) {

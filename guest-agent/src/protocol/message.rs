@@ -17,6 +17,9 @@ use super::wire::{DecodeError, Decoder, Encoder};
 pub const MAX_ARGV: u32 = 4096;
 /// Most environment variables an exec request may carry.
 pub const MAX_ENV: u32 = 4096;
+/// Most seed bytes a [`Message::Resume`] may carry.
+pub const MAX_RESUME_SEED: usize = 512;
+
 /// Longest `Error` message [`Message::error`] produces (bytes); longer
 /// details are cut so an error reply always fits in a frame.
 pub const MAX_ERROR_MESSAGE: usize = 4096;
@@ -35,6 +38,8 @@ pub enum MessageKind {
     StdinEnd = 0x04,
     /// [`Message::Shutdown`].
     Shutdown = 0x05,
+    /// [`Message::Resume`].
+    Resume = 0x06,
     /// [`Message::Pong`].
     Pong = 0x81,
     /// [`Message::Stdout`].
@@ -115,6 +120,7 @@ impl TryFrom<u8> for MessageKind {
             0x03 => Self::StdinChunk,
             0x04 => Self::StdinEnd,
             0x05 => Self::Shutdown,
+            0x06 => Self::Resume,
             0x81 => Self::Pong,
             0x82 => Self::Stdout,
             0x83 => Self::Stderr,
@@ -195,6 +201,17 @@ pub struct ExitStatus {
     pub truncated: bool,
     /// The kernel's OOM killer killed a process of this exec.
     pub oom_killed: bool,
+}
+
+/// What a VM restored from a snapshot learns from its host before it
+/// serves anything: clones of one snapshot start with the same RNG state
+/// and a wall clock stopped at the snapshot.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Resume {
+    /// Fresh random bytes for the kernel RNG (at most [`MAX_RESUME_SEED`]).
+    pub seed: Vec<u8>,
+    /// The host's wall-clock time, nanoseconds since the Unix epoch.
+    pub unix_time_ns: u64,
 }
 
 /// Reply to [`Message::Ping`].
@@ -333,6 +350,9 @@ pub enum Message {
     StdinEnd,
     /// Host -> agent: answered with [`Message::Ok`], then the VM powers off.
     Shutdown,
+    /// Host -> agent, after a restore: reseed the kernel RNG and set the
+    /// clock; answered with [`Message::Ok`].
+    Resume(Resume),
     /// Agent -> host: reply to ping.
     Pong(Pong),
     /// Agent -> host: bytes the program wrote to stdout.
@@ -432,6 +452,7 @@ impl Message {
             Self::StdinChunk(_) => MessageKind::StdinChunk,
             Self::StdinEnd => MessageKind::StdinEnd,
             Self::Shutdown => MessageKind::Shutdown,
+            Self::Resume(_) => MessageKind::Resume,
             Self::Pong(_) => MessageKind::Pong,
             Self::Stdout(_) => MessageKind::Stdout,
             Self::Stderr(_) => MessageKind::Stderr,
@@ -499,6 +520,9 @@ impl Message {
             Self::StdinChunk(data) | Self::Stdout(data) | Self::Stderr(data) => {
                 e.bytes(data);
             }
+            Self::Resume(r) => {
+                e.bytes(&r.seed).u64(r.unix_time_ns);
+            }
             Self::Pong(p) => {
                 e.str(&p.agent_version).u64(p.uptime_ms).str(&p.sandbox);
             }
@@ -546,6 +570,20 @@ impl Message {
             MessageKind::Ping => Self::Ping,
             MessageKind::StdinEnd => Self::StdinEnd,
             MessageKind::Shutdown => Self::Shutdown,
+            MessageKind::Resume => {
+                let seed = d.bytes("seed")?;
+                if seed.len() > MAX_RESUME_SEED {
+                    return Err(DecodeError::TooMany {
+                        field: "seed",
+                        count: u32::try_from(seed.len()).unwrap_or(u32::MAX),
+                        max: MAX_RESUME_SEED as u32,
+                    });
+                }
+                Self::Resume(Resume {
+                    seed: seed.to_vec(),
+                    unix_time_ns: d.u64("unix_time_ns")?,
+                })
+            }
             MessageKind::Ok => Self::Ok,
             MessageKind::Exec => Self::Exec(decode_exec(&mut d)?),
             MessageKind::StdinChunk => Self::StdinChunk(d.bytes("stdin")?.to_vec()),
@@ -681,6 +719,10 @@ mod tests {
             Message::StdinChunk(Vec::new()),
             Message::StdinEnd,
             Message::Shutdown,
+            Message::Resume(Resume {
+                seed: binary(),
+                unix_time_ns: 1_700_000_000_000_000_000,
+            }),
             Message::Pong(Pong {
                 agent_version: "0.1.0".into(),
                 uptime_ms: 12345,
@@ -708,6 +750,18 @@ mod tests {
             Message::error(ErrorCode::SpawnFailed, "no such file"),
             Message::error(ErrorCode::Other(999), ""),
         ]
+    }
+
+    #[test]
+    fn resume_seed_is_bounded() {
+        let msg = Message::Resume(Resume {
+            seed: vec![7; MAX_RESUME_SEED + 1],
+            unix_time_ns: 1,
+        });
+        assert!(matches!(
+            Message::decode(MessageKind::Resume as u8, &msg.encode_body()),
+            Err(DecodeError::TooMany { field: "seed", .. })
+        ));
     }
 
     #[test]
@@ -744,7 +798,7 @@ mod tests {
 
     #[test]
     fn unknown_kinds_are_rejected() {
-        for kind in [0x00u8, 0x06, 0x28, 0x7f, 0x80, 0x87, 0xA7, 0xff] {
+        for kind in [0x00u8, 0x07, 0x28, 0x7f, 0x80, 0x87, 0xA7, 0xff] {
             assert_eq!(
                 Message::decode(kind, &[]),
                 Err(DecodeError::UnknownKind(kind))

@@ -26,7 +26,8 @@ use thiserror::Error;
 pub use codec::{encode_message, encode_to_vec, MessageDecoder};
 pub use frame::{read_frame, write_frame, Frame, FrameDecoder, FrameError, FrameHeader};
 pub use message::{
-    ErrorCode, ExecRequest, ExitStatus, Message, MessageKind, Pong, DEFAULT_MAX_OUTPUT_BYTES,
+    ErrorCode, ExecRequest, ExitStatus, Message, MessageKind, Pong, Resume,
+    DEFAULT_MAX_OUTPUT_BYTES, MAX_RESUME_SEED,
 };
 pub use process::{Attach, Gap, OutputChunk, OutputStream, ProcessInfo, Signal, StdinWrite, Wait};
 pub use wire::DecodeError;

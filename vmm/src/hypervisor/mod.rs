@@ -6,6 +6,8 @@
 
 pub mod kvm;
 
+pub use kvm::state::{VcpuState, VmState};
+
 use std::os::fd::RawFd;
 
 use vmm_sys_util::eventfd::EventFd;
@@ -93,6 +95,10 @@ pub trait Vm: Send + Sync {
     fn register_irqfd(&self, fd: &EventFd, gsi: u32) -> Result<()>;
     /// Signals `fd` when the guest writes to `addr`, without a vCPU exit.
     fn register_ioevent(&self, fd: &EventFd, addr: IoEventAddress, datamatch: u32) -> Result<()>;
+    /// The interrupt controllers and clocks, for a snapshot (every vCPU paused).
+    fn save_state(&self) -> Result<VmState>;
+    /// Loads a snapshot's interrupt controllers and clocks (no vCPU running).
+    fn restore_state(&self, state: &VmState) -> Result<()>;
 }
 
 /// How a vCPU starts executing.
@@ -165,6 +171,12 @@ pub trait Vcpu: Send {
     /// The vCPU's registers and pending events in one line, for the log
     /// when the guest crashes (a triple fault leaves no guest log).
     fn describe_state(&self) -> String;
+    /// The whole vCPU state, for a snapshot; call only between two runs,
+    /// after a run that returned [`VcpuExit::Interrupted`] (pending I/O done).
+    fn save_state(&self) -> Result<VcpuState>;
+    /// Loads a snapshot's vCPU state, after [`Vcpu::configure`] and before
+    /// the first run.
+    fn restore_state(&mut self, state: &VcpuState) -> Result<()>;
 }
 
 /// Opens the default hypervisor of this host (KVM).

@@ -106,6 +106,30 @@ pub fn plan(config: &mut VmConfig) -> Vec<JailPath> {
             });
         }
     }
+    if let Some(control) = &mut config.control {
+        control.socket = resolve_new_file(&control.socket);
+        control.snapshot_dir = resolve(&control.snapshot_dir);
+        // The socket is created (and removed) in its directory; snapshots
+        // are written into theirs.
+        if let Some(dir) = control.socket.parent() {
+            paths.push(JailPath {
+                path: dir.to_owned(),
+                access: Access::ReadWrite,
+            });
+        }
+        paths.push(JailPath {
+            path: control.snapshot_dir.clone(),
+            access: Access::ReadWrite,
+        });
+    }
+    if let Some(restore) = &mut config.restore {
+        *restore = resolve(restore);
+        // Read, and its memory file mapped private: never written.
+        paths.push(JailPath {
+            path: restore.clone(),
+            access: Access::ReadOnly,
+        });
+    }
     arrange(paths)
 }
 

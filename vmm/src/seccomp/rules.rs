@@ -15,16 +15,19 @@ pub enum ThreadKind {
     Vcpu,
     /// `kiln-virtio`: the device event loop (queues, vsock sockets, disks).
     Virtio,
+    /// `kiln-control`: the control socket; takes snapshots.
+    Control,
 }
 
 impl ThreadKind {
     /// Every kind, in a fixed order.
-    pub const ALL: [ThreadKind; 5] = [
+    pub const ALL: [ThreadKind; 6] = [
         ThreadKind::Supervisor,
         ThreadKind::Main,
         ThreadKind::Signals,
         ThreadKind::Vcpu,
         ThreadKind::Virtio,
+        ThreadKind::Control,
     ];
 
     /// Lower-case name used in reports.
@@ -35,6 +38,7 @@ impl ThreadKind {
             ThreadKind::Signals => "signals",
             ThreadKind::Vcpu => "vcpu",
             ThreadKind::Virtio => "virtio",
+            ThreadKind::Control => "control",
         }
     }
 }

@@ -11,14 +11,14 @@ use libc::{
     SYS_madvise, SYS_mmap, SYS_mprotect, SYS_mremap, SYS_munmap, SYS_nanosleep, SYS_newfstatat,
     SYS_pread64, SYS_preadv, SYS_pwrite64, SYS_pwritev, SYS_read, SYS_readv, SYS_recvfrom,
     SYS_rt_sigaction, SYS_rt_sigprocmask, SYS_rt_sigreturn, SYS_rt_sigtimedwait, SYS_sched_yield,
-    SYS_sendto, SYS_shutdown, SYS_sigaltstack, SYS_socket, SYS_statx, SYS_tgkill,
+    SYS_sendto, SYS_setsockopt, SYS_shutdown, SYS_sigaltstack, SYS_socket, SYS_statx, SYS_tgkill,
     SYS_timerfd_settime, SYS_unlink, SYS_wait4, SYS_write, SYS_writev, AF_UNIX, FIONBIO,
-    MAP_SHARED, PROT_EXEC, SOCK_STREAM,
+    MAP_SHARED, PROT_EXEC, SOCK_STREAM, SOL_SOCKET,
 };
 use libc::{SYS_fcntl, SYS_openat, F_GETFD};
 
 use super::rules::{any, refuse, when, when_any, Allowed, ArgCheck, Refused, Runtime, ThreadKind};
-use crate::hypervisor::kvm::seccomp::vcpu_run_ioctls;
+use crate::hypervisor::kvm::seccomp::{vcpu_run_ioctls, vcpu_snapshot_ioctls, vm_snapshot_ioctls};
 
 /// The socket type bits of `socket(2)`'s second argument (flags masked off).
 const SOCK_TYPE_MASK: u64 = 0xf;
@@ -32,6 +32,7 @@ pub fn allowed(kind: ThreadKind, rt: &Runtime) -> Vec<Allowed> {
         ThreadKind::Signals => signals(),
         ThreadKind::Vcpu => vcpu(),
         ThreadKind::Virtio => virtio(),
+        ThreadKind::Control => control(rt),
     });
     list
 }
@@ -141,7 +142,8 @@ fn main_thread(rt: &Runtime) -> Vec<Allowed> {
         ),
         any(SYS_lseek, "rewinding the timings file"),
         any(SYS_ftruncate, "truncating the timings file"),
-        any(SYS_unlink, "removing the vsock socket"),
+        any(SYS_unlink, "removing the vsock and control sockets"),
+        any(SYS_shutdown, "waking the control thread's accept at exit"),
     ]
 }
 
@@ -158,17 +160,57 @@ fn signals() -> Vec<Allowed> {
 fn vcpu() -> Vec<Allowed> {
     let ioctls = vcpu_run_ioctls()
         .iter()
+        .chain(vcpu_snapshot_ioctls().iter())
         .map(|(request, _)| vec![ArgCheck::eq32(1, *request)])
         .collect();
     vec![
         when_any(
             SYS_ioctl,
             ioctls,
-            "KVM_RUN and the crash report's register reads (hypervisor::kvm::seccomp)",
+            "KVM_RUN, the crash report's register reads, and a parked vCPU saving its state for a snapshot (hypervisor::kvm::seccomp)",
         ),
         any(SYS_read, "eventfds"),
         any(SYS_shutdown, "a device reset closes vsock streams"),
         any(SYS_unlink, "the last vsock reference may drop here at exit"),
+    ]
+}
+
+/// `kiln-control`: the control socket, and taking a snapshot: kick the
+/// vCPUs into parking, read the VM-wide KVM state, write the snapshot
+/// files (opened when the VM was built: this thread opens nothing).
+fn control(rt: &Runtime) -> Vec<Allowed> {
+    let ioctls = vm_snapshot_ioctls()
+        .iter()
+        .map(|(request, _)| vec![ArgCheck::eq32(1, *request)])
+        .collect();
+    vec![
+        any(SYS_accept4, "control clients"),
+        any(SYS_read, "a client's request line"),
+        any(SYS_recvfrom, "a client's request line"),
+        any(SYS_sendto, "the reply line"),
+        when(
+            SYS_setsockopt,
+            vec![ArgCheck::eq32(1, SOL_SOCKET as u64)],
+            "the request read timeout (SO_RCVTIMEO)",
+        ),
+        any(SYS_getpid, "pthread_kill asks for the pid"),
+        when(
+            SYS_tgkill,
+            vec![ArgCheck::eq32(0, rt.pid), ArgCheck::eq32(2, rt.kick_signal)],
+            "kicking the vCPU threads out of the guest to park them",
+        ),
+        when_any(
+            SYS_ioctl,
+            ioctls,
+            "snapshot: the VM's irqchips, PIT and clock",
+        ),
+        any(SYS_pwrite64, "writing the state and guest memory files"),
+        any(
+            SYS_ftruncate,
+            "emptying and sizing the snapshot files (holes for zero pages)",
+        ),
+        any(SYS_fsync, "making the snapshot durable"),
+        any(SYS_shutdown, "a snapshot drops vsock host streams"),
     ]
 }
 

@@ -4,8 +4,9 @@
 //! the buses, everything that ends the VM is recorded in the shared
 //! [`ExitState`](crate::vm::exit::ExitState). [`threads::VcpuThreads`]
 //! stops them: set the stop flag, then signal each thread until it leaves
-//! the guest and returns.
+//! the guest and returns. [`pause::PauseCtl`] parks them for a snapshot.
 
 pub mod kick;
+pub mod pause;
 pub mod run_loop;
 pub mod threads;

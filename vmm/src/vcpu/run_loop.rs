@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use super::pause::PauseCtl;
 use crate::devices::bus::Bus;
 use crate::hypervisor::{Vcpu, VcpuExit};
 use crate::vm::exit::{ExitReason, ExitState};
@@ -26,6 +27,8 @@ pub struct VcpuContext {
     pub exit: Arc<ExitState>,
     /// Boot milestones (vCPU 0 marks kernel entry).
     pub clock: Arc<BootClock>,
+    /// Snapshot pauses.
+    pub pause: Arc<PauseCtl>,
     /// Jail self-test (`JailConfig::test_seccomp_violation`): make a
     /// forbidden syscall once the guest's userspace has started.
     pub test_seccomp_violation: bool,
@@ -83,7 +86,12 @@ pub fn run(mut ctx: VcpuContext) {
         ctx.clock.mark_kernel_entry();
     }
     while !ctx.exit.stopping() {
+        let mut interrupted = false;
         let reason = match ctx.vcpu.run() {
+            Ok(VcpuExit::Interrupted) => {
+                interrupted = true;
+                None
+            }
             Ok(exit) => handle_exit(id, exit, &ctx.pio, &ctx.mmio),
             Err(e) => Some(ExitReason::VcpuError {
                 vcpu: id,
@@ -101,6 +109,15 @@ pub fn run(mut ctx: VcpuContext) {
         // A kick may have set immediate exit on the way out; clear it so a
         // later run (if the VM is not stopping) enters the guest.
         ctx.vcpu.set_immediate_exit(false);
+        if ctx.pause.requested() {
+            if interrupted {
+                ctx.pause.park(id, ctx.vcpu.as_ref(), &ctx.exit);
+            } else {
+                // The next run completes the access just handled (KVM does
+                // that before it looks at immediate exit) and returns at once.
+                ctx.vcpu.set_immediate_exit(true);
+            }
+        }
         if ctx.test_seccomp_violation && ctx.clock.timings().userspace_start.is_some() {
             seccomp_self_test();
         }

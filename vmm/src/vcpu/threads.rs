@@ -54,6 +54,17 @@ impl VcpuThreads {
         Ok(())
     }
 
+    /// Kicks vCPU `id`'s thread out of the guest once (no-op if it is gone).
+    pub fn kick(&self, id: u8) {
+        let handles = self.handles.lock().expect("vcpu thread list poisoned");
+        for (_, handle) in handles.iter().filter(|(i, _)| *i == id) {
+            if !handle.is_finished() {
+                // Not joined (it is in the list), so its pthread id is valid.
+                let _ = kick::kick(handle.as_pthread_t());
+            }
+        }
+    }
+
     /// Kicks every thread out of the guest until it returns, then joins it.
     /// The caller must have set the stop flag first. Idempotent. Returns the
     /// ids of threads that did not stop within [`STOP_TIMEOUT`] (left running).

@@ -4,6 +4,7 @@ pub mod exit;
 pub mod hybrid_vsock;
 pub mod timings;
 
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -12,6 +13,7 @@ use std::time::Duration;
 use crate::devices::virtio::{DumpTrigger, EventLoop};
 use crate::hypervisor;
 use crate::memory::GuestMemoryMmap;
+use crate::snapshot::{SnapshotError, SnapshotReport, Snapshotter};
 use crate::vcpu::threads::VcpuThreads;
 use exit::{ExitReason, ExitState};
 use hybrid_vsock::VsockConnectError;
@@ -27,17 +29,21 @@ pub const VSOCK_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct MicroVm {
     pub(crate) exit: Arc<ExitState>,
     pub(crate) clock: Arc<BootClock>,
-    pub(crate) vcpus: VcpuThreads,
+    pub(crate) vcpus: Arc<VcpuThreads>,
     pub(crate) event_loop: Mutex<Option<EventLoop>>,
     pub(crate) dump: DumpTrigger,
     pub(crate) serial_log: Option<PathBuf>,
     pub(crate) vsock_uds: Option<PathBuf>,
+    pub(crate) control_socket: Option<PathBuf>,
+    /// The control thread's listening socket, shut down to end that thread.
+    pub(crate) control_listener: Option<OwnedFd>,
+    pub(crate) snapshotter: Arc<Snapshotter>,
     pub(crate) cmdline: String,
     /// Held while stopping, so every caller of wait/shutdown returns only
     /// after the threads are gone.
     pub(crate) finishing: Mutex<()>,
     // Dropped last, after the vCPU threads and devices that use them.
-    pub(crate) _vm: Box<dyn hypervisor::Vm>,
+    pub(crate) _vm: Arc<dyn hypervisor::Vm>,
     pub(crate) _mem: GuestMemoryMmap,
 }
 
@@ -114,6 +120,21 @@ impl MicroVm {
         hybrid_vsock::connect(uds, port, VSOCK_CONNECT_TIMEOUT)
     }
 
+    /// Snapshots the VM into its snapshot directory (`config.control`),
+    /// then resumes it or, with `resume` false, stops it.
+    pub fn snapshot(&self, resume: bool) -> Result<SnapshotReport, SnapshotError> {
+        let report = self.snapshotter.take(resume)?;
+        if !resume {
+            self.snapshotter.stop();
+        }
+        Ok(report)
+    }
+
+    /// The control socket, when configured.
+    pub fn control_socket(&self) -> Option<&Path> {
+        self.control_socket.as_deref()
+    }
+
     /// Boot milestones so far.
     pub fn timings(&self) -> Timings {
         self.clock.timings()
@@ -154,6 +175,14 @@ impl MicroVm {
         }
         if let Some(uds) = &self.vsock_uds {
             let _ = std::fs::remove_file(uds);
+        }
+        if let Some(listener) = &self.control_listener {
+            // SAFETY: shutdown(2) on a descriptor this handle owns; it wakes
+            // the control thread's accept, which then sees the VM stopping.
+            unsafe { libc::shutdown(listener.as_raw_fd(), libc::SHUT_RDWR) };
+        }
+        if let Some(socket) = &self.control_socket {
+            let _ = std::fs::remove_file(socket);
         }
     }
 }

@@ -10,8 +10,9 @@
 //! ```
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use event_manager::{EventManager, EventOps, Events, MutEventSubscriber, SubscriberOps};
 use vm_memory::GuestMemoryMmap;
@@ -31,6 +32,7 @@ use crate::seccomp::{self, ThreadFilters, ThreadKind};
 pub struct VirtioDevices {
     mem: GuestMemoryMmap,
     devices: Vec<Arc<Mutex<dyn VirtioDevice>>>,
+    transports: Vec<Arc<Mutex<MmioTransport>>>,
 }
 
 /// Where device window `index` lives: (MMIO base, IRQ line).
@@ -59,7 +61,13 @@ impl VirtioDevices {
         VirtioDevices {
             mem,
             devices: Vec::new(),
+            transports: Vec::new(),
         }
+    }
+
+    /// Every device's transport, in window order (for snapshots).
+    pub fn transports(&self) -> &[Arc<Mutex<MmioTransport>>] {
+        &self.transports
     }
 
     /// Places `device` in virtio-mmio window `index` (base
@@ -81,8 +89,10 @@ impl VirtioDevices {
             let datamatch = u32::try_from(i).map_err(|_| VirtioError::InvalidIndex(index))?;
             vm.register_ioevent(evt, IoEventAddress::Mmio(base + QUEUE_NOTIFY), datamatch)?;
         }
-        bus.insert(Arc::new(Mutex::new(transport)), base, VIRTIO_MMIO_SIZE)?;
+        let transport = Arc::new(Mutex::new(transport));
+        bus.insert(transport.clone(), base, VIRTIO_MMIO_SIZE)?;
         self.devices.push(device);
+        self.transports.push(transport);
         Ok(cmdline_fragment(base, irq))
     }
 
@@ -99,6 +109,8 @@ impl VirtioDevices {
         for device in self.devices {
             manager.add_subscriber(Box::new(DeviceSubscriber(device)));
         }
+        let gate = Arc::new(LoopGate::new()?);
+        manager.add_subscriber(Box::new(GateSubscriber(gate.clone())));
         let exit = EventFd::new(EFD_NONBLOCK).map_err(VirtioError::EventFd)?;
         let stop = Arc::new(AtomicBool::new(false));
         manager.add_subscriber(Box::new(ExitSubscriber {
@@ -120,6 +132,7 @@ impl VirtioDevices {
         Ok(EventLoop {
             exit,
             dump: DumpTrigger(Arc::new(dump)),
+            gate,
             thread: Some(thread),
         })
     }
@@ -143,6 +156,7 @@ impl DumpTrigger {
 pub struct EventLoop {
     exit: EventFd,
     dump: DumpTrigger,
+    gate: Arc<LoopGate>,
     thread: Option<JoinHandle<Option<Result<(), VirtioError>>>>,
 }
 
@@ -150,6 +164,11 @@ impl EventLoop {
     /// A handle that asks this loop for a state dump.
     pub fn dump_trigger(&self) -> DumpTrigger {
         self.dump.clone()
+    }
+
+    /// A handle that holds this loop between two events (for snapshots).
+    pub fn gate(&self) -> Arc<LoopGate> {
+        self.gate.clone()
     }
 
     /// Stops the loop and waits for its thread; returns the loop's error, if any.
@@ -224,6 +243,112 @@ impl MutEventSubscriber for DumpSubscriber {
     }
 }
 
+/// Holds the event loop between two events: while held, no device
+/// processes anything, so its state and guest memory stand still.
+pub struct LoopGate {
+    evt: EventFd,
+    state: Mutex<GateState>,
+    changed: Condvar,
+}
+
+#[derive(Default)]
+struct GateState {
+    held: bool,
+    parked: bool,
+}
+
+/// The event loop stays held until this is dropped.
+pub struct GateGuard<'a>(&'a LoopGate);
+
+impl Drop for GateGuard<'_> {
+    fn drop(&mut self) {
+        self.0.lock().held = false;
+        self.0.changed.notify_all();
+    }
+}
+
+impl LoopGate {
+    fn new() -> Result<Self, VirtioError> {
+        Ok(LoopGate {
+            evt: EventFd::new(EFD_NONBLOCK).map_err(VirtioError::EventFd)?,
+            state: Mutex::new(GateState::default()),
+            changed: Condvar::new(),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, GateState> {
+        self.state.lock().expect("event loop gate poisoned")
+    }
+
+    /// Holds the loop once it finishes its current event; `None` if it
+    /// did not get there within `timeout` (the hold is then withdrawn).
+    pub fn hold(&self, timeout: Duration) -> Option<GateGuard<'_>> {
+        let deadline = Instant::now() + timeout;
+        let mut state = self.lock();
+        // The loop may still be leaving the previous hold.
+        while state.parked || state.held {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return None;
+            }
+            state = self
+                .changed
+                .wait_timeout(state, left)
+                .expect("event loop gate poisoned")
+                .0;
+        }
+        state.held = true;
+        if self.evt.write(1).is_err() {
+            state.held = false;
+            return None;
+        }
+        while !state.parked {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                state.held = false;
+                drop(state);
+                self.changed.notify_all();
+                return None;
+            }
+            state = self
+                .changed
+                .wait_timeout(state, left)
+                .expect("event loop gate poisoned")
+                .0;
+        }
+        Some(GateGuard(self))
+    }
+}
+
+struct GateSubscriber(Arc<LoopGate>);
+
+impl MutEventSubscriber for GateSubscriber {
+    fn process(&mut self, _events: Events, _ops: &mut EventOps) {
+        let _ = self.0.evt.read();
+        let mut state = self.0.lock();
+        if !state.held {
+            return;
+        }
+        state.parked = true;
+        self.0.changed.notify_all();
+        while state.held {
+            state = self
+                .0
+                .changed
+                .wait(state)
+                .expect("event loop gate poisoned");
+        }
+        state.parked = false;
+        self.0.changed.notify_all();
+    }
+
+    fn init(&mut self, ops: &mut EventOps) {
+        if let Err(e) = ops.add(Events::new(&self.0.evt, EventSet::IN)) {
+            tracing::error!("virtio event loop: cannot watch the gate eventfd: {e}");
+        }
+    }
+}
+
 struct ExitSubscriber {
     evt: EventFd,
     stop: Arc<AtomicBool>,
@@ -281,6 +406,12 @@ mod tests {
             self.ioevents.lock().unwrap().push((addr, datamatch));
             Ok(())
         }
+        fn save_state(&self) -> HvResult<crate::hypervisor::VmState> {
+            unimplemented!("not needed by these tests")
+        }
+        fn restore_state(&self, _: &crate::hypervisor::VmState) -> HvResult<()> {
+            unimplemented!("not needed by these tests")
+        }
     }
 
     #[test]
@@ -319,9 +450,13 @@ mod tests {
             devs.attach(&vm, &mut bus, 1, Rng::new().unwrap()),
             Err(VirtioError::Bus(_))
         ));
-        // The loop starts and stops promptly.
+        // The loop starts, can be held and released, and stops promptly.
         let el = devs.spawn(None).unwrap();
         el.dump_trigger().request();
+        let gate = el.gate();
+        let held = gate.hold(Duration::from_secs(5)).expect("held");
+        drop(held);
+        assert!(gate.hold(Duration::from_secs(5)).is_some(), "held again");
         el.stop().unwrap();
     }
 }

@@ -30,7 +30,7 @@ use virtio_queue::{DescriptorChain, Queue, QueueT};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-pub use manager::{DumpTrigger, EventLoop, VirtioDevices};
+pub use manager::{DumpTrigger, EventLoop, GateGuard, LoopGate, VirtioDevices};
 
 /// Device type of a virtio block device.
 pub const TYPE_BLOCK: u32 = 2;
@@ -141,6 +141,16 @@ pub trait VirtioDevice: MutEventSubscriber + Send {
     fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError>;
     /// Stops the device and drops all guest-visible state (device reset).
     fn reset(&mut self);
+    /// The queues the device runs on since activation, for a snapshot
+    /// (their ring positions); `None` while inactive.
+    fn active_queues(&self) -> Option<&[Queue]>;
+    /// Before a snapshot (vCPUs paused): drop what cannot be saved (vsock
+    /// closes its host connections).
+    fn prepare_snapshot(&mut self) {}
+    /// After a snapshot is taken (the source resumes) or restored (the
+    /// clone starts): tell the guest what it must redo (vsock sends a
+    /// transport reset so the guest drops its connections).
+    fn after_snapshot(&mut self) {}
     /// The device's state for a debug dump (`kiln-vmm` logs it on
     /// SIGUSR1): queues as both sides see them, pending work, backends.
     fn describe(&self) -> String {
@@ -243,6 +253,18 @@ impl Interrupt {
     /// Whether the device asked for a reset.
     pub fn needs_reset(&self) -> bool {
         self.needs_reset.load(Ordering::SeqCst)
+    }
+
+    /// Loads a snapshot's InterruptStatus bits and reset request, and
+    /// raises the interrupt again if bits are pending.
+    pub fn restore(&self, status: u32, needs_reset: bool) {
+        self.status.store(status, Ordering::SeqCst);
+        self.needs_reset.store(needs_reset, Ordering::SeqCst);
+        if status != 0 {
+            if let Err(e) = self.evt.write(1) {
+                warn_limited!("virtio: cannot raise interrupt: {e}");
+            }
+        }
     }
 
     /// Clears all state (device reset).

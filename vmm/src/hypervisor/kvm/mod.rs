@@ -1,6 +1,7 @@
 //! KVM backend of the hypervisor traits.
 
 pub mod seccomp;
+pub mod state;
 mod vcpu;
 mod x86_64;
 
@@ -71,9 +72,18 @@ impl super::Hypervisor for KvmHypervisor {
             .kvm
             .create_vm()
             .map_err(|e| HypervisorError::call("KVM_CREATE_VM", e))?;
+        // The MSRs KVM can save and restore, asked once per VM (the vCPU
+        // threads cannot reach /dev/kvm under their seccomp filter).
+        let msr_indices = self
+            .kvm
+            .get_msr_index_list()
+            .map_err(|e| HypervisorError::call("KVM_GET_MSR_INDEX_LIST", e))?
+            .as_slice()
+            .to_vec();
         Ok(Box::new(KvmVm {
             kvm: Arc::clone(&self.kvm),
             fd,
+            msr_indices: Arc::new(msr_indices),
         }))
     }
 }
@@ -82,6 +92,7 @@ impl super::Hypervisor for KvmHypervisor {
 pub struct KvmVm {
     kvm: Arc<Kvm>,
     fd: VmFd,
+    msr_indices: Arc<Vec<u32>>,
 }
 
 impl super::Vm for KvmVm {
@@ -126,7 +137,11 @@ impl super::Vm for KvmVm {
             .fd
             .create_vcpu(u64::from(id))
             .map_err(|e| HypervisorError::call("KVM_CREATE_VCPU", e))?;
-        Ok(Box::new(KvmVcpu::new(fd, Arc::clone(&self.kvm))))
+        Ok(Box::new(KvmVcpu::new(
+            fd,
+            Arc::clone(&self.kvm),
+            Arc::clone(&self.msr_indices),
+        )))
     }
 
     fn register_irqfd(&self, fd: &EventFd, gsi: u32) -> Result<()> {
@@ -143,5 +158,13 @@ impl super::Vm for KvmVm {
         self.fd
             .register_ioevent(fd, &addr, datamatch)
             .map_err(|e| HypervisorError::call("KVM_IOEVENTFD", e))
+    }
+
+    fn save_state(&self) -> Result<super::VmState> {
+        state::save_vm(&self.fd)
+    }
+
+    fn restore_state(&self, state: &super::VmState) -> Result<()> {
+        state::restore_vm(&self.fd, state)
     }
 }

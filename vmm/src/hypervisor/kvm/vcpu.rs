@@ -12,11 +12,17 @@ use crate::hypervisor::{EntryState, HypervisorError, Result, VcpuExit};
 pub struct KvmVcpu {
     fd: VcpuFd,
     kvm: Arc<Kvm>,
+    /// The MSRs a snapshot saves (KVM's MSR index list).
+    msr_indices: Arc<Vec<u32>>,
 }
 
 impl KvmVcpu {
-    pub(super) fn new(fd: VcpuFd, kvm: Arc<Kvm>) -> Self {
-        KvmVcpu { fd, kvm }
+    pub(super) fn new(fd: VcpuFd, kvm: Arc<Kvm>, msr_indices: Arc<Vec<u32>>) -> Self {
+        KvmVcpu {
+            fd,
+            kvm,
+            msr_indices,
+        }
     }
 }
 
@@ -74,5 +80,13 @@ impl crate::hypervisor::Vcpu for KvmVcpu {
 
     fn describe_state(&self) -> String {
         x86_64::describe_state(&self.fd)
+    }
+
+    fn save_state(&self) -> Result<crate::hypervisor::VcpuState> {
+        super::state::save_vcpu(&self.fd, &self.msr_indices)
+    }
+
+    fn restore_state(&mut self, state: &crate::hypervisor::VcpuState) -> Result<()> {
+        super::state::restore_vcpu(&self.fd, state)
     }
 }

@@ -190,6 +190,10 @@ impl VirtioDevice for Blk {
         self.active = None;
         self.broken = false;
     }
+
+    fn active_queues(&self) -> Option<&[virtio_queue::Queue]> {
+        self.active.as_ref().map(|ctx| ctx.queues.as_slice())
+    }
 }
 
 #[cfg(test)]

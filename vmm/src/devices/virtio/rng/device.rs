@@ -166,6 +166,10 @@ impl VirtioDevice for Rng {
         self.active = None;
         self.broken = false;
     }
+
+    fn active_queues(&self) -> Option<&[virtio_queue::Queue]> {
+        self.active.as_ref().map(|ctx| ctx.queues.as_slice())
+    }
 }
 
 #[cfg(test)]

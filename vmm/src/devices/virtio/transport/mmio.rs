@@ -460,6 +460,9 @@ impl BusDevice for MmioTransport {
 
 #[cfg(test)]
 mod hostile;
+mod state;
+
+pub use state::{QueueSnapshot, RestoreError, TransportState};
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)] // in tests a failed unwrap is a failed test
@@ -516,6 +519,9 @@ mod tests {
         fn reset(&mut self) {
             self.resets += 1;
             self.queues.clear();
+        }
+        fn active_queues(&self) -> Option<&[Queue]> {
+            (self.activations > self.resets).then_some(self.queues.as_slice())
         }
     }
 

@@ -1,6 +1,7 @@
 //! virtio-vsock device state: RX/TX/event queues, the guest CID config
 //! space, and the glue between the queues and the [`Muxer`].
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -27,6 +28,8 @@ pub struct Vsock {
     broken: bool,
     pub(super) muxer: Muxer,
     scratch: Vec<u8>,
+    /// A transport reset event waits for an event-queue buffer.
+    transport_reset_pending: bool,
 }
 
 impl Vsock {
@@ -54,6 +57,7 @@ impl Vsock {
             broken: false,
             muxer: Muxer::new(guest_cid, uds_path.into(), connect_timeout)?,
             scratch: vec![0; MAX_PKT_PAYLOAD],
+            transport_reset_pending: false,
         })
     }
 
@@ -122,6 +126,39 @@ impl Vsock {
             return self.mark_broken(what);
         }
         self.process_rx(now);
+    }
+
+    /// Sends a pending VIRTIO_VSOCK_EVENT_TRANSPORT_RESET on the event
+    /// queue, when the guest has a buffer there: the guest then drops every
+    /// connection (they belonged to the VM the snapshot was taken from).
+    pub(super) fn process_event_queue(&mut self) {
+        if !self.transport_reset_pending || self.broken {
+            return;
+        }
+        let Some(ctx) = self.active.as_mut() else {
+            return;
+        };
+        let queue = &mut ctx.queues[EVQ];
+        let chain = match pop_chain(queue, &ctx.mem) {
+            Ok(Some(c)) => c,
+            // No buffer yet: sent when the guest posts one.
+            Ok(None) => return,
+            Err(_) => return self.mark_broken("corrupted event queue"),
+        };
+        let head = chain.head_index();
+        let written = chain
+            .writer(&ctx.mem)
+            .ok()
+            .and_then(|mut w| w.write_all(&EVENT_TRANSPORT_RESET.to_le_bytes()).ok());
+        let len = if written.is_some() { 4 } else { 0 };
+        if written.is_none() {
+            warn_limited!("vsock: event buffer too small for a transport reset");
+        }
+        if queue.add_used(&ctx.mem, head, len).is_err() {
+            return self.mark_broken("cannot update event used ring");
+        }
+        self.transport_reset_pending = false;
+        ctx.interrupt.trigger(INT_VRING);
     }
 
     /// Moves packets from the muxer into the guest's RX buffers.
@@ -232,8 +269,27 @@ impl VirtioDevice for Vsock {
     fn reset(&mut self) {
         self.active = None;
         self.broken = false;
+        self.transport_reset_pending = false;
         self.muxer.reset();
         // The event loop unregisters the dropped connections' fds.
+        let _ = self.state_evt.write(1);
+    }
+
+    fn active_queues(&self) -> Option<&[virtio_queue::Queue]> {
+        self.active.as_ref().map(|ctx| ctx.queues.as_slice())
+    }
+
+    fn prepare_snapshot(&mut self) {
+        // Host streams cannot be saved; the guest learns of it from the
+        // transport reset sent after the snapshot.
+        self.muxer.reset();
+        let _ = self.state_evt.write(1);
+    }
+
+    fn after_snapshot(&mut self) {
+        if self.active.is_some() {
+            self.transport_reset_pending = true;
+        }
         let _ = self.state_evt.write(1);
     }
 
@@ -262,9 +318,8 @@ impl VirtioDevice for Vsock {
     }
 }
 
-// EVQ is held but never written: kiln sends no transport events (those are
-// for snapshot restore).
-const _: usize = EVQ;
+/// `VIRTIO_VSOCK_EVENT_TRANSPORT_RESET`, the only vsock event (`le32 id`).
+const EVENT_TRANSPORT_RESET: u32 = 0;
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)] // in tests a failed unwrap is a failed test

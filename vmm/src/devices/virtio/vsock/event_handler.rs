@@ -39,8 +39,10 @@ impl MutEventSubscriber for Vsock {
             self.process_tx(now);
         } else if fd == self.queue_evts[EVQ].as_raw_fd() {
             let _ = self.queue_evts[EVQ].read();
+            self.process_event_queue();
         } else if fd == self.state_evt.as_raw_fd() {
             let _ = self.state_evt.read();
+            self.process_event_queue();
             self.process_tx(now);
             self.process_rx(now);
         } else {

@@ -290,3 +290,43 @@ fn config_space_and_cid_validation() {
 
 mod hostile;
 mod stream;
+
+#[test]
+fn after_a_snapshot_the_guest_gets_a_transport_reset_event() {
+    let mem = guest_memory();
+    let path = std::env::temp_dir().join(format!("kiln-vsock-evq-{}.sock", std::process::id()));
+    let dev = Arc::new(Mutex::new(Vsock::new(3, &path).unwrap()));
+    let mut em = EventManager::<Arc<Mutex<Vsock>>>::new().unwrap();
+    em.add_subscriber(dev.clone());
+    let rxq = TestQueue::new(&mem, 0x1_0000, QUEUE_SIZE);
+    let txq = TestQueue::new(&mem, 0x2_0000, QUEUE_SIZE);
+    let mut evq = TestQueue::new(&mem, 0x3_0000, QUEUE_SIZE);
+    let irq = Arc::new(Interrupt::new().unwrap());
+    dev.lock()
+        .unwrap()
+        .activate(ActivateContext {
+            mem: mem.clone(),
+            queues: vec![rxq.queue(), txq.queue(), evq.queue()],
+            interrupt: irq.clone(),
+            acked_features: 1 << VIRTIO_F_VERSION_1,
+        })
+        .unwrap();
+    em.run_with_timeout(100).unwrap();
+    // Nothing is sent before a snapshot, even with a buffer posted.
+    mem.write_obj(0xffff_ffff_u32, GuestAddress(0x50_0000))
+        .unwrap();
+    evq.add_chain(&mem, &[(0x50_0000, 4, true)]);
+    em.run_with_timeout(100).unwrap();
+    assert!(evq.take_used(&mem).is_empty());
+
+    dev.lock().unwrap().prepare_snapshot();
+    dev.lock().unwrap().after_snapshot();
+    em.run_with_timeout(100).unwrap();
+    assert_eq!(evq.take_used(&mem), vec![(0, 4)]);
+    let id: u32 = mem.read_obj(GuestAddress(0x50_0000)).unwrap();
+    assert_eq!(id, 0, "VIRTIO_VSOCK_EVENT_TRANSPORT_RESET");
+    assert_ne!(irq.status() & INT_VRING, 0);
+    // Sent once.
+    dev.lock().unwrap().process_event_queue();
+    assert!(evq.take_used(&mem).is_empty());
+}

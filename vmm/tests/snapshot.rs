@@ -1,0 +1,172 @@
+//! Snapshot and restore of tiny guests on this host's /dev/kvm, with the
+//! threads under their seccomp filters: the vCPU state a snapshot saves is
+//! the state a restore resumes, a clone runs on from it, and a bad
+//! snapshot is refused before anything runs.
+
+#![allow(clippy::unwrap_used)] // in tests a failed unwrap is a failed test
+
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::time::Duration;
+
+use common::*;
+use kiln_vmm::builder::{self, BuildError};
+use kiln_vmm::config::{ControlConfig, VmConfig};
+use kiln_vmm::snapshot::{format, SnapshotError, MEMORY_FILE, STATE_FILE};
+use kiln_vmm::vm::exit::ExitReason;
+
+/// `mov eax, 0x12345678; jmp $`.
+fn marked_spin_guest() -> Vec<u8> {
+    let mut c = vec![0xb8, 0x78, 0x56, 0x34, 0x12];
+    c.extend(SPIN);
+    c
+}
+
+fn with_control(mut config: VmConfig, dir: &Path, name: &str) -> VmConfig {
+    let snapshots = dir.join(format!("{name}-snapshot"));
+    std::fs::create_dir_all(&snapshots).unwrap();
+    config.control = Some(ControlConfig {
+        socket: dir.join(format!("{name}.sock")),
+        snapshot_dir: snapshots,
+    });
+    config
+}
+
+/// One request on the control socket; returns the reply line.
+fn control(socket: &Path, request: &str) -> String {
+    let mut stream = UnixStream::connect(socket).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    writeln!(stream, "{request}").unwrap();
+    let mut reply = String::new();
+    BufReader::new(stream).read_line(&mut reply).unwrap();
+    reply
+}
+
+/// Waits until the spinning guest's vCPU has run its first instructions.
+fn let_it_run() {
+    std::thread::sleep(Duration::from_millis(300));
+}
+
+#[test]
+fn a_clone_resumes_where_the_snapshot_was_taken() {
+    let dir = temp_dir("snapshot-clone");
+    let kernel = write_file(&dir, "vmlinux", &elf_kernel(&marked_spin_guest(), true, 0));
+    let source = with_control(config(&kernel), &dir, "source");
+    let snapshot_dir = source.control.as_ref().unwrap().snapshot_dir.clone();
+    let vm = start(&source);
+    let_it_run();
+
+    // Over the control socket, as kiln does; the source runs on.
+    let socket = vm.control_socket().unwrap().to_owned();
+    assert_eq!(
+        control(&socket, r#"{"op":"ping"}"#).trim(),
+        r#"{"ok":true}"#
+    );
+    let reply = control(&socket, r#"{"op":"snapshot","resume":true}"#);
+    assert!(reply.contains(r#""ok":true"#), "{reply}");
+    assert!(control(&socket, r#"{"op":"reboot"}"#).contains(r#""ok":false"#));
+    assert!(vm.exit_reason().is_none(), "the source still runs");
+
+    let saved = format::read(&snapshot_dir.join(STATE_FILE)).unwrap();
+    let spin_at = LOAD_ADDR + 5;
+    assert_eq!(saved.vcpus.len(), 1);
+    assert_eq!(saved.vcpus[0].regs.rax, 0x1234_5678);
+    assert_eq!(saved.vcpus[0].regs.rip, spin_at);
+    assert!(!saved.vcpus[0].msrs.is_empty());
+    assert_eq!(
+        std::fs::metadata(snapshot_dir.join(MEMORY_FILE))
+            .unwrap()
+            .len(),
+        64 << 20
+    );
+    assert_eq!(vm.shutdown(), ExitReason::Stopped);
+
+    // The clone starts at the spin loop (the `mov` never runs again) and
+    // its own snapshot shows the same registers.
+    let mut clone = with_control(config(&kernel), &dir, "clone");
+    clone.restore = Some(snapshot_dir.clone());
+    let clone_snapshots = clone.control.as_ref().unwrap().snapshot_dir.clone();
+    let vm = start(&clone);
+    let_it_run();
+    assert!(vm.exit_reason().is_none(), "the clone runs");
+    let report = vm.snapshot(false).unwrap();
+    assert!(!report.resumed);
+    let again = format::read(&clone_snapshots.join(STATE_FILE)).unwrap();
+    assert_eq!(again.vcpus[0].regs.rax, 0x1234_5678);
+    assert_eq!(again.vcpus[0].regs.rip, spin_at);
+    assert_eq!(again.devices.len(), saved.devices.len());
+    assert_eq!(
+        wait(&vm),
+        ExitReason::Stopped,
+        "a snapshot without resume stops"
+    );
+}
+
+#[test]
+fn bad_snapshots_are_refused_before_anything_runs() {
+    let dir = temp_dir("snapshot-bad");
+    let kernel = write_file(&dir, "vmlinux", &elf_kernel(&marked_spin_guest(), true, 0));
+    let source = with_control(config(&kernel), &dir, "source");
+    let snapshot_dir = source.control.as_ref().unwrap().snapshot_dir.clone();
+    let vm = start(&source);
+    let_it_run();
+    vm.snapshot(false).unwrap();
+    wait(&vm);
+
+    let restore = |mut c: VmConfig| {
+        c.restore = Some(snapshot_dir.clone());
+        match builder::start(&c) {
+            Ok(_) => panic!("restored from a bad snapshot"),
+            Err(e) => e,
+        }
+    };
+    // Another machine shape.
+    let mut bigger = config(&kernel);
+    bigger.mem_mib = 128;
+    assert!(matches!(
+        restore(bigger),
+        BuildError::Snapshot(SnapshotError::Mismatch(_))
+    ));
+    let mut more = config(&kernel);
+    more.vcpus = 2;
+    assert!(matches!(
+        restore(more),
+        BuildError::Snapshot(SnapshotError::Mismatch(_))
+    ));
+    let mut with_disk = config(&kernel);
+    with_disk.drives.push(kiln_vmm::config::DriveConfig {
+        path: write_file(&dir, "disk.img", &[0u8; 4096]),
+        read_only: true,
+    });
+    let err = restore(with_disk);
+    assert!(err.to_string().contains("virtio devices"), "{err}");
+
+    // A memory file of the wrong size.
+    let mem = snapshot_dir.join(MEMORY_FILE);
+    let len = std::fs::metadata(&mem).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&mem)
+        .unwrap()
+        .set_len(len - 4096)
+        .unwrap();
+    assert!(matches!(
+        restore(config(&kernel)),
+        BuildError::Snapshot(SnapshotError::MemorySize { .. })
+    ));
+
+    // A truncated state file.
+    let state = snapshot_dir.join(STATE_FILE);
+    let bytes = std::fs::read(&state).unwrap();
+    std::fs::write(&state, &bytes[..bytes.len() / 2]).unwrap();
+    let err = restore(config(&kernel));
+    assert!(
+        matches!(err, BuildError::Snapshot(SnapshotError::Truncated { .. })),
+        "{err}"
+    );
+}
