@@ -211,7 +211,20 @@ impl Core {
                     .metrics
                     .vm_boot
                     .observe(started.elapsed().as_secs_f64());
-                tracing::info!(took = ?started.elapsed(), restored, "VM ready");
+                let how = match launch {
+                    Launch::Cold => "boot",
+                    Launch::Restore(_) => "restore",
+                    Launch::ForSnapshot(_) => "snapshot",
+                };
+                self.inner
+                    .metrics
+                    .vm_starts
+                    .get_or_create(&metrics::VmStart {
+                        template: template.name.clone(),
+                        how: how.into(),
+                    })
+                    .inc();
+                tracing::info!(took = ?started.elapsed(), how, "VM ready");
                 Ok(vm)
             }
             Err(e) => {
