@@ -19,6 +19,10 @@ mem_mib = 256
 pool_target = POOL
 "#;
 
+/// For tests that count a daemon's VMs: no extra VM booting in the
+/// background to take the template snapshot.
+const NO_SNAPSHOTS: &str = "\n[pool]\nfrom_snapshot = false\n";
+
 fn config(pool: u32, extra: &str) -> String {
     format!("{}{extra}", MINIMAL.replace("POOL", &pool.to_string()))
 }
@@ -123,7 +127,7 @@ async fn warm_creates_exec_files_and_concurrent_creates() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_vm_and_a_sigkilled_daemon() {
     let dir = scratch("restart");
-    let mut daemon = Daemon::start(&dir, &config(0, ""));
+    let mut daemon = Daemon::start(&dir, &config(0, NO_SNAPSHOTS));
     let kiln = Kiln::connect_unix(&daemon.socket).await.expect("connect");
     let victim = kiln
         .sandboxes()
@@ -202,7 +206,7 @@ async fn wait_output(sandbox: &Sandbox, id: &str, seq: u64) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_exec_outlives_a_sigkilled_daemon() {
     let dir = scratch("exec-restart");
-    let mut daemon = Daemon::start(&dir, &config(0, ""));
+    let mut daemon = Daemon::start(&dir, &config(0, NO_SNAPSHOTS));
     let kiln = Kiln::connect_unix(&daemon.socket).await.expect("connect");
     let sandbox = kiln
         .sandboxes()
