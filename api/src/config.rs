@@ -227,6 +227,9 @@ pub struct PoolConfig {
     pub backoff_max_ms: u64,
     /// How often the reconciler checks every pool, ms.
     pub reconcile_interval_ms: u64,
+    /// Refill pools (and serve cold creates) by restoring clones of a
+    /// snapshot taken once per template, instead of booting each VM.
+    pub from_snapshot: bool,
 }
 
 impl Default for PoolConfig {
@@ -236,6 +239,7 @@ impl Default for PoolConfig {
             backoff_base_ms: 1000,
             backoff_max_ms: 60_000,
             reconcile_interval_ms: 1000,
+            from_snapshot: true,
         }
     }
 }

@@ -426,6 +426,22 @@ pub mod daemon {
             }
         }
 
+        /// `GET path` on the socket; the whole response (status line,
+        /// headers, body).
+        pub fn get(&self, path: &str) -> String {
+            use std::io::{Read, Write};
+            let mut s = std::os::unix::net::UnixStream::connect(&self.socket).expect("connect");
+            s.set_read_timeout(Some(Duration::from_secs(30)))
+                .expect("timeout");
+            s.write_all(
+                format!("GET {path} HTTP/1.1\r\nHost: k\r\nConnection: close\r\n\r\n").as_bytes(),
+            )
+            .expect("request");
+            let mut out = String::new();
+            s.read_to_string(&mut out).expect("response");
+            out
+        }
+
         /// SIGKILLs the daemon (its VMs live on) and starts it again on
         /// the same config.
         pub fn kill_and_restart(&mut self) {

@@ -19,6 +19,10 @@ mem_mib = 256
 pool_target = POOL
 "#;
 
+/// For tests that count a daemon's VMs: no extra VM booting in the
+/// background to take the template snapshot.
+const NO_SNAPSHOTS: &str = "\n[pool]\nfrom_snapshot = false\n";
+
 fn config(pool: u32, extra: &str) -> String {
     format!("{}{extra}", MINIMAL.replace("POOL", &pool.to_string()))
 }
@@ -123,7 +127,7 @@ async fn warm_creates_exec_files_and_concurrent_creates() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_vm_and_a_sigkilled_daemon() {
     let dir = scratch("restart");
-    let mut daemon = Daemon::start(&dir, &config(0, ""));
+    let mut daemon = Daemon::start(&dir, &config(0, NO_SNAPSHOTS));
     let kiln = Kiln::connect_unix(&daemon.socket).await.expect("connect");
     let victim = kiln
         .sandboxes()
@@ -202,7 +206,7 @@ async fn wait_output(sandbox: &Sandbox, id: &str, seq: u64) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_exec_outlives_a_sigkilled_daemon() {
     let dir = scratch("exec-restart");
-    let mut daemon = Daemon::start(&dir, &config(0, ""));
+    let mut daemon = Daemon::start(&dir, &config(0, NO_SNAPSHOTS));
     let kiln = Kiln::connect_unix(&daemon.socket).await.expect("connect");
     let sandbox = kiln
         .sandboxes()
@@ -341,5 +345,113 @@ max_vms = 1
         .await
         .expect("room again after delete");
     drop(daemon);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// The value of the `kiln_vm_starts_total` sample with `how` for minimal.
+fn vm_starts(daemon: &Daemon, how: &str) -> u64 {
+    let metrics = daemon.get("/metrics");
+    let needle = format!("kiln_vm_starts_total{{template=\"minimal\",how=\"{how}\"}} ");
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(&needle))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pools_refill_from_a_template_snapshot() {
+    let dir = scratch("snapshot-pool");
+    let mut daemon = Daemon::start(&dir, &config(1, ""));
+    let kiln = Kiln::connect_unix(&daemon.socket).await.expect("connect");
+    wait_ready(&kiln, "minimal", 1).await;
+    // The first cold boot starts the template snapshot: one more VM boots
+    // and snapshots itself.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(300);
+    while vm_starts(&daemon, "snapshot") == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no template snapshot: {}",
+            daemon.get("/metrics")
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let root = daemon.state_dir.join("snapshots/minimal");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let complete = loop {
+        let found = std::fs::read_dir(&root)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path().join("complete"))
+            .find(|p| p.exists());
+        if let Some(p) = found {
+            break p;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no complete snapshot under {}",
+            root.display()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    eprintln!("template snapshot: {}", complete.display());
+    // Three creates: the pooled VM and two restored clones (cold creates
+    // restore too), then the pool refills by restoring.
+    let mut sandboxes = Vec::new();
+    for _ in 0..3 {
+        sandboxes.push(
+            kiln.sandboxes()
+                .create(SandboxSpec::default())
+                .await
+                .expect("create"),
+        );
+    }
+    wait_ready(&kiln, "minimal", 1).await;
+    let restores = vm_starts(&daemon, "restore");
+    assert!(
+        restores >= 2,
+        "{restores} restores: {}",
+        daemon.get("/metrics")
+    );
+    // Clones are distinct machines: their entropy differs, their clock is
+    // the host's.
+    let mut seen = std::collections::BTreeSet::new();
+    for s in &sandboxes {
+        let out = s
+            .exec([
+                "sh",
+                "-c",
+                "head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \\n'; echo; date +%s",
+            ])
+            .output()
+            .await
+            .expect("exec");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let mut lines = text.lines();
+        let random = lines.next().unwrap_or_default().to_string();
+        let guest_secs: u64 = lines
+            .next()
+            .and_then(|l| l.trim().parse().ok())
+            .unwrap_or(0);
+        let host_secs = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            .as_secs();
+        assert!(
+            guest_secs.abs_diff(host_secs) <= 5,
+            "guest clock {guest_secs} vs host {host_secs}"
+        );
+        assert_eq!(random.len(), 32, "{text}");
+        assert!(
+            seen.insert(random),
+            "two sandboxes read the same random bytes"
+        );
+    }
+    for s in sandboxes {
+        s.delete().await.expect("delete");
+    }
+    assert!(daemon.stop(), "drain and exit 0");
+    assert!(daemon.vmm_pids().is_empty(), "VMs left after the drain");
     let _ = std::fs::remove_dir_all(dir);
 }

@@ -19,6 +19,38 @@ pub trait Launcher: Send + Sync {
     /// Whether the template's guest files must exist (a host agent needs
     /// none).
     fn needs_guest_files(&self) -> bool;
+
+    /// The VMM binary whose VMs can be snapshotted and restored (part of
+    /// what a snapshot is valid for), or `None` when they cannot.
+    fn snapshot_vmm(&self) -> Option<&Path> {
+        None
+    }
+
+    /// Starts a VM like [`Launcher::launch`] whose snapshot
+    /// ([`VmProcess::snapshot`]) goes to `snapshot_dir`.
+    fn launch_for_snapshot(
+        &self,
+        _template: &Template,
+        _run_dir: PathBuf,
+        _snapshot_dir: &Path,
+    ) -> Result<VmProcess, VmProcessError> {
+        Err(no_snapshots())
+    }
+
+    /// Starts a clone of the snapshot in `snapshot_dir`, taken of a VM of
+    /// the same `template`.
+    fn restore(
+        &self,
+        _template: &Template,
+        _run_dir: PathBuf,
+        _snapshot_dir: &Path,
+    ) -> Result<VmProcess, VmProcessError> {
+        Err(no_snapshots())
+    }
+}
+
+fn no_snapshots() -> VmProcessError {
+    VmProcessError::Control("this launcher cannot snapshot or restore VMs".into())
 }
 
 /// `kiln-vmm` with the template's serialized `VmConfig`.
@@ -28,24 +60,60 @@ pub struct KilnVmmLauncher {
     pub vmm: PathBuf,
 }
 
-impl Launcher for KilnVmmLauncher {
-    fn launch(&self, template: &Template, run_dir: PathBuf) -> Result<VmProcess, VmProcessError> {
-        let spec = VmSpec {
+impl KilnVmmLauncher {
+    fn spec(&self, template: &Template) -> VmSpec {
+        VmSpec {
             vmm: self.vmm.clone(),
             config: template.vm_config(),
-        };
-        VmProcess::spawn(
-            &spec,
-            &SpawnOptions {
-                run_dir: Some(run_dir),
-                own_session: true,
-                snapshot_dir: None,
-            },
-        )
+        }
+    }
+}
+
+/// A daemon's VM: its own run directory and session.
+fn daemon_options(run_dir: PathBuf, snapshot_dir: Option<&Path>) -> SpawnOptions {
+    SpawnOptions {
+        run_dir: Some(run_dir),
+        own_session: true,
+        snapshot_dir: snapshot_dir.map(Path::to_path_buf),
+    }
+}
+
+impl Launcher for KilnVmmLauncher {
+    fn launch(&self, template: &Template, run_dir: PathBuf) -> Result<VmProcess, VmProcessError> {
+        VmProcess::spawn(&self.spec(template), &daemon_options(run_dir, None))
     }
 
     fn needs_guest_files(&self) -> bool {
         true
+    }
+
+    fn snapshot_vmm(&self) -> Option<&Path> {
+        Some(&self.vmm)
+    }
+
+    fn launch_for_snapshot(
+        &self,
+        template: &Template,
+        run_dir: PathBuf,
+        snapshot_dir: &Path,
+    ) -> Result<VmProcess, VmProcessError> {
+        VmProcess::spawn(
+            &self.spec(template),
+            &daemon_options(run_dir, Some(snapshot_dir)),
+        )
+    }
+
+    fn restore(
+        &self,
+        template: &Template,
+        run_dir: PathBuf,
+        snapshot_dir: &Path,
+    ) -> Result<VmProcess, VmProcessError> {
+        VmProcess::restore(
+            &self.spec(template),
+            snapshot_dir,
+            &daemon_options(run_dir, None),
+        )
     }
 }
 

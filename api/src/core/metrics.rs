@@ -31,6 +31,14 @@ pub(crate) struct BootFailure {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct VmStart {
+    pub template: String,
+    /// `boot`, `restore` (a clone of the template snapshot) or `snapshot`
+    /// (booted to take the template snapshot).
+    pub how: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct LaunchLabel {
     pub launch_type: String,
 }
@@ -57,6 +65,7 @@ pub(crate) struct Metrics {
     pub claims: Family<Claim, Counter>,
     pub boot_failures: Family<BootFailure, Counter>,
     pub vm_boot: Histogram,
+    pub vm_starts: Family<VmStart, Counter>,
     pub claim_duration: Family<LaunchLabel, Histogram, fn() -> Histogram>,
     pub sandboxes: Family<StateLabel, Gauge>,
     pub expirations: Family<ReasonLabel, Counter>,
@@ -73,6 +82,7 @@ impl Metrics {
             claims: Family::default(),
             boot_failures: Family::default(),
             vm_boot: seconds_histogram(),
+            vm_starts: Family::default(),
             claim_duration: Family::new_with_constructor(seconds_histogram),
             sandboxes: Family::default(),
             expirations: Family::default(),
@@ -99,6 +109,11 @@ impl Metrics {
             "pool_boot_failures",
             "Failed VM boots by template and stage (spawn, ready)",
             m.boot_failures.clone(),
+        );
+        registry.register(
+            "vm_starts",
+            "VMs that reached agent-ready, by template and how they started (boot, restore, snapshot)",
+            m.vm_starts.clone(),
         );
         registry.register_with_unit(
             "vm_boot_duration",

@@ -22,6 +22,7 @@ mod metrics;
 mod pool_state;
 mod recover;
 mod sandboxes;
+mod snapshots;
 mod store;
 mod tasks;
 mod timeouts;
@@ -125,6 +126,8 @@ pub(crate) struct Inner {
     tasks: TaskTracker,
     vm_dir: PathBuf,
     spool_dir: PathBuf,
+    /// Template snapshots pools refill from.
+    snapshots: snapshots::Snapshots,
     _lock: StateLock,
 }
 
@@ -311,6 +314,7 @@ impl Core {
             token_key,
             vm_dir,
             spool_dir,
+            snapshots: snapshots::Snapshots::default(),
             _lock: lock,
             config,
         };

@@ -2,6 +2,7 @@
 //! watching for their death, and retiring them (a VM is never reused:
 //! retiring kills it and removes its run directory).
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -35,6 +36,17 @@ impl BootFailure {
             guest_crashed: false,
         }
     }
+}
+
+/// How a VM starts.
+#[derive(Debug, Clone)]
+pub(super) enum Launch {
+    /// Boots the kernel.
+    Cold,
+    /// A clone of the template snapshot in this directory.
+    Restore(PathBuf),
+    /// Boots the kernel, with its snapshot going to this directory.
+    ForSnapshot(PathBuf),
 }
 
 /// A live VM.
@@ -87,16 +99,48 @@ impl Core {
         Ok(())
     }
 
-    /// Boots an admitted VM and waits for its agent. On failure the VM is
-    /// gone and its admission given back.
+    /// Boots an admitted VM and waits for its agent: a clone of the
+    /// template's snapshot when there is one, else a cold boot (which
+    /// then starts making the snapshot). On failure the VM is gone and
+    /// its admission given back.
     pub(super) async fn boot_vm(&self, template: &Template) -> Result<Arc<Vm>, BootFailure> {
+        match self.template_snapshot(template) {
+            Some(dir) => {
+                let result = self
+                    .boot_vm_as(template, Launch::Restore(dir.clone()))
+                    .await;
+                if let Err(f) = &result {
+                    self.snapshot_failed(template, &dir, &f.error.to_string());
+                }
+                result
+            }
+            None => {
+                let result = self.boot_vm_as(template, Launch::Cold).await;
+                if result.is_ok() {
+                    self.want_snapshot(template);
+                }
+                result
+            }
+        }
+    }
+
+    /// Boots an admitted VM as `launch` says and waits for its agent. On
+    /// failure the VM is gone and its admission given back.
+    pub(super) async fn boot_vm_as(
+        &self,
+        template: &Template,
+        launch: Launch,
+    ) -> Result<Arc<Vm>, BootFailure> {
         let id = new_id("vm");
         let span = tracing::info_span!("vm", vm_id = %id, template = %template.name);
         let admitted = Usage {
             vms: 1,
             memory_mib: u64::from(template.mem_mib),
         };
-        let result = self.boot_admitted(id, template).instrument(span).await;
+        let result = self
+            .boot_admitted(id, template, launch)
+            .instrument(span)
+            .await;
         let mut st = self.state();
         st.booting = st.booting.saturating_sub(1);
         if result.is_err() {
@@ -107,7 +151,12 @@ impl Core {
         result
     }
 
-    async fn boot_admitted(&self, id: String, template: &Template) -> Result<Arc<Vm>, BootFailure> {
+    async fn boot_admitted(
+        &self,
+        id: String,
+        template: &Template,
+        launch: Launch,
+    ) -> Result<Arc<Vm>, BootFailure> {
         let _slot = self
             .inner
             .boot_slots
@@ -116,11 +165,16 @@ impl Core {
             .map_err(|_| BootFailure::at("spawn")(Error::Draining))?;
         let started = Instant::now();
         let run_dir = self.inner.vm_dir.join(&id);
-        let process = self
-            .inner
-            .launcher
-            .launch(template, run_dir.clone())
-            .map_err(|e| BootFailure::at("spawn")(Error::BootTimeout(e.to_string())))?;
+        let launcher = &self.inner.launcher;
+        let process = match &launch {
+            Launch::Cold => launcher.launch(template, run_dir.clone()),
+            Launch::Restore(dir) => launcher.restore(template, run_dir.clone(), dir),
+            Launch::ForSnapshot(dir) => {
+                launcher.launch_for_snapshot(template, run_dir.clone(), dir)
+            }
+        }
+        .map_err(|e| BootFailure::at("spawn")(Error::BootTimeout(e.to_string())))?;
+        let restored = matches!(launch, Launch::Restore(_));
         let vm = Arc::new(Vm {
             id: id.clone(),
             template: template.name.clone(),
@@ -157,13 +211,26 @@ impl Core {
                     .metrics
                     .vm_boot
                     .observe(started.elapsed().as_secs_f64());
-                tracing::info!(took = ?started.elapsed(), "VM ready");
+                let how = match launch {
+                    Launch::Cold => "boot",
+                    Launch::Restore(_) => "restore",
+                    Launch::ForSnapshot(_) => "snapshot",
+                };
+                self.inner
+                    .metrics
+                    .vm_starts
+                    .get_or_create(&metrics::VmStart {
+                        template: template.name.clone(),
+                        how: how.into(),
+                    })
+                    .inc();
+                tracing::info!(took = ?started.elapsed(), how, "VM ready");
                 Ok(vm)
             }
             Err(e) => {
                 let message = format!("{e} ({})", vm.process.vmm_report());
                 let guest_crashed = e.guest_crashed();
-                tracing::warn!(error = %message, guest_crashed, "VM failed to boot");
+                tracing::warn!(error = %message, guest_crashed, restored, "VM failed to boot");
                 self.forget_vm(&id);
                 self.retire(vm).await;
                 Err(BootFailure {
