@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use kiln_agent::protocol::ExecRequest;
+use kiln_e2e::packages::{MAKE_NPM_PACKAGE, MAKE_WHEEL, NPM_TARBALL, WHEEL};
 use kiln_e2e::vm::{boot_python_node, exec_req, Output, TestVm};
 
 const SHUTDOWN: Duration = Duration::from_secs(30);
@@ -139,28 +140,6 @@ print(matplotlib.get_backend().lower(), int(df.y.sum()), requests.__version__ !=
     vm.shutdown(SHUTDOWN).expect("shutdown");
 }
 
-/// Writes a pure-python wheel with only the standard library: a module and
-/// a console script.
-const MAKE_WHEEL: &str = r#"
-import base64, hashlib, zipfile
-name, ver = "kiln_hello", "1.0"
-info = f"{name}-{ver}.dist-info"
-files = {
-    f"{name}/__init__.py": "def greet():\n    print('hello from a wheel')\n",
-    f"{info}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {ver}\n",
-    f"{info}/WHEEL": "Wheel-Version: 1.0\nGenerator: kiln-e2e\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
-    f"{info}/entry_points.txt": "[console_scripts]\nkiln-hello = kiln_hello:greet\n",
-}
-record = []
-for path, body in files.items():
-    digest = base64.urlsafe_b64encode(hashlib.sha256(body.encode()).digest()).rstrip(b"=")
-    record.append(f"{path},sha256={digest.decode()},{len(body.encode())}")
-files[f"{info}/RECORD"] = "\n".join(record + [f"{info}/RECORD,,"]) + "\n"
-with zipfile.ZipFile(f"{name}-{ver}-py3-none-any.whl", "w") as z:
-    for path, body in files.items():
-        z.writestr(path, body)
-"#;
-
 #[test]
 fn pip_and_npm_install_local_packages_as_the_sandbox_user() {
     let vm = boot_python_node();
@@ -174,10 +153,12 @@ fn pip_and_npm_install_local_packages_as_the_sandbox_user() {
     // console script on the default PATH.
     let pip = ok(
         &vm,
-        "python3 make_wheel.py
-         pip install --no-index ./kiln_hello-1.0-py3-none-any.whl
-         python3 -c 'import kiln_hello; kiln_hello.greet(); print(kiln_hello.__file__)'
-         kiln-hello; command -v kiln-hello",
+        &format!(
+            "python3 make_wheel.py
+             pip install --no-index ./{WHEEL}
+             python3 -c 'import kiln_hello; kiln_hello.greet(); print(kiln_hello.__file__)'
+             kiln-hello; command -v kiln-hello"
+        ),
     );
     assert!(
         pip.contains("Successfully installed kiln-hello-1.0")
@@ -191,9 +172,11 @@ fn pip_and_npm_install_local_packages_as_the_sandbox_user() {
     // installs, which a venv refuses).
     let venv = ok(
         &vm,
-        "python3 -m venv venv
-         venv/bin/pip install -q --no-index ./kiln_hello-1.0-py3-none-any.whl
-         venv/bin/python -c 'import kiln_hello; print(kiln_hello.__file__)'",
+        &format!(
+            "python3 -m venv venv
+             venv/bin/pip install -q --no-index ./{WHEEL}
+             venv/bin/python -c 'import kiln_hello; print(kiln_hello.__file__)'"
+        ),
     );
     assert_eq!(
         venv,
@@ -203,16 +186,14 @@ fn pip_and_npm_install_local_packages_as_the_sandbox_user() {
     // globally (into ~/.npm-global, its bin on the default PATH).
     let npm = ok(
         &vm,
-        r#"mkdir pad && cd pad
-           echo '{"name":"kiln-pad","version":"1.0.0","main":"index.js","bin":{"kiln-pad":"cli.js"}}' > package.json
-           echo 'module.exports = (s, n) => s.padStart(n, ".");' > index.js
-           printf '#!/usr/bin/env node\nconsole.log(require("./index.js")("cli", 5));\n' > cli.js
-           npm pack --silent
-           mkdir ../proj && cd ../proj
-           npm install --no-audit --no-fund ../pad/kiln-pad-1.0.0.tgz >/dev/null
-           node -e 'console.log(require("kiln-pad")("req", 5))'
-           npm install -g --no-audit --no-fund ../pad/kiln-pad-1.0.0.tgz >/dev/null
-           kiln-pad; command -v kiln-pad"#,
+        &format!(
+            "({MAKE_NPM_PACKAGE})
+             mkdir proj && cd proj
+             npm install --no-audit --no-fund ../{NPM_TARBALL} >/dev/null
+             node -e 'console.log(require(\"kiln-pad\")(\"req\", 5))'
+             npm install -g --no-audit --no-fund ../{NPM_TARBALL} >/dev/null
+             kiln-pad; command -v kiln-pad"
+        ),
     );
     assert_eq!(
         npm,
