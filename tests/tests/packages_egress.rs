@@ -26,8 +26,9 @@ pool_target = 1
 allow_private = ["127.0.0.0/8", "::1/128"]
 "#;
 
-/// Paths served (origin-form) -> body.
-type Routes = Arc<Mutex<HashMap<String, Vec<u8>>>>;
+/// Paths served (origin-form) -> content type and body (pip reads index
+/// pages only when they say text/html).
+type Routes = Arc<Mutex<HashMap<String, (&'static str, Vec<u8>)>>>;
 
 /// A loopback HTTP server answering the routes (404 otherwise) and
 /// recording each request's path; returns its port and the log.
@@ -59,13 +60,13 @@ fn http_server(routes: Routes) -> (u16, Arc<Mutex<Vec<String>>>) {
                 .to_string();
                 let body = routes.lock().expect("routes").get(&path).cloned();
                 log.lock().expect("log").push(path);
-                let (status, body) = match body {
+                let (status, (kind, body)) = match body {
                     Some(b) => ("200 OK", b),
-                    None => ("404 Not Found", b"not here".to_vec()),
+                    None => ("404 Not Found", ("text/plain", b"not here".to_vec())),
                 };
                 let _ = s.write_all(
                     format!(
-                        "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                        "HTTP/1.1 {status}\r\nContent-Type: {kind}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
                         body.len()
                     )
                     .as_bytes(),
@@ -145,19 +146,28 @@ async fn pip_and_npm_install_through_the_egress_proxy() {
         // PEP 503 simple index: pip asks for the normalized name.
         r.insert(
             "/simple/kiln-hello/".into(),
-            format!("<html><body><a href=\"{base}/files/{WHEEL}\">{WHEEL}</a></body></html>")
-                .into_bytes(),
+            (
+                "text/html",
+                format!("<html><body><a href=\"{base}/files/{WHEEL}\">{WHEEL}</a></body></html>")
+                    .into_bytes(),
+            ),
         );
-        r.insert(format!("/files/{WHEEL}"), wheel);
+        r.insert(
+            format!("/files/{WHEEL}"),
+            ("application/octet-stream", wheel),
+        );
         // npm registry: the packument, then the tarball it names.
         r.insert(
             "/kiln-pad".into(),
-            format!(
+            ("application/json", format!(
                 r#"{{"name":"kiln-pad","dist-tags":{{"latest":"1.0.0"}},"versions":{{"1.0.0":{{"name":"kiln-pad","version":"1.0.0","main":"index.js","bin":{{"kiln-pad":"cli.js"}},"dist":{{"tarball":"{base}/kiln-pad/-/kiln-pad-1.0.0.tgz"}}}}}}}}"#
             )
-            .into_bytes(),
+            .into_bytes()),
         );
-        r.insert("/kiln-pad/-/kiln-pad-1.0.0.tgz".into(), tarball);
+        r.insert(
+            "/kiln-pad/-/kiln-pad-1.0.0.tgz".into(),
+            ("application/octet-stream", tarball),
+        );
     }
 
     let pip = ok(
