@@ -48,7 +48,8 @@ pub struct CaseResult {
     pub summary: Summary,
 }
 
-fn run_once(vm: &BenchVm, argv: &[&str]) -> Result<Duration> {
+/// Runs `argv` once; it must print `1`. Returns request-to-result time.
+pub fn run_once(vm: &BenchVm, argv: &[&str]) -> Result<Duration> {
     let req = ExecRequest {
         argv: argv.iter().map(|s| s.to_string()).collect(),
         timeout_ms: Some(120_000),

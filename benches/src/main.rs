@@ -8,7 +8,9 @@ mod child;
 mod compare;
 mod diag;
 mod exec;
+mod image;
 mod peer;
+mod procmem;
 mod report;
 mod restore;
 mod stats;
@@ -50,6 +52,56 @@ enum Command {
     /// Snapshot restore to agent ready against cold boot to agent ready,
     /// alternating in one run; the restored clones' RSS.
     Restore(restore::RestoreArgs),
+    /// Runtime images compared: cold boot to agent ready and host memory
+    /// (PSS) idle after boot and after one exec, images alternating.
+    Image(ImageArgs),
+}
+
+#[derive(clap::Args)]
+struct ImageArgs {
+    /// Boots per image.
+    #[arg(long, default_value_t = 5)]
+    n: usize,
+    /// Guest kernel (vmlinux).
+    #[arg(long)]
+    kernel: PathBuf,
+    /// Guest initramfs.
+    #[arg(long)]
+    initramfs: PathBuf,
+    /// A runtime image (repeat to compare several).
+    #[arg(long = "image", required = true)]
+    images: Vec<PathBuf>,
+    /// kiln-vmm binary.
+    #[arg(long)]
+    kiln_vmm: PathBuf,
+    /// Memory per VM, MiB.
+    #[arg(long, default_value_t = 512)]
+    mem_mib: u32,
+    /// The exec after boot (must print 1).
+    #[arg(last = true, default_values_t = ["python3".to_string(), "-c".to_string(), "print(1)".to_string()])]
+    exec: Vec<String>,
+}
+
+fn image(args: ImageArgs) -> Result<()> {
+    let results = image::ImageBench {
+        vmm: args.kiln_vmm,
+        kernel: args.kernel,
+        initramfs: args.initramfs,
+        images: args.images,
+        mem_mib: args.mem_mib,
+        n: args.n,
+        exec: args.exec.clone(),
+    }
+    .run()?;
+    println!(
+        "runtime images, {} boots each (alternating), {} MiB; memory is the median PSS of the VM's processes {:?} after boot and after {:?}",
+        args.n,
+        args.mem_mib,
+        image::SETTLE,
+        args.exec
+    );
+    print!("{}", image::table(&results));
+    Ok(())
 }
 
 #[derive(clap::Args)]
@@ -402,5 +454,6 @@ fn main() -> Result<()> {
         Command::Compare(args) => compare(args),
         Command::Api(args) => api::run(args),
         Command::Restore(args) => restore::run(args),
+        Command::Image(args) => image(args),
     }
 }

@@ -133,7 +133,8 @@ fn sandbox_root_runs_programs_chrooted_as_uid_1000() {
             "1000",
             "/home/sandbox",
             "/home/sandbox",
-            "/usr/local/bin:/usr/bin:/bin",
+            // The user's pip and npm bin directories first.
+            "/home/sandbox/.local/bin:/home/sandbox/.npm-global/bin:/usr/local/bin:/usr/bin:/bin",
             "0022"
         ]
     );

@@ -7,6 +7,7 @@
 use std::path::{Path, PathBuf};
 
 pub mod cpio;
+pub mod packages;
 
 /// Directory holding kiln's binaries and guest artifacts for the tests.
 /// `tools/test` sets `KILN_ARTIFACTS`; inside the testbed it is `/kiln`.

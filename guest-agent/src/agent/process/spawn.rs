@@ -9,10 +9,11 @@ use thiserror::Error;
 
 use kiln_agent::protocol::{ErrorCode, ExecRequest};
 
-use super::super::sandbox::{Entry, ExecSandbox, SandboxError, SANDBOX_HOME};
+use super::super::sandbox::{Entry, ExecSandbox, SandboxError, SANDBOX_HOME, SANDBOX_PATH};
 use super::validate::InvalidRequest;
 
-/// `PATH` given to programs whose environment has none.
+/// `PATH` given to unconfined programs whose environment has none (confined
+/// ones get [`SANDBOX_PATH`]).
 pub const DEFAULT_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
 
 /// Why a process could not start.
@@ -62,7 +63,11 @@ pub fn build_command(req: &ExecRequest, confined: &ExecSandbox) -> Command {
     cmd.envs(req.env.iter().map(|(k, v)| (k, v)));
     let has = |name: &str| req.env.iter().any(|(k, _)| k == name);
     if !has("PATH") {
-        cmd.env("PATH", DEFAULT_PATH);
+        let path = match confined.entry {
+            Some(_) => SANDBOX_PATH,
+            None => DEFAULT_PATH,
+        };
+        cmd.env("PATH", path);
     }
     if confined.entry.is_some() && !has("HOME") {
         cmd.env("HOME", SANDBOX_HOME);
@@ -139,5 +144,27 @@ mod tests {
                 Some(std::ffi::OsStr::new("/x"))
             )]
         );
+    }
+
+    #[test]
+    fn confined_programs_get_the_sandbox_path_and_home() {
+        let req = ExecRequest {
+            argv: vec!["x".into()],
+            ..ExecRequest::default()
+        };
+        let entry = Entry::new(std::path::Path::new("/r"), None, None).expect("valid");
+        let confined = ExecSandbox {
+            entry: Some(entry),
+            cgroup: None,
+        };
+        let cmd = build_command(&req, &confined);
+        let env = |name: &str| {
+            cmd.get_envs()
+                .find(|(k, _)| *k == name)
+                .and_then(|(_, v)| v)
+                .map(|v| v.to_string_lossy().into_owned())
+        };
+        assert_eq!(env("PATH").as_deref(), Some(SANDBOX_PATH));
+        assert_eq!(env("HOME").as_deref(), Some(SANDBOX_HOME));
     }
 }

@@ -18,6 +18,12 @@ use thiserror::Error;
 pub const SANDBOX_UID: u32 = 1000;
 /// The sandbox user's home, inside the sandbox root.
 pub const SANDBOX_HOME: &str = "/home/sandbox";
+/// `PATH` of sandboxed programs whose environment has none: the user's own
+/// bin directories first (where `pip install` and `npm install -g` put
+/// commands, as the runtime image's /etc/pip.conf and /etc/npmrc set them
+/// up), then the system's.
+pub const SANDBOX_PATH: &str =
+    "/home/sandbox/.local/bin:/home/sandbox/.npm-global/bin:/usr/local/bin:/usr/bin:/bin";
 
 /// A path cannot be handed to the kernel.
 #[derive(Debug, Error)]
@@ -115,5 +121,18 @@ mod tests {
         assert_eq!(e.root.as_bytes(), b"/r");
         assert_eq!(e.uid, 1000);
         assert_eq!(e.cgroup_procs, Some(5));
+    }
+
+    #[test]
+    fn sandbox_path_starts_with_the_users_bins_under_home() {
+        let dirs: Vec<&str> = SANDBOX_PATH.split(':').collect();
+        assert_eq!(
+            dirs[..2],
+            [
+                format!("{SANDBOX_HOME}/.local/bin"),
+                format!("{SANDBOX_HOME}/.npm-global/bin")
+            ]
+        );
+        assert!(dirs.contains(&"/usr/bin") && dirs.contains(&"/bin"));
     }
 }

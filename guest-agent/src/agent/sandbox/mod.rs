@@ -33,7 +33,7 @@ use super::config::Config;
 use super::klog::{chain, klog};
 pub use cgroup::ExecCgroup;
 use cgroup::SandboxCgroup;
-pub use enter::{Entry, SANDBOX_HOME, SANDBOX_UID};
+pub use enter::{Entry, SANDBOX_HOME, SANDBOX_PATH, SANDBOX_UID};
 
 /// Longest `/proc/cmdline` or `/proc/meminfo` read.
 const MAX_PROC_FILE: u64 = 64 * 1024;
