@@ -143,3 +143,43 @@ fn run_program_file_with_copy_in_and_copy_out() {
     assert_eq!(std::fs::read_to_string(&output).expect("copied out"), want);
     std::fs::remove_dir_all(&dir).expect("clean up");
 }
+
+#[test]
+fn a_guest_that_crashes_while_booting_is_booted_once_more_then_reported() {
+    // An initramfs without /init: the guest kernel panics at every boot.
+    let dir = std::env::temp_dir().join(format!("kiln-cli-crash-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("scratch dir");
+    let initramfs = dir.join("initramfs.cpio");
+    std::fs::write(
+        &initramfs,
+        kiln_e2e::cpio::newc(&[kiln_e2e::cpio::Entry {
+            path: "etc/hostname",
+            mode: 0o100644,
+            data: b"x\n",
+        }]),
+    )
+    .expect("write initramfs");
+    let out = kiln_run(
+        &[
+            "--template",
+            "minimal",
+            "--initramfs",
+            initramfs.to_str().expect("utf-8 path"),
+            "--",
+            "true",
+        ],
+        b"",
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "stderr: {stderr}");
+    assert_eq!(
+        stderr.matches("booting once more").count(),
+        1,
+        "one more boot, not more: {stderr}"
+    );
+    assert!(
+        stderr.contains("kernel panic"),
+        "the last boot's reason: {stderr}"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}

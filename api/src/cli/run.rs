@@ -207,6 +207,28 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
         .block_on(run_in_vm(args, plan))
 }
 
+/// Boots tried before a guest crash is the answer (the daemon's cold
+/// create uses the same count).
+const BOOT_ATTEMPTS: u32 = 2;
+
+/// Boots a VM from `spec` and waits for its agent; boots once more when the
+/// guest crashed before its agent answered (nothing of the user's has run
+/// yet), never after a setup failure.
+async fn boot(spec: &VmSpec) -> std::result::Result<VmProcess, kiln::vm_process::VmProcessError> {
+    let mut attempt = 1;
+    loop {
+        let vm = VmProcess::spawn(spec, &SpawnOptions::default())?;
+        match vm.wait_ready(BOOT_TIMEOUT).await {
+            Ok(_) => return Ok(vm),
+            Err(e) if e.guest_crashed() && attempt < BOOT_ATTEMPTS => {
+                eprintln!("kiln: the guest crashed while booting ({e}); booting once more");
+                attempt += 1;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 async fn run_in_vm(args: RunArgs, plan: Plan) -> Result<ExitCode> {
     let t = template::resolve(
         &args.template,
@@ -225,10 +247,7 @@ async fn run_in_vm(args: RunArgs, plan: Plan) -> Result<ExitCode> {
         vmm: artifacts::vmm_binary(args.vmm.as_deref())?,
         config,
     };
-    let vm = VmProcess::spawn(&spec, &SpawnOptions::default())?;
-    vm.wait_ready(BOOT_TIMEOUT)
-        .await
-        .context("booting the sandbox")?;
+    let vm = boot(&spec).await.context("booting the sandbox")?;
     let ready = vm.spawned_at().elapsed();
 
     if let Some((host, guest)) = &plan.program_file {
