@@ -35,7 +35,14 @@ const COMPLETE: &str = "complete";
 #[derive(Debug, Default)]
 pub(crate) struct Snapshots {
     by_template: Mutex<BTreeMap<String, Entry>>,
+    /// Clones of a snapshot whose guest crashed in a row, by snapshot dir.
+    crashes: Mutex<BTreeMap<PathBuf, u32>>,
 }
+
+/// Clones whose guest crashes in a row before their snapshot is dropped:
+/// one crash may be the host's (the testbed crashes a share of cold boots
+/// too); a snapshot kiln-vmm refuses is dropped at once.
+const CRASHES_TO_DROP: u32 = 3;
 
 #[derive(Debug, Clone)]
 struct Entry {
@@ -245,9 +252,41 @@ impl Core {
             .map_err(|e| format!("{}: {e}", dir.display()))
     }
 
-    /// A restore from `dir` failed: drop the snapshot, so the next VMs
-    /// boot cold (and a later cold boot makes a new one).
-    pub(super) fn snapshot_failed(&self, template: &Template, dir: &Path, why: &str) {
+    /// A clone restored from `dir` answered: its crash count starts over.
+    pub(super) fn snapshot_restored(&self, dir: &Path) {
+        self.inner
+            .snapshots
+            .crashes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(dir);
+    }
+
+    /// A restore from `dir` failed. A refused snapshot (or a guest that
+    /// crashed [`CRASHES_TO_DROP`] times in a row) is dropped, so the next
+    /// VMs boot cold and a later cold boot makes a new one.
+    pub(super) fn snapshot_failed(
+        &self,
+        template: &Template,
+        dir: &Path,
+        why: &str,
+        guest_crashed: bool,
+    ) {
+        if guest_crashed {
+            let mut crashes = self
+                .inner
+                .snapshots
+                .crashes
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            let n = crashes.entry(dir.to_path_buf()).or_insert(0);
+            *n += 1;
+            if *n < CRASHES_TO_DROP {
+                tracing::warn!(dir = %dir.display(), error = why, crashes = *n, "a clone's guest crashed; keeping the template snapshot");
+                return;
+            }
+            crashes.remove(dir);
+        }
         tracing::warn!(dir = %dir.display(), error = why, "restoring the template snapshot failed; dropping it");
         if let Some(key) = self.current_key(template) {
             self.inner

@@ -109,8 +109,11 @@ impl Core {
                 let result = self
                     .boot_vm_as(template, Launch::Restore(dir.clone()))
                     .await;
-                if let Err(f) = &result {
-                    self.snapshot_failed(template, &dir, &f.error.to_string());
+                match &result {
+                    Ok(_) => self.snapshot_restored(&dir),
+                    Err(f) => {
+                        self.snapshot_failed(template, &dir, &f.error.to_string(), f.guest_crashed)
+                    }
                 }
                 result
             }
