@@ -340,6 +340,25 @@ pub mod vm {
             .unwrap_or_else(|e| panic!("exec {argv:?} failed: {e}"))
     }
 
+    /// Bytes as text (lossy).
+    pub fn text(b: &[u8]) -> String {
+        String::from_utf8_lossy(b).into_owned()
+    }
+
+    /// The stdout of an exec that must have exited 0 (else the test fails
+    /// with its status and both streams).
+    pub fn ok(out: &Output) -> String {
+        assert_eq!(
+            out.status.code,
+            Some(0),
+            "status {:?}\nstdout: {}\nstderr: {}",
+            out.status,
+            text(&out.stdout),
+            text(&out.stderr)
+        );
+        text(&out.stdout)
+    }
+
     /// `sh -c script`.
     pub fn sh(vm: &TestVm, script: &str) -> Output {
         exec(vm, &["sh", "-c", script], None)

@@ -4,25 +4,9 @@
 use std::time::Duration;
 
 use kiln_agent::protocol::ExecRequest;
-use kiln_e2e::vm::{boot_python_node, exec, exec_req, sh, Output};
+use kiln_e2e::vm::{boot_python_node, exec, exec_req, ok, sh, text};
 
 const SHUTDOWN: Duration = Duration::from_secs(30);
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
-fn ok(out: &Output) -> String {
-    assert_eq!(
-        out.status.code,
-        Some(0),
-        "status {:?}\nstdout: {}\nstderr: {}",
-        out.status,
-        text(&out.stdout),
-        text(&out.stderr)
-    );
-    text(&out.stdout)
-}
 
 #[test]
 fn python_programs() {

@@ -8,23 +8,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use kiln::vm_process::SpawnOptions;
 use kiln_e2e::daemon::scratch;
-use kiln_e2e::vm::{boot_spec_with, python_node_spec, sh, spec, Output, TestVm, BOOT_TIMEOUT};
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
-fn ok(out: &Output) -> String {
-    assert_eq!(
-        out.status.code,
-        Some(0),
-        "status {:?}\nstdout: {}\nstderr: {}",
-        out.status,
-        text(&out.stdout),
-        text(&out.stderr)
-    );
-    text(&out.stdout)
-}
+use kiln_e2e::vm::{boot_spec_with, ok, python_node_spec, sh, spec, Output, TestVm, BOOT_TIMEOUT};
 
 /// A fresh directory a VM's snapshot goes to.
 fn snapshot_dir(name: &str) -> std::path::PathBuf {
