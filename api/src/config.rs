@@ -86,6 +86,12 @@ pub struct TemplateConfig {
     /// Extra guest kernel command line.
     #[serde(default)]
     pub kernel_args: String,
+    /// A writable disk of this many MiB per sandbox (a sparse file on the
+    /// host, only written blocks take space) as its writable layer over
+    /// the image, instead of a tmpfs in guest memory (`kiln.overlay_mib`).
+    /// Needs an image.
+    #[serde(default)]
+    pub disk_mib: Option<u32>,
     /// VMs to keep ready.
     #[serde(default)]
     pub pool_target: u32,
@@ -454,6 +460,22 @@ impl Config {
                     "server.listen {addr} is not a loopback address: the API would be \
                      plain HTTP on the network, bearer tokens readable by anyone on the \
                      path; put TLS in front and set listen_any (--listen-any) to allow it"
+                )));
+            }
+        }
+        for (name, t) in &self.templates {
+            if t.disk_mib
+                .is_some_and(|mib| mib < crate::vm_process::disk::MIN_DISK_MIB)
+            {
+                return Err(ConfigError::Invalid(format!(
+                    "templates.{name}.disk_mib must be at least {} MiB",
+                    crate::vm_process::disk::MIN_DISK_MIB
+                )));
+            }
+            if t.disk_mib.is_some() && t.image.is_none() && t.base.as_deref() != Some("python-node")
+            {
+                return Err(ConfigError::Invalid(format!(
+                    "templates.{name}.disk_mib needs an image (the disk is the writable layer over it)"
                 )));
             }
         }

@@ -26,6 +26,9 @@ pub struct Template {
     pub mem_mib: u32,
     /// Extra guest kernel command line.
     pub kernel_args: String,
+    /// A writable disk of this many MiB per VM (sparse, host-backed) as the
+    /// sandbox's writable layer, instead of the tmpfs in guest memory.
+    pub disk_mib: Option<u32>,
 }
 
 /// Errors resolving a template.
@@ -66,6 +69,7 @@ pub fn resolve(name: &str, o: &Overrides<'_>) -> Result<Template, TemplateError>
             vcpus,
             mem_mib,
             kernel_args: String::new(),
+            disk_mib: None,
         }),
         "minimal" => Ok(Template {
             name: "minimal".into(),
@@ -75,6 +79,7 @@ pub fn resolve(name: &str, o: &Overrides<'_>) -> Result<Template, TemplateError>
             vcpus,
             mem_mib,
             kernel_args: String::new(),
+            disk_mib: None,
         }),
         other => Err(TemplateError::Unknown(other.to_string())),
     }

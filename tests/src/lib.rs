@@ -115,10 +115,17 @@ pub mod vm {
         /// Starts a clone of the snapshot in `snapshot_dir` without waiting
         /// for it ([`TestVm::wait_ready`] resumes it).
         pub fn restore(spec: &VmSpec, snapshot_dir: &Path) -> Result<Self, VmProcessError> {
+            Self::restore_with(spec, snapshot_dir, &SpawnOptions::default())
+        }
+
+        /// [`TestVm::restore`] with spawn options.
+        pub fn restore_with(
+            spec: &VmSpec,
+            snapshot_dir: &Path,
+            options: &SpawnOptions,
+        ) -> Result<Self, VmProcessError> {
             let rt = Self::runtime();
-            let vm = rt.block_on(async {
-                VmProcess::restore(spec, snapshot_dir, &SpawnOptions::default())
-            })?;
+            let vm = rt.block_on(async { VmProcess::restore(spec, snapshot_dir, options) })?;
             Ok(TestVm { rt, vm: Some(vm) })
         }
 
@@ -444,6 +451,18 @@ pub mod daemon {
                 assert!(Instant::now() < deadline, "kiln serve did not answer");
                 std::thread::sleep(Duration::from_millis(100));
             }
+        }
+
+        /// The value of the `kiln_vm_starts_total` sample of `template` with
+        /// `how` (boot, restore, snapshot); 0 when there is none yet.
+        pub fn vm_starts(&self, template: &str, how: &str) -> u64 {
+            let metrics = self.get("/metrics");
+            let needle = format!("kiln_vm_starts_total{{template=\"{template}\",how=\"{how}\"}} ");
+            metrics
+                .lines()
+                .find_map(|l| l.strip_prefix(&needle))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0)
         }
 
         /// `GET path` on the socket; the whole response (status line,

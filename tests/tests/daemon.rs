@@ -348,17 +348,6 @@ max_vms = 1
     let _ = std::fs::remove_dir_all(dir);
 }
 
-/// The value of the `kiln_vm_starts_total` sample with `how` for minimal.
-fn vm_starts(daemon: &Daemon, how: &str) -> u64 {
-    let metrics = daemon.get("/metrics");
-    let needle = format!("kiln_vm_starts_total{{template=\"minimal\",how=\"{how}\"}} ");
-    metrics
-        .lines()
-        .find_map(|l| l.strip_prefix(&needle))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pools_refill_from_a_template_snapshot() {
     let dir = scratch("snapshot-pool");
@@ -368,7 +357,7 @@ async fn pools_refill_from_a_template_snapshot() {
     // The first cold boot starts the template snapshot: one more VM boots
     // and snapshots itself.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(300);
-    while vm_starts(&daemon, "snapshot") == 0 {
+    while daemon.vm_starts("minimal", "snapshot") == 0 {
         assert!(
             tokio::time::Instant::now() < deadline,
             "no template snapshot: {}",
@@ -408,7 +397,7 @@ async fn pools_refill_from_a_template_snapshot() {
         );
     }
     wait_ready(&kiln, "minimal", 1).await;
-    let restores = vm_starts(&daemon, "restore");
+    let restores = daemon.vm_starts("minimal", "restore");
     assert!(
         restores >= 2,
         "{restores} restores: {}",

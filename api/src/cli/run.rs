@@ -54,6 +54,11 @@ pub struct RunArgs {
     /// Runtime image (default: the template's).
     #[arg(long)]
     image: Option<PathBuf>,
+    /// A writable disk of this many MiB (a sparse host file, removed with
+    /// the VM) as the sandbox's writable layer instead of a tmpfs in guest
+    /// memory (default: the template's).
+    #[arg(long)]
+    disk_mib: Option<u32>,
     /// Environment variable for the command (repeatable), KEY=VALUE.
     #[arg(long = "env", short = 'e', value_parser = parse_env)]
     env: Vec<(String, String)>,
@@ -214,10 +219,13 @@ const BOOT_ATTEMPTS: u32 = 2;
 /// Boots a VM from `spec` and waits for its agent; boots once more when the
 /// guest crashed before its agent answered (nothing of the user's has run
 /// yet), never after a setup failure.
-async fn boot(spec: &VmSpec) -> std::result::Result<VmProcess, kiln::vm_process::VmProcessError> {
+async fn boot(
+    spec: &VmSpec,
+    options: &SpawnOptions,
+) -> std::result::Result<VmProcess, kiln::vm_process::VmProcessError> {
     let mut attempt = 1;
     loop {
-        let vm = VmProcess::spawn(spec, &SpawnOptions::default())?;
+        let vm = VmProcess::spawn(spec, options)?;
         match vm.wait_ready(BOOT_TIMEOUT).await {
             Ok(_) => return Ok(vm),
             Err(e) if e.guest_crashed() && attempt < BOOT_ATTEMPTS => {
@@ -247,7 +255,11 @@ async fn run_in_vm(args: RunArgs, plan: Plan) -> Result<ExitCode> {
         vmm: artifacts::vmm_binary(args.vmm.as_deref())?,
         config,
     };
-    let vm = boot(&spec).await.context("booting the sandbox")?;
+    let options = SpawnOptions {
+        writable_disk_mib: args.disk_mib.or(t.disk_mib),
+        ..SpawnOptions::default()
+    };
+    let vm = boot(&spec, &options).await.context("booting the sandbox")?;
     let ready = vm.spawned_at().elapsed();
 
     if let Some((host, guest)) = &plan.program_file {

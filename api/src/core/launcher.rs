@@ -70,17 +70,25 @@ impl KilnVmmLauncher {
 }
 
 /// A daemon's VM: its own run directory and session.
-fn daemon_options(run_dir: PathBuf, snapshot_dir: Option<&Path>) -> SpawnOptions {
+fn daemon_options(
+    template: &Template,
+    run_dir: PathBuf,
+    snapshot_dir: Option<&Path>,
+) -> SpawnOptions {
     SpawnOptions {
         run_dir: Some(run_dir),
         own_session: true,
         snapshot_dir: snapshot_dir.map(Path::to_path_buf),
+        writable_disk_mib: template.disk_mib,
     }
 }
 
 impl Launcher for KilnVmmLauncher {
     fn launch(&self, template: &Template, run_dir: PathBuf) -> Result<VmProcess, VmProcessError> {
-        VmProcess::spawn(&self.spec(template), &daemon_options(run_dir, None))
+        VmProcess::spawn(
+            &self.spec(template),
+            &daemon_options(template, run_dir, None),
+        )
     }
 
     fn needs_guest_files(&self) -> bool {
@@ -99,7 +107,7 @@ impl Launcher for KilnVmmLauncher {
     ) -> Result<VmProcess, VmProcessError> {
         VmProcess::spawn(
             &self.spec(template),
-            &daemon_options(run_dir, Some(snapshot_dir)),
+            &daemon_options(template, run_dir, Some(snapshot_dir)),
         )
     }
 
@@ -112,7 +120,7 @@ impl Launcher for KilnVmmLauncher {
         VmProcess::restore(
             &self.spec(template),
             snapshot_dir,
-            &daemon_options(run_dir, None),
+            &daemon_options(template, run_dir, None),
         )
     }
 }

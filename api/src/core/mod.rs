@@ -165,6 +165,7 @@ fn resolve_template(name: &str, tc: &TemplateConfig, needs_files: bool) -> Templ
         vcpus: tc.vcpus,
         mem_mib: tc.mem_mib,
         kernel_args: tc.kernel_args.clone(),
+        disk_mib: tc.disk_mib,
     };
     if !needs_files {
         return TemplateEntry {
@@ -186,6 +187,7 @@ fn resolve_template(name: &str, tc: &TemplateConfig, needs_files: bool) -> Templ
             t.vcpus = tc.vcpus;
             t.mem_mib = tc.mem_mib;
             t.kernel_args = tc.kernel_args.clone();
+            t.disk_mib = tc.disk_mib;
             t
         })
         .map_err(|e| e.to_string()),
@@ -225,6 +227,7 @@ fn templates_of(config: &Config, needs_files: bool) -> BTreeMap<String, Template
                 vcpus: builtin.0,
                 mem_mib: builtin.1,
                 kernel_args: String::new(),
+                disk_mib: None,
                 pool_target: u32::from(name == config.default_template),
                 egress: None,
             }

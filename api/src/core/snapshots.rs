@@ -63,6 +63,7 @@ fn snapshot_key(template: &Template, vmm: &Path) -> Option<String> {
     let mut h = Sha256::new();
     let config = serde_json::to_vec(&template.vm_config()).ok()?;
     h.update(&config);
+    h.update(format!("disk_mib={:?}", template.disk_mib));
     let files = [
         Some(vmm),
         Some(&*template.kernel),
@@ -334,6 +335,7 @@ mod tests {
             vcpus: 1,
             mem_mib: 256,
             kernel_args: String::new(),
+            disk_mib: None,
         }
     }
 
@@ -347,6 +349,9 @@ mod tests {
         let mut bigger = t.clone();
         bigger.mem_mib = 512;
         assert_ne!(snapshot_key(&bigger, &vmm), Some(key.clone()));
+        let mut with_disk = t.clone();
+        with_disk.disk_mib = Some(4096);
+        assert_ne!(snapshot_key(&with_disk, &vmm), Some(key.clone()));
         std::thread::sleep(Duration::from_millis(10));
         std::fs::write(&t.initramfs, "rebuilt initramfs").expect("rewrite");
         let rebuilt = snapshot_key(&t, &vmm).expect("key");

@@ -14,6 +14,7 @@
 //! one, whose [`VmProcess::wait_ready`] reseeds the guest's RNG and sets
 //! its clock before it reports ready.
 
+pub mod disk;
 mod handle;
 mod identity;
 mod snapshot;
@@ -28,7 +29,7 @@ use std::time::{Duration, Instant};
 
 use kiln_agent::protocol::files::{Entry, FileDigest};
 use kiln_agent::protocol::{ExecRequest, ExitStatus as GuestExit, Pong};
-use kiln_vmm::config::{ControlConfig, VmConfig, VsockConfig};
+use kiln_vmm::config::{ControlConfig, DriveConfig, VmConfig, VsockConfig};
 use kiln_vmm::vm::timings::{Timings, TimingsReport};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
@@ -63,6 +64,12 @@ pub struct SpawnOptions {
     /// Give the VM a control socket whose snapshots go to this existing
     /// directory (see [`VmProcess::snapshot`]).
     pub snapshot_dir: Option<PathBuf>,
+    /// Give the VM a writable disk of this many MiB (a sparse ext4 file
+    /// in its run directory, attached read-write after the spec's drives)
+    /// as the sandbox's writable layer instead of a tmpfs. The spec must
+    /// have an image drive. A restored VM gets a copy of the disk its
+    /// snapshot holds.
+    pub writable_disk_mib: Option<u32>,
 }
 
 /// Errors from running a VM process.
@@ -106,6 +113,9 @@ pub enum VmProcessError {
     /// The VMM's control socket failed or refused the request.
     #[error("control socket: {0}")]
     Control(String),
+    /// The VM's writable disk could not be made.
+    #[error(transparent)]
+    Disk(#[from] disk::DiskError),
 }
 
 impl VmProcessError {
@@ -181,6 +191,40 @@ fn create_run_dir(dir: Option<PathBuf>) -> Result<PathBuf, VmProcessError> {
     Ok(dir)
 }
 
+/// Makes the VM's writable disk in `dir` (a fresh file system, or for a
+/// restore the copy its snapshot holds), attaches it read-write after the
+/// other drives and tells the agent which device it is.
+fn attach_disk(
+    config: &mut VmConfig,
+    dir: &Path,
+    mib: u32,
+    restore: Option<&Path>,
+) -> Result<PathBuf, VmProcessError> {
+    if config.drives.is_empty() {
+        return Err(disk::DiskError::NoImage.into());
+    }
+    let path = dir.join(disk::DISK_NAME);
+    match restore {
+        Some(snapshot) => disk::copy(&snapshot.join(disk::DISK_NAME), &path)?,
+        None => disk::create(&path, mib)?,
+    }
+    // A disk in memory is the VMM's memory as it fills: its memory limit
+    // (a jail cgroup) must hold it, or the VMM is OOM-killed mid-write.
+    if disk::in_memory(dir) {
+        config.jail.vmm_memory_allowance_mib += u64::from(mib);
+    }
+    // Drives are /dev/vda, /dev/vdb, ... in order.
+    let letter = char::from(b'a' + u8::try_from(config.drives.len()).unwrap_or(25).min(25));
+    config.drives.push(DriveConfig {
+        path: path.clone(),
+        read_only: false,
+    });
+    config.cmdline_extra = format!("{} kiln.overlay_dev=vd{letter}", config.cmdline_extra)
+        .trim()
+        .to_string();
+    Ok(path)
+}
+
 /// A running VM process.
 pub struct VmProcess {
     process: ProcessHandle,
@@ -190,6 +234,10 @@ pub struct VmProcess {
     spawned_at: Instant,
     /// Restored from a snapshot: `wait_ready` sends the resume request.
     restored: bool,
+    /// The writable disk, when the VM has one.
+    disk: Option<PathBuf>,
+    /// Where [`VmProcess::snapshot`] writes.
+    snapshot_dir: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for VmProcess {
@@ -242,6 +290,16 @@ impl VmProcess {
                 snapshot_dir: snapshot_dir.clone(),
             });
         config.restore = restore.map(Path::to_path_buf);
+        let disk = match options.writable_disk_mib {
+            Some(mib) => match attach_disk(&mut config, &dir, mib, restore) {
+                Ok(path) => Some(path),
+                Err(e) => {
+                    let _ = fs::remove_dir_all(&dir);
+                    return Err(e);
+                }
+            },
+            None => None,
+        };
         let config_path = dir.join(CONFIG_NAME);
         let written = serde_json::to_vec_pretty(&config)
             .map_err(std::io::Error::other)
@@ -258,7 +316,11 @@ impl VmProcess {
             .arg(&config_path)
             .arg("--timings-json")
             .arg(dir.join(TIMINGS_NAME));
-        Self::spawn_command(cmd, AgentAddr::HybridVsock(uds), dir, options.own_session)
+        let mut vm =
+            Self::spawn_command(cmd, AgentAddr::HybridVsock(uds), dir, options.own_session)?;
+        vm.disk = disk;
+        vm.snapshot_dir.clone_from(&options.snapshot_dir);
+        Ok(vm)
     }
 
     /// Starts `cmd` as a VM process whose agent answers at `agent`, with
@@ -306,6 +368,8 @@ impl VmProcess {
             log,
             spawned_at,
             restored: false,
+            disk: None,
+            snapshot_dir: None,
         })
     }
 
@@ -325,6 +389,8 @@ impl VmProcess {
             dir,
             spawned_at: Instant::now(),
             restored: false,
+            disk: None,
+            snapshot_dir: None,
         })
     }
 

@@ -10,6 +10,7 @@ use kiln_vmm::snapshot::SnapshotReport;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 
+use super::disk::DISK_NAME;
 use super::{VmProcess, VmProcessError, CONTROL_NAME};
 use crate::agent_link::AgentError;
 
@@ -22,21 +23,52 @@ impl VmProcess {
     /// Snapshots the VM into its [`super::SpawnOptions::snapshot_dir`]
     /// (the guest is paused meanwhile), then lets it run on (`resume`) or
     /// stop. Host connections to the guest are dropped by the snapshot.
+    ///
+    /// A VM with a writable disk is snapshotted only when it stops: once
+    /// the VMM has exited, its disk is copied next to the snapshot
+    /// ([`super::disk::DISK_NAME`]), so every clone starts from the disk
+    /// its memory remembers.
     pub async fn snapshot(
         &self,
         resume: bool,
         timeout: Duration,
     ) -> Result<SnapshotReport, VmProcessError> {
+        if self.disk.is_some() && resume {
+            return Err(VmProcessError::Control(
+                "a VM with a writable disk can only be snapshotted when it stops (resume=false)"
+                    .into(),
+            ));
+        }
+        let deadline = tokio::time::Instant::now() + timeout;
         let request = ControlRequest::Snapshot { resume };
         let reply = tokio::time::timeout(timeout, self.control(&request))
             .await
             .map_err(|_| VmProcessError::Control(format!("no reply within {timeout:?}")))??;
-        match (reply.ok, reply.snapshot) {
-            (true, Some(report)) => Ok(report),
-            (_, _) => Err(VmProcessError::Control(
-                reply.error.unwrap_or_else(|| "snapshot failed".into()),
-            )),
+        let report = match (reply.ok, reply.snapshot) {
+            (true, Some(report)) => report,
+            (_, _) => {
+                return Err(VmProcessError::Control(
+                    reply.error.unwrap_or_else(|| "snapshot failed".into()),
+                ))
+            }
+        };
+        if let (Some(disk), Some(dir)) = (&self.disk, &self.snapshot_dir) {
+            tokio::time::timeout_at(deadline, self.wait())
+                .await
+                .map_err(|_| {
+                    VmProcessError::Control(format!(
+                        "the VM did not stop within {timeout:?} after its snapshot"
+                    ))
+                })?;
+            let (disk, copy) = (disk.clone(), dir.join(DISK_NAME));
+            tokio::task::spawn_blocking(move || {
+                let _ = std::fs::remove_file(&copy);
+                super::disk::copy(&disk, &copy)
+            })
+            .await
+            .map_err(|e| VmProcessError::Control(format!("copying the disk: {e}")))??;
         }
+        Ok(report)
     }
 
     async fn control(&self, request: &ControlRequest) -> Result<ControlReply, VmProcessError> {

@@ -2,7 +2,9 @@
 //! sandbox's `kiln.overlay_mib=N`, `kiln.sandbox_mem_mib=N`,
 //! `kiln.pids_max=N`, and the process table's `kiln.output_buffer_kib=N`
 //! (each process's output ring), `kiln.max_processes=N` (running at once),
-//! `kiln.max_finished=N` (finished ones kept for their status).
+//! `kiln.max_finished=N` (finished ones kept for their status), and
+//! `kiln.overlay_dev=vdX`: the writable disk that holds the sandbox's
+//! writable layer instead of a tmpfs.
 //!
 //! The command line is written by the host, but a bad value must never stop
 //! the agent: anything unparsable or out of range falls back to the default
@@ -51,6 +53,10 @@ pub struct Config {
     pub max_processes: u64,
     /// Most finished table processes kept.
     pub max_finished: u64,
+    /// The block device (`vdb`..`vdz`) whose ext4 file system holds the
+    /// overlay's writable layer and `/tmp`; `None`: a tmpfs of
+    /// `overlay_mib`.
+    pub overlay_dev: Option<String>,
 }
 
 impl Default for Config {
@@ -62,6 +68,7 @@ impl Default for Config {
             output_buffer_kib: DEFAULT_OUTPUT_BUFFER_KIB,
             max_processes: DEFAULT_MAX_PROCESSES,
             max_finished: DEFAULT_MAX_FINISHED,
+            overlay_dev: None,
         }
     }
 }
@@ -83,6 +90,17 @@ pub fn parse(cmdline: &str) -> (Config, Vec<String>) {
         let Some((key, value)) = word.split_once('=') else {
             continue;
         };
+        if key == "kiln.overlay_dev" {
+            if is_disk_name(value) {
+                config.overlay_dev = Some(value.to_owned());
+            } else {
+                warnings.push(format!(
+                    "ignoring kiln.overlay_dev={:?}: want vdb..vdz; using a tmpfs overlay",
+                    cut(value, 32)
+                ));
+            }
+            continue;
+        }
         let range = match key {
             "kiln.overlay_mib" => (1, MAX_OVERLAY_MIB),
             "kiln.sandbox_mem_mib" => MEM_RANGE,
@@ -114,6 +132,11 @@ pub fn parse(cmdline: &str) -> (Config, Vec<String>) {
         }
     }
     (config, warnings)
+}
+
+/// `vdb` to `vdz`: a virtio disk after the image (`vda`).
+fn is_disk_name(name: &str) -> bool {
+    matches!(name.as_bytes(), [b'v', b'd', c] if (b'b'..=b'z').contains(c))
 }
 
 /// The first `max` bytes of `s`, at a character boundary.
@@ -160,6 +183,10 @@ mod tests {
             (64, 3, 0)
         );
         assert!(w.is_empty());
+        assert_eq!(
+            parse("kiln.overlay_dev=vdb").0.overlay_dev.as_deref(),
+            Some("vdb")
+        );
         // The last occurrence wins, as for the kernel's own parameters.
         assert_eq!(parse("kiln.pids_max=9 kiln.pids_max=10").0.pids_max, 10);
     }
@@ -182,6 +209,11 @@ mod tests {
             "kiln.max_processes=0",
             "kiln.max_processes=65",
             "kiln.max_finished=65",
+            "kiln.overlay_dev=vda",
+            "kiln.overlay_dev=sda",
+            "kiln.overlay_dev=../vdb",
+            "kiln.overlay_dev=vdbb",
+            "kiln.overlay_dev=",
         ] {
             let (c, w) = parse(bad);
             assert_eq!(c, Config::default(), "{bad}");

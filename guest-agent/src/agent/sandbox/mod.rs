@@ -108,12 +108,12 @@ impl Sandbox {
                     for e in &image.failed {
                         notes.push(note(e));
                     }
-                    let kind = format!(
-                        "{} image {} + {} MiB tmpfs overlay",
-                        image.fstype,
-                        mounts::IMAGE_DEVICE,
-                        config.overlay_mib
-                    );
+                    let layer = match &image.disk {
+                        Some(dev) => format!("/dev/{dev} ext4 disk overlay"),
+                        None => format!("{} MiB tmpfs overlay", config.overlay_mib),
+                    };
+                    let kind =
+                        format!("{} image {} + {layer}", image.fstype, mounts::IMAGE_DEVICE,);
                     (image.root, kind)
                 }
                 Err(e) => {

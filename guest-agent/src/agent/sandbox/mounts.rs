@@ -1,7 +1,8 @@
 //! The sandbox's root file system (guest only): the read-only runtime image
-//! from `/dev/vda` (erofs, else ext4) under a size-bounded tmpfs overlay,
-//! with `/proc`, `/dev`, `/dev/pts`, `/dev/shm`, `/tmp` and a read-only
-//! `/sys` inside it.
+//! from `/dev/vda` (erofs, else ext4) under an overlay whose writable layer
+//! is a size-bounded tmpfs, or the ext4 file system of a writable disk
+//! (`kiln.overlay_dev`), with `/proc`, `/dev`, `/dev/pts`, `/dev/shm`,
+//! `/tmp` (a tmpfs, or on the disk) and a read-only `/sys` inside it.
 
 use std::ffi::CString;
 use std::fs;
@@ -56,6 +57,8 @@ pub struct ImageRoot {
     pub root: PathBuf,
     /// File system of the image.
     pub fstype: &'static str,
+    /// The writable layer's disk, when it is one (else a tmpfs).
+    pub disk: Option<String>,
     /// Mounts inside the root that failed (the root is still usable).
     pub failed: Vec<MountError>,
 }
@@ -72,14 +75,28 @@ pub fn setup_image_root(config: &Config) -> Result<ImageRoot, MountError> {
     let fstype = mount_image()?;
     let rw = Path::new(RW_DIR);
     mkdir(rw)?;
-    let size = format!("size={}m,mode=0755", config.overlay_mib);
-    mount_or(
-        "tmpfs",
-        rw,
-        "tmpfs",
-        libc::MS_NOSUID | libc::MS_NODEV,
-        &size,
-    )?;
+    let mut failed = Vec::new();
+    let disk = match &config.overlay_dev {
+        Some(dev) => match mount_disk(dev, rw) {
+            Ok(()) => Some(dev.clone()),
+            Err(e) => {
+                // The sandbox still gets a root, in memory; the note says why.
+                failed.push(e);
+                None
+            }
+        },
+        None => None,
+    };
+    if disk.is_none() {
+        let size = format!("size={}m,mode=0755", config.overlay_mib);
+        mount_or(
+            "tmpfs",
+            rw,
+            "tmpfs",
+            libc::MS_NOSUID | libc::MS_NODEV,
+            &size,
+        )?;
+    }
     let (upper, work) = (rw.join("upper"), rw.join("work"));
     mkdir(&upper)?;
     mkdir(&work)?;
@@ -98,10 +115,31 @@ pub fn setup_image_root(config: &Config) -> Result<ImageRoot, MountError> {
         libc::MS_NOSUID | libc::MS_NODEV,
         &opts,
     )?;
+    failed.extend(mount_inner(root, config, disk.is_some()));
     Ok(ImageRoot {
         root: root.to_owned(),
         fstype,
-        failed: mount_inner(root, config),
+        disk,
+        failed,
+    })
+}
+
+/// Mounts the writable disk's ext4 file system (made empty by the host) on
+/// `dir`. `noinit_itable`: the host left the inode tables unzeroed on
+/// purpose (the disk is sparse); they are never needed zeroed here.
+fn mount_disk(dev: &str, dir: &Path) -> Result<(), MountError> {
+    let source = format!("/dev/{dev}");
+    mount(
+        &source,
+        dir,
+        "ext4",
+        libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOATIME,
+        "noinit_itable,errors=remount-ro",
+    )
+    .map_err(|source| MountError::Mount {
+        fstype: "ext4",
+        target: dir.to_owned(),
+        source,
     })
 }
 
@@ -125,8 +163,9 @@ fn mount_image() -> Result<&'static str, MountError> {
 }
 
 /// Kernel file systems inside the sandbox root; returns the failures (each
-/// step is independent).
-fn mount_inner(root: &Path, config: &Config) -> Vec<MountError> {
+/// step is independent). With a writable disk, `/tmp` is a directory on
+/// it rather than a tmpfs in memory.
+fn mount_inner(root: &Path, config: &Config, on_disk: bool) -> Vec<MountError> {
     let nosuid_nodev = libc::MS_NOSUID | libc::MS_NODEV;
     let tmp = format!("size={}m,mode=1777", config.overlay_mib);
     let shm = format!("size={SHM_MIB}m,mode=1777");
@@ -153,12 +192,25 @@ fn mount_inner(root: &Path, config: &Config) -> Vec<MountError> {
     let mut failed = Vec::new();
     for (dir, source, fstype, flags, data) in steps {
         let target = root.join(dir);
+        if on_disk && dir == "tmp" {
+            if let Err(e) = mkdir(&target).and_then(|()| sticky_world_writable(&target)) {
+                failed.push(e);
+            }
+            continue;
+        }
         if let Err(e) = mkdir(&target).and_then(|()| mount_or(source, &target, fstype, flags, data))
         {
             failed.push(e);
         }
     }
     failed
+}
+
+/// `chmod 1777`, as a `/tmp` must be.
+fn sticky_world_writable(dir: &Path) -> Result<(), MountError> {
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o1777))
+        .map_err(|e| MountError::Mkdir(dir.to_owned(), e))
 }
 
 /// `mkdir -p`.
