@@ -35,6 +35,13 @@ pub enum Served {
     GiveBack,
 }
 
+/// What [`DeviceState::drain`] does after a used chain.
+enum Next {
+    Continue,
+    ComeBack,
+    Stop,
+}
+
 /// Which shared eventfd an event-loop event came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StateEvent {
@@ -226,10 +233,10 @@ impl DeviceState {
                 }
             };
             let head = chain.head_index();
-            let (len, then) = match serve(chain, &ctx.mem) {
-                Served::Used(len) => (len, None),
-                Served::UsedThenYield(len) => (len, Some(true)),
-                Served::UsedThenStop(len) => (len, Some(false)),
+            let (len, next) = match serve(chain, &ctx.mem) {
+                Served::Used(len) => (len, Next::Continue),
+                Served::UsedThenYield(len) => (len, Next::ComeBack),
+                Served::UsedThenStop(len) => (len, Next::Stop),
                 Served::GiveBack => {
                     queue.go_to_previous_position();
                     break;
@@ -240,14 +247,13 @@ impl DeviceState {
                 break;
             }
             used = true;
-            match then {
-                None => {}
-                Some(come_back) => {
-                    if come_back {
-                        let _ = self.queue_evts[index].write(1);
-                    }
+            match next {
+                Next::Continue => {}
+                Next::ComeBack => {
+                    let _ = self.queue_evts[index].write(1);
                     break;
                 }
+                Next::Stop => break,
             }
         }
         if used {
