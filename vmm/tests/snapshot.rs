@@ -173,16 +173,80 @@ fn the_serial_port_keeps_working_after_a_restore() {
     assert_eq!(again.serial.unwrap(), serial);
 }
 
-#[test]
-fn bad_snapshots_are_refused_before_anything_runs() {
-    let dir = temp_dir("snapshot-bad");
-    let kernel = write_file(&dir, "vmlinux", &elf_kernel(&marked_spin_guest(), true, 0));
-    let source = with_control(config(&kernel), &dir, "source");
+/// Runs the spinning guest, snapshots it into `dir`'s "source-snapshot"
+/// and stops it; returns its kernel and the snapshot directory.
+fn stopped_spin_snapshot(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    let kernel = write_file(dir, "vmlinux", &elf_kernel(&marked_spin_guest(), true, 0));
+    let source = with_control(config(&kernel), dir, "source");
     let snapshot_dir = source.control.as_ref().unwrap().snapshot_dir.clone();
     let vm = start(&source);
     let_it_run();
     vm.snapshot(false).unwrap();
     wait(&vm);
+    (kernel, snapshot_dir)
+}
+
+/// Whether this host's KVM can run a guest TSC at another frequency
+/// (`KVM_CHECK_EXTENSION(KVM_CAP_TSC_CONTROL)`).
+fn host_scales_tsc() -> bool {
+    const KVM_CHECK_EXTENSION: libc::c_ulong = 0xae03;
+    const KVM_CAP_TSC_CONTROL: libc::c_ulong = 60;
+    let kvm = std::fs::File::open("/dev/kvm").unwrap();
+    // SAFETY: KVM_CHECK_EXTENSION takes an integer argument and touches no
+    // memory of ours; `kvm` is an open /dev/kvm.
+    let r = unsafe {
+        libc::ioctl(
+            std::os::fd::AsRawFd::as_raw_fd(&kvm),
+            KVM_CHECK_EXTENSION,
+            KVM_CAP_TSC_CONTROL,
+        )
+    };
+    r > 0
+}
+
+#[test]
+fn a_guest_tsc_of_another_frequency_is_scaled_or_refused() {
+    let dir = temp_dir("snapshot-tsc");
+    let (kernel, snapshot_dir) = stopped_spin_snapshot(&dir);
+
+    // The same snapshot, as if taken on a host whose TSC runs 1.5x faster.
+    let state = snapshot_dir.join(STATE_FILE);
+    let mut snapshot = format::read(&state).unwrap();
+    let khz = snapshot.vcpus[0]
+        .tsc_khz
+        .expect("KVM reports the TSC frequency");
+    assert!(khz > 0);
+    snapshot.vcpus[0].tsc_khz = Some(khz / 2 * 3);
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&state)
+        .unwrap();
+    format::write(&file, &state, &snapshot).unwrap();
+
+    let mut clone = config(&kernel);
+    clone.restore = Some(snapshot_dir);
+    match builder::start(&clone) {
+        Ok(vm) => {
+            assert!(host_scales_tsc(), "restored without TSC scaling");
+            let_it_run();
+            assert!(vm.exit_reason().is_none(), "the clone runs");
+            assert_eq!(vm.shutdown(), ExitReason::Stopped);
+        }
+        Err(err) => {
+            assert!(!host_scales_tsc(), "refused although KVM scales: {err}");
+            let text = err.to_string();
+            assert!(
+                text.contains("cannot scale the TSC") && text.contains(&format!("{khz}")),
+                "{text}"
+            );
+        }
+    }
+}
+
+#[test]
+fn bad_snapshots_are_refused_before_anything_runs() {
+    let dir = temp_dir("snapshot-bad");
+    let (kernel, snapshot_dir) = stopped_spin_snapshot(&dir);
 
     let restore = |mut c: VmConfig| {
         c.restore = Some(snapshot_dir.clone());
