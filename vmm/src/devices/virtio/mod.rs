@@ -3,9 +3,13 @@
 //! - [`transport::mmio`]: the virtio-mmio (version 2) register window a guest
 //!   driver programs; it owns feature negotiation and queue setup and hands
 //!   ready queues to a device on DRIVER_OK.
+//! - [`device_state`]: what every device shares, written once (activation,
+//!   reset, queue eventfds, draining a queue, the broken flag, its part of a
+//!   snapshot); `interrupt.rs` the interrupt line, `queue.rs` safe popping.
 //! - one folder per device ([`blk`], [`rng`], [`vsock`]) with the same file roles:
-//!   `device.rs` (virtio state), `event_handler.rs` (event loop side), parsers
-//!   for guest data, `mod.rs` (constants, error enum).
+//!   `device.rs` (what is the device's own, on top of its [`DeviceState`]),
+//!   `event_handler.rs` (event loop side), parsers for guest data, `mod.rs`
+//!   (constants, error enum).
 //! - [`manager`]: places devices on the MMIO bus (irqfd + ioeventfds) and runs
 //!   their event handling on one dedicated thread.
 //!
