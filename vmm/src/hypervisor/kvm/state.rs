@@ -2,10 +2,10 @@
 //!
 //! The order of the restoring calls follows what KVM needs: CPUID before
 //! anything (it decides which MSRs and xsave features exist), the TSC
-//! frequency before the TSC itself ([`tsc`]), MP state and registers, then
+//! frequency before the TSC itself (`state/tsc.rs`), MP state and registers, then
 //! the LAPIC before the MSRs (the TSC-deadline MSR is only accepted with
 //! the APIC in the right mode), and the pending events last. xsave state
-//! larger than 4 KiB goes through `KVM_GET_XSAVE2` ([`xsave`]).
+//! larger than 4 KiB goes through `KVM_GET_XSAVE2` (`state/xsave.rs`).
 
 mod tsc;
 mod xsave;
