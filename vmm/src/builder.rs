@@ -22,7 +22,7 @@ use std::time::Instant;
 use crate::boot::{self, cmdline, BootSpec};
 use crate::config::{ConfigError, VmConfig};
 use crate::devices::bus::{Bus, BusError};
-use crate::devices::legacy::{BootTimer, Serial, SerialError, I8042};
+use crate::devices::legacy::{BootTimer, Serial, SerialError, SerialSnapshot, I8042};
 use crate::devices::virtio::blk::{Blk, BlkError};
 use crate::devices::virtio::rng::Rng;
 use crate::devices::virtio::vsock::{Vsock, VsockError};
@@ -137,6 +137,7 @@ pub struct BuiltVm {
     contexts: Vec<VcpuContext>,
     pause: Arc<PauseCtl>,
     virtio: VirtioDevices,
+    serial: Option<Arc<Mutex<Serial>>>,
     serial_log: Option<PathBuf>,
     socket: Option<SocketGuard>,
     control: Option<(ControlServer, SocketGuard)>,
@@ -177,7 +178,13 @@ pub fn build(config: &VmConfig, vmm_start: Instant) -> Result<BuiltVm, BuildErro
     let clock = Arc::new(BootClock::new(vmm_start));
     let mut pio = Bus::new();
     let mut mmio = Bus::new();
-    attach_legacy(config, vm.as_ref(), &mut pio, &mut mmio, &exit, &clock)?;
+    let serial_state = snapshot.as_ref().and_then(|s| s.serial.as_ref());
+    let legacy = Legacy {
+        exit: &exit,
+        clock: &clock,
+        serial_state,
+    };
+    let serial = attach_legacy(config, vm.as_ref(), &mut pio, &mut mmio, &legacy)?;
 
     let mut socket = None;
     let mut virtio = VirtioDevices::new(mem.clone());
@@ -251,6 +258,7 @@ pub fn build(config: &VmConfig, vmm_start: Instant) -> Result<BuiltVm, BuildErro
         contexts,
         pause,
         virtio,
+        serial,
         serial_log: config.serial_log.clone(),
         socket,
         control,
@@ -324,6 +332,7 @@ impl BuiltVm {
             mem_bytes: self.mem_bytes,
             cmdline: self.cmdline.clone(),
             transports,
+            serial: self.serial,
             pause: self.pause,
             vcpus: Arc::clone(&vcpus),
             gate: event_loop.gate(),
@@ -375,23 +384,31 @@ impl BuiltVm {
     }
 }
 
-/// COM1 (when configured), the i8042 and the boot timer.
+/// What the legacy devices share with the VM, and a restore's serial state.
+struct Legacy<'a> {
+    exit: &'a Arc<ExitState>,
+    clock: &'a Arc<BootClock>,
+    serial_state: Option<&'a SerialSnapshot>,
+}
+
+/// COM1 (when configured, from the snapshot's state on a restore), the
+/// i8042 and the boot timer; returns COM1 for snapshots. The i8042 and the
+/// boot timer hold no state a guest could see, so snapshots skip them.
 fn attach_legacy(
     config: &VmConfig,
     vm: &dyn Vm,
     pio: &mut Bus,
     mmio: &mut Bus,
-    exit: &Arc<ExitState>,
-    clock: &Arc<BootClock>,
-) -> Result<(), BuildError> {
+    legacy: &Legacy<'_>,
+) -> Result<Option<Arc<Mutex<Serial>>>, BuildError> {
+    let (exit, clock) = (legacy.exit, legacy.clock);
+    let mut com1 = None;
     if let Some(path) = &config.serial_log {
-        let (serial, irq) = Serial::new(path)?;
+        let (serial, irq) = Serial::new(path, legacy.serial_state)?;
         vm.register_irqfd(&irq, SERIAL_IRQ)?;
-        pio.insert(
-            Arc::new(Mutex::new(serial)),
-            SERIAL_PORT_BASE,
-            SERIAL_PORT_LEN,
-        )?;
+        let serial = Arc::new(Mutex::new(serial));
+        pio.insert(serial.clone(), SERIAL_PORT_BASE, SERIAL_PORT_LEN)?;
+        com1 = Some(serial);
     }
     pio.insert(
         Arc::new(Mutex::new(I8042::new(Arc::clone(exit)))),
@@ -406,7 +423,7 @@ fn attach_legacy(
             BOOT_TIMER_SIZE,
         )?;
     }
-    Ok(())
+    Ok(com1)
 }
 
 /// What every vCPU context shares.

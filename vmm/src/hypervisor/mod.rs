@@ -32,6 +32,9 @@ pub enum HypervisorError {
         /// Capability name.
         capability: &'static str,
     },
+    /// The snapshot's vCPU state does not fit this host.
+    #[error("the snapshot does not fit this host: {0}")]
+    Incompatible(String),
     /// A hypervisor call failed.
     #[error("{op} failed: {source}")]
     Call {

@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! KILN-VM-SNAPSHOT\n                                  magic line
-//! {"format_version":1,"vmm_version":"0.1.0",
+//! {"format_version":2,"vmm_version":"0.1.0",
 //!  "body_bytes":N,"body_sha256":"<hex>"}\n            header, one JSON line
 //! <N bytes of JSON: the VmSnapshot>                   body
 //! ```
@@ -26,7 +26,11 @@ use super::{SnapshotError, VmSnapshot};
 /// The first line of every state file.
 pub const MAGIC: &[u8] = b"KILN-VM-SNAPSHOT\n";
 /// The layout of [`VmSnapshot`] this build reads and writes.
-pub const FORMAT_VERSION: u32 = 1;
+///
+/// 2: COM1's registers, xsave state beyond 4 KiB and the guest TSC
+/// frequency; queue ring positions and the broken flag moved into each
+/// device's shared state. Version 1 files are refused.
+pub const FORMAT_VERSION: u32 = 2;
 /// The kiln-vmm version written into (and required of) a snapshot: vCPU
 /// and device state is only known to restore into the same build.
 pub const VMM_VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -175,6 +179,29 @@ mod tests {
         let err = decode(&other).err().unwrap();
         assert!(matches!(err, SnapshotError::VmmVersion { .. }));
         assert!(err.to_string().contains("0.0.0-other"), "{err}");
+    }
+
+    #[test]
+    fn version_1_snapshots_are_refused_by_name() {
+        // A version 1 file of the same kiln-vmm version (the version string
+        // did not change with the format).
+        let bytes = encode(&sample()).unwrap();
+        let old = with_header(&bytes, |h| h.format_version = 1);
+        let err = decode(&old).err().unwrap();
+        assert!(
+            matches!(
+                err,
+                SnapshotError::FormatVersion {
+                    found: 1,
+                    expected: 2
+                }
+            ),
+            "{err}"
+        );
+        assert_eq!(
+            err.to_string(),
+            "snapshot format version 1, this kiln-vmm reads version 2: take the snapshot again"
+        );
     }
 
     #[test]

@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
+use crate::devices::legacy::{Serial, SerialSnapshot};
 use crate::devices::virtio::transport::mmio::{MmioTransport, TransportState};
 use crate::devices::virtio::LoopGate;
 use crate::hypervisor::{HypervisorError, VcpuState, Vm, VmState};
@@ -54,7 +55,9 @@ pub enum SnapshotError {
     #[error("not a kiln snapshot state file")]
     NotASnapshot,
     /// The state file has another format version.
-    #[error("snapshot format version {found}, this kiln-vmm reads version {expected}")]
+    #[error(
+        "snapshot format version {found}, this kiln-vmm reads version {expected}: take the snapshot again"
+    )]
     FormatVersion {
         /// Version in the file.
         found: u32,
@@ -138,6 +141,8 @@ pub struct VmSnapshot {
     pub vm: VmState,
     /// Each virtio device, in window order (vsock, rng, drives).
     pub devices: Vec<TransportState>,
+    /// COM1, when the VM had one (a `serial_log`).
+    pub serial: Option<SerialSnapshot>,
 }
 
 impl VmSnapshot {
@@ -228,6 +233,7 @@ pub struct Snapshotter {
     pub(crate) mem_bytes: u64,
     pub(crate) cmdline: String,
     pub(crate) transports: Vec<Arc<Mutex<MmioTransport>>>,
+    pub(crate) serial: Option<Arc<Mutex<Serial>>>,
     pub(crate) pause: Arc<PauseCtl>,
     pub(crate) vcpus: Arc<VcpuThreads>,
     pub(crate) gate: Arc<LoopGate>,
@@ -306,6 +312,10 @@ impl Snapshotter {
     ) -> Result<(u64, u64), SnapshotError> {
         let mem_path = files.dir.join(MEMORY_FILE);
         let (memory, written) = memory_file::write(&self.mem, &files.memory, &mem_path)?;
+        let serial = self
+            .serial
+            .as_ref()
+            .map(|s| s.lock().expect("serial lock poisoned").save());
         let snapshot = VmSnapshot {
             mem_bytes: self.mem_bytes,
             memory,
@@ -313,6 +323,7 @@ impl Snapshotter {
             vcpus,
             vm,
             devices,
+            serial,
         };
         let state_path = files.dir.join(STATE_FILE);
         let state_bytes = format::write(&files.state, &state_path, &snapshot)?;
@@ -349,6 +360,8 @@ pub(crate) mod tests {
             "regs": serde_json::to_value(kvm_bindings::kvm_regs { rip: 0x1000, ..Default::default() }).unwrap(),
             "sregs": serde_json::to_value(kvm_bindings::kvm_sregs::default()).unwrap(),
             "xsave": serde_json::to_value(kvm_bindings::kvm_xsave::default()).unwrap(),
+            "xsave_extra": [],
+            "tsc_khz": 2_000_000,
             "xcrs": serde_json::to_value(kvm_bindings::kvm_xcrs::default()).unwrap(),
             "debug_regs": serde_json::to_value(kvm_bindings::kvm_debugregs::default()).unwrap(),
             "lapic": serde_json::to_value(kvm_bindings::kvm_lapic_state::default()).unwrap(),
@@ -374,6 +387,7 @@ pub(crate) mod tests {
                 clock: Default::default(),
             },
             devices: Vec::new(),
+            serial: None,
         }
     }
 

@@ -3,9 +3,13 @@
 //! - [`transport::mmio`]: the virtio-mmio (version 2) register window a guest
 //!   driver programs; it owns feature negotiation and queue setup and hands
 //!   ready queues to a device on DRIVER_OK.
+//! - [`device_state`]: what every device shares, written once (activation,
+//!   reset, queue eventfds, draining a queue, the broken flag, its part of a
+//!   snapshot); `interrupt.rs` the interrupt line, `queue.rs` safe popping.
 //! - one folder per device ([`blk`], [`rng`], [`vsock`]) with the same file roles:
-//!   `device.rs` (virtio state), `event_handler.rs` (event loop side), parsers
-//!   for guest data, `mod.rs` (constants, error enum).
+//!   `device.rs` (what is the device's own, on top of its [`DeviceState`]),
+//!   `event_handler.rs` (event loop side), parsers for guest data, `mod.rs`
+//!   (constants, error enum).
 //! - [`manager`]: places devices on the MMIO bus (irqfd + ioeventfds) and runs
 //!   their event handling on one dedicated thread.
 //!
@@ -15,22 +19,28 @@
 //! arrive on ioeventfds (no vCPU exit) and interrupts leave through irqfds.
 
 pub mod blk;
+pub mod device_state;
+mod interrupt;
 pub mod manager;
+mod queue;
 pub mod rng;
 pub mod transport;
 pub mod vsock;
 
-use std::num::Wrapping;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::OnceLock;
 use std::time::Instant;
 
 use event_manager::MutEventSubscriber;
-use virtio_queue::{DescriptorChain, Queue, QueueT};
+use virtio_queue::Queue;
 use vm_memory::GuestMemoryMmap;
-use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+use vmm_sys_util::eventfd::EventFd;
 
+pub use device_state::{DeviceState, DeviceStateSnapshot, QueuePosition, Served, StateEvent};
+pub use interrupt::Interrupt;
 pub use manager::{DumpTrigger, EventLoop, GateGuard, LoopGate, VirtioDevices};
+pub use queue::QueueBroken;
+pub(crate) use queue::{describe_queue, pop_chain};
 
 /// Device type of a virtio block device.
 pub const TYPE_BLOCK: u32 = 2;
@@ -122,8 +132,10 @@ pub struct ActivateContext {
 /// A virtio device behind a transport.
 ///
 /// The event-loop side comes from [`MutEventSubscriber`]: `init` registers the
-/// device's fds (queue eventfds, its activation eventfd, backend fds) and
-/// `process` handles them.
+/// device's fds (its [`DeviceState`]'s eventfds, backend fds) and `process`
+/// handles them. What every device shares (activation, reset, queue
+/// notifications, draining queues, the snapshot of its queues) is its
+/// [`DeviceState`]; the defaults here delegate to it.
 pub trait VirtioDevice: MutEventSubscriber + Send {
     /// Virtio device type ([`TYPE_RNG`], [`TYPE_VSOCK`], ...).
     fn device_type(&self) -> u32;
@@ -131,19 +143,26 @@ pub trait VirtioDevice: MutEventSubscriber + Send {
     fn avail_features(&self) -> u64;
     /// Maximum size of each queue (powers of two); the length is the queue count.
     fn queue_max_sizes(&self) -> &[u16];
-    /// One eventfd per queue, signalled when the guest notifies that queue.
-    fn queue_events(&self) -> &[EventFd];
     /// Reads the device-specific configuration space at `offset`.
     fn read_config(&self, offset: u64, data: &mut [u8]);
     /// Writes the device-specific configuration space at `offset`.
     fn write_config(&mut self, offset: u64, data: &[u8]);
+    /// The state every virtio device shares.
+    fn state(&self) -> &DeviceState;
+    /// The state every virtio device shares, to change it.
+    fn state_mut(&mut self) -> &mut DeviceState;
+    /// One eventfd per queue, signalled when the guest notifies that queue.
+    fn queue_events(&self) -> &[EventFd] {
+        self.state().queue_events()
+    }
     /// Starts the device with the queues the driver set up.
-    fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError>;
+    fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError> {
+        self.state_mut().activate(ctx)
+    }
     /// Stops the device and drops all guest-visible state (device reset).
-    fn reset(&mut self);
-    /// The queues the device runs on since activation, for a snapshot
-    /// (their ring positions); `None` while inactive.
-    fn active_queues(&self) -> Option<&[Queue]>;
+    fn reset(&mut self) {
+        self.state_mut().reset();
+    }
     /// Before a snapshot (vCPUs paused): drop what cannot be saved (vsock
     /// closes its host connections).
     fn prepare_snapshot(&mut self) {}
@@ -154,39 +173,12 @@ pub trait VirtioDevice: MutEventSubscriber + Send {
     /// The device's state for a debug dump (`kiln-vmm` logs it on
     /// SIGUSR1): queues as both sides see them, pending work, backends.
     fn describe(&self) -> String {
-        format!("device type {}", self.device_type())
+        format!(
+            "device type {}: {}",
+            self.device_type(),
+            self.state().describe(&[])
+        )
     }
-}
-
-/// One queue as both sides see it, for debug dumps: the device's own
-/// positions (`next_avail`, `next_used`) against the indexes and flags the
-/// driver and device last wrote in guest memory.
-pub(crate) fn describe_queue(queue: &Queue, mem: &GuestMemoryMmap) -> String {
-    use vm_memory::{Bytes, GuestAddress};
-    let read = |addr: u64| -> String {
-        mem.read_obj::<u16>(GuestAddress(addr))
-            .map_or_else(|_| "?".into(), |v| v.to_string())
-    };
-    let size = u64::from(queue.size());
-    let (avail, used) = (queue.avail_ring(), queue.used_ring());
-    let mut s = format!(
-        "size {} next_avail {} avail.idx {} avail.flags {} next_used {} used.idx {} used.flags {}",
-        queue.size(),
-        queue.next_avail(),
-        read(avail + 2),
-        read(avail),
-        queue.next_used(),
-        read(used + 2),
-        read(used),
-    );
-    if queue.event_idx_enabled() {
-        s.push_str(&format!(
-            " used_event {} avail_event {}",
-            read(avail + 4 + 2 * size),
-            read(used + 4 + 8 * size)
-        ));
-    }
-    s
 }
 
 /// Reads `data.len()` bytes of a byte-array configuration space at `offset`;
@@ -200,107 +192,6 @@ pub(crate) fn read_config_bytes(config: &[u8], offset: u64, data: &mut [u8]) {
         let n = src.len().min(data.len());
         data[..n].copy_from_slice(&src[..n]);
     }
-}
-
-/// The interrupt line of one device: an irqfd plus the virtio-mmio
-/// InterruptStatus bits, shared by the transport (which reads and acks the
-/// bits) and the device (which raises them).
-pub struct Interrupt {
-    status: AtomicU32,
-    needs_reset: AtomicBool,
-    evt: EventFd,
-}
-
-impl Interrupt {
-    /// A new, quiet interrupt line.
-    pub fn new() -> Result<Self, VirtioError> {
-        Ok(Interrupt {
-            status: AtomicU32::new(0),
-            needs_reset: AtomicBool::new(false),
-            evt: EventFd::new(EFD_NONBLOCK).map_err(VirtioError::EventFd)?,
-        })
-    }
-
-    /// The eventfd to register as the device's irqfd.
-    pub fn eventfd(&self) -> &EventFd {
-        &self.evt
-    }
-
-    /// Sets `bits` in InterruptStatus and raises the interrupt.
-    pub fn trigger(&self, bits: u32) {
-        self.status.fetch_or(bits, Ordering::SeqCst);
-        if let Err(e) = self.evt.write(1) {
-            warn_limited!("virtio: cannot raise interrupt: {e}");
-        }
-    }
-
-    /// Marks the device as broken (DEVICE_NEEDS_RESET) and tells the driver.
-    pub fn signal_needs_reset(&self) {
-        self.needs_reset.store(true, Ordering::SeqCst);
-        self.trigger(INT_CONFIG);
-    }
-
-    /// Current InterruptStatus bits.
-    pub fn status(&self) -> u32 {
-        self.status.load(Ordering::SeqCst)
-    }
-
-    /// Clears the acknowledged `bits`.
-    pub fn ack(&self, bits: u32) {
-        self.status.fetch_and(!bits, Ordering::SeqCst);
-    }
-
-    /// Whether the device asked for a reset.
-    pub fn needs_reset(&self) -> bool {
-        self.needs_reset.load(Ordering::SeqCst)
-    }
-
-    /// Loads a snapshot's InterruptStatus bits and reset request, and
-    /// raises the interrupt again if bits are pending.
-    pub fn restore(&self, status: u32, needs_reset: bool) {
-        self.status.store(status, Ordering::SeqCst);
-        self.needs_reset.store(needs_reset, Ordering::SeqCst);
-        if status != 0 {
-            if let Err(e) = self.evt.write(1) {
-                warn_limited!("virtio: cannot raise interrupt: {e}");
-            }
-        }
-    }
-
-    /// Clears all state (device reset).
-    pub fn reset(&self) {
-        self.status.store(0, Ordering::SeqCst);
-        self.needs_reset.store(false, Ordering::SeqCst);
-    }
-}
-
-/// A queue the guest corrupted: the device stops using it until reset.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("virtio queue is corrupted")]
-pub struct QueueBroken;
-
-/// Pops the next available chain without letting a hostile driver make the
-/// queue library log or loop: the available index and the head index are
-/// checked first.
-pub(crate) fn pop_chain<'a>(
-    queue: &mut Queue,
-    mem: &'a GuestMemoryMmap,
-) -> Result<Option<DescriptorChain<&'a GuestMemoryMmap>>, QueueBroken> {
-    let avail = queue
-        .avail_idx(mem, std::sync::atomic::Ordering::Acquire)
-        .map_err(|_| QueueBroken)?;
-    let pending = (avail - Wrapping(queue.next_avail())).0;
-    if pending == 0 {
-        return Ok(None);
-    }
-    if pending > queue.size() {
-        return Err(QueueBroken);
-    }
-    let chain = queue.pop_descriptor_chain(mem).ok_or(QueueBroken)?;
-    if chain.head_index() >= queue.size() {
-        return Err(QueueBroken);
-    }
-    Ok(Some(chain))
 }
 
 /// A log budget for paths a guest can trigger: at most [`LogLimit::BURST`]
@@ -353,6 +244,7 @@ pub(crate) mod test_logs;
 pub(crate) mod test_utils {
     //! Guest memory and a minimal guest driver for device tests.
 
+    use virtio_queue::QueueT;
     use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryMmap};
 
     use super::*;
@@ -465,46 +357,7 @@ pub(crate) mod test_utils {
 #[cfg(test)]
 #[allow(clippy::unwrap_used)] // in tests a failed unwrap is a failed test
 mod tests {
-    use super::test_utils::*;
     use super::*;
-
-    #[test]
-    fn pop_chain_rejects_hostile_avail_index() {
-        let mem = guest_memory();
-        let mut tq = TestQueue::new(&mem, 0x1000, 8);
-        let mut q = tq.queue();
-        assert!(matches!(pop_chain(&mut q, &mem), Ok(None)));
-        tq.add_chain(&mem, &[(0x10_0000, 16, false)]);
-        assert!(matches!(pop_chain(&mut q, &mem), Ok(Some(_))));
-        // The driver claims 200 new entries in an 8-entry ring.
-        tq.set_avail_idx(&mem, 201);
-        assert_eq!(pop_chain(&mut q, &mem).err(), Some(QueueBroken));
-    }
-
-    #[test]
-    fn pop_chain_rejects_out_of_range_head() {
-        let mem = guest_memory();
-        let tq = TestQueue::new(&mem, 0x1000, 8);
-        let mut q = tq.queue();
-        tq.publish(&mem, 9);
-        assert_eq!(pop_chain(&mut q, &mem).err(), Some(QueueBroken));
-    }
-
-    #[test]
-    fn interrupt_bits_and_ack() {
-        let irq = Interrupt::new().unwrap();
-        irq.trigger(INT_VRING);
-        assert_eq!(irq.status(), INT_VRING);
-        assert_eq!(irq.eventfd().read().unwrap(), 1);
-        irq.signal_needs_reset();
-        assert_eq!(irq.status(), INT_VRING | INT_CONFIG);
-        assert!(irq.needs_reset());
-        irq.ack(INT_VRING);
-        assert_eq!(irq.status(), INT_CONFIG);
-        irq.reset();
-        assert_eq!(irq.status(), 0);
-        assert!(!irq.needs_reset());
-    }
 
     #[test]
     fn log_limit_caps_a_burst() {

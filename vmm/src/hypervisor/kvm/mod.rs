@@ -80,10 +80,12 @@ impl super::Hypervisor for KvmHypervisor {
             .map_err(|e| HypervisorError::call("KVM_GET_MSR_INDEX_LIST", e))?
             .as_slice()
             .to_vec();
+        let vcpu_caps = state::VcpuCaps::probe(&self.kvm, &fd);
         Ok(Box::new(KvmVm {
             kvm: Arc::clone(&self.kvm),
             fd,
             msr_indices: Arc::new(msr_indices),
+            vcpu_caps,
         }))
     }
 }
@@ -93,6 +95,7 @@ pub struct KvmVm {
     kvm: Arc<Kvm>,
     fd: VmFd,
     msr_indices: Arc<Vec<u32>>,
+    vcpu_caps: state::VcpuCaps,
 }
 
 impl super::Vm for KvmVm {
@@ -141,6 +144,7 @@ impl super::Vm for KvmVm {
             fd,
             Arc::clone(&self.kvm),
             Arc::clone(&self.msr_indices),
+            self.vcpu_caps,
         )))
     }
 

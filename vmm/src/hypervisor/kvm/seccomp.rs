@@ -22,6 +22,8 @@ mod numbers {
     ioctl_ior_nr!(KVM_GET_MP_STATE, KVMIO, 0x98, kvm_mp_state);
     ioctl_ior_nr!(KVM_GET_DEBUGREGS, KVMIO, 0xa1, kvm_debugregs);
     ioctl_ior_nr!(KVM_GET_XSAVE, KVMIO, 0xa4, kvm_xsave);
+    ioctl_ior_nr!(KVM_GET_XSAVE2, KVMIO, 0xcf, kvm_xsave);
+    ioctl_io_nr!(KVM_GET_TSC_KHZ, KVMIO, 0xa3);
     ioctl_ior_nr!(KVM_GET_XCRS, KVMIO, 0xa6, kvm_xcrs);
     ioctl_iowr_nr!(KVM_GET_IRQCHIP, KVMIO, 0x62, kvm_irqchip);
     ioctl_ior_nr!(KVM_GET_CLOCK, KVMIO, 0x7c, kvm_clock_data);
@@ -45,7 +47,7 @@ pub fn vcpu_run_ioctls() -> [(u64, &'static str); 4] {
 
 /// (ioctl request, why) for the state a parked vCPU thread saves for a
 /// snapshot (`hypervisor::kvm::state::save_vcpu`).
-pub fn vcpu_snapshot_ioctls() -> [(u64, &'static str); 6] {
+pub fn vcpu_snapshot_ioctls() -> [(u64, &'static str); 8] {
     [
         (
             KVM_GET_MSRS(),
@@ -55,7 +57,12 @@ pub fn vcpu_snapshot_ioctls() -> [(u64, &'static str); 6] {
         (KVM_GET_MP_STATE(), "snapshot: running or halted"),
         (KVM_GET_DEBUGREGS(), "snapshot: debug registers"),
         (KVM_GET_XSAVE(), "snapshot: FPU/SSE/AVX state"),
+        (
+            KVM_GET_XSAVE2(),
+            "snapshot: xsave state beyond 4 KiB (AMX hosts)",
+        ),
         (KVM_GET_XCRS(), "snapshot: XCR0"),
+        (KVM_GET_TSC_KHZ(), "snapshot: the guest TSC frequency"),
     ]
 }
 
@@ -88,7 +95,9 @@ mod tests {
                 0x8004_ae98,
                 0x8080_aea1,
                 0x9000_aea4,
-                0x8188_aea6
+                0x9000_aecf,
+                0x8188_aea6,
+                0xaea3
             ]
         );
         let numbers: Vec<u64> = vm_snapshot_ioctls().iter().map(|(n, _)| *n).collect();

@@ -1,9 +1,14 @@
 //! Saving and restoring KVM vCPU and VM state for snapshots.
 //!
 //! The order of the restoring calls follows what KVM needs: CPUID before
-//! anything (it decides which MSRs and xsave features exist), MP state and
-//! registers, then the LAPIC before the MSRs (the TSC-deadline MSR is only
-//! accepted with the APIC in the right mode), and the pending events last.
+//! anything (it decides which MSRs and xsave features exist), the TSC
+//! frequency before the TSC itself (`state/tsc.rs`), MP state and registers, then
+//! the LAPIC before the MSRs (the TSC-deadline MSR is only accepted with
+//! the APIC in the right mode), and the pending events last. xsave state
+//! larger than 4 KiB goes through `KVM_GET_XSAVE2` (`state/xsave.rs`).
+
+mod tsc;
+mod xsave;
 
 use kvm_bindings::{
     kvm_clock_data, kvm_debugregs, kvm_irqchip, kvm_lapic_state, kvm_mp_state, kvm_msr_entry,
@@ -26,8 +31,14 @@ pub struct VcpuState {
     pub regs: kvm_regs,
     /// Segment and control registers.
     pub sregs: kvm_sregs,
-    /// x87, SSE and AVX state.
+    /// x87, SSE and AVX state: the legacy 4 KiB xsave region.
     pub xsave: kvm_xsave,
+    /// xsave state beyond the legacy region (32-bit words), on hosts whose
+    /// KVM saves more than 4 KiB (`KVM_GET_XSAVE2`); empty elsewhere.
+    pub xsave_extra: Vec<u32>,
+    /// The guest TSC frequency in kHz, when KVM reports it; a restore runs
+    /// the guest's TSC at this frequency or refuses.
+    pub tsc_khz: Option<u32>,
     /// Extended control registers (XCR0).
     pub xcrs: kvm_xcrs,
     /// Debug registers.
@@ -56,6 +67,29 @@ pub struct VmState {
     pub pit: kvm_pit_state2,
     /// The kvm-clock base.
     pub clock: kvm_clock_data,
+}
+
+/// What this host's KVM can do for vCPU state, asked once per VM.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct VcpuCaps {
+    /// xsave words beyond the legacy 4 KiB region (`KVM_CAP_XSAVE2`).
+    pub xsave_extra_words: usize,
+    /// `KVM_GET_TSC_KHZ` works (`KVM_CAP_GET_TSC_KHZ`).
+    pub tsc_khz_readable: bool,
+    /// `KVM_SET_TSC_KHZ` can scale the guest TSC (`KVM_CAP_TSC_CONTROL`).
+    pub tsc_scaling: bool,
+}
+
+impl VcpuCaps {
+    /// Asks KVM (the system fd `kvm` and the VM fd `vm`).
+    pub(crate) fn probe(kvm: &kvm_ioctls::Kvm, vm: &VmFd) -> Self {
+        let xsave_bytes = vm.check_extension_int(kvm_ioctls::Cap::Xsave2);
+        VcpuCaps {
+            xsave_extra_words: xsave::extra_words(usize::try_from(xsave_bytes).unwrap_or(0)),
+            tsc_khz_readable: kvm.check_extension(kvm_ioctls::Cap::GetTscKhz),
+            tsc_scaling: kvm.check_extension(kvm_ioctls::Cap::TscControl),
+        }
+    }
 }
 
 fn call<T>(op: &'static str, r: std::result::Result<T, kvm_ioctls::Error>) -> Result<T> {
@@ -117,12 +151,15 @@ fn set_msrs(fd: &VcpuFd, entries: &[kvm_msr_entry]) -> Result<()> {
 
 /// Reads the whole state of a vCPU that is out of `KVM_RUN` (its pending
 /// I/O completed).
-pub(super) fn save_vcpu(fd: &VcpuFd, msr_indices: &[u32]) -> Result<VcpuState> {
+pub(super) fn save_vcpu(fd: &VcpuFd, msr_indices: &[u32], caps: &VcpuCaps) -> Result<VcpuState> {
+    let (xsave, xsave_extra) = xsave::save(fd, caps.xsave_extra_words)?;
     Ok(VcpuState {
         mp_state: call("KVM_GET_MP_STATE", fd.get_mp_state())?,
         regs: call("KVM_GET_REGS", fd.get_regs())?,
         sregs: call("KVM_GET_SREGS", fd.get_sregs())?,
-        xsave: call("KVM_GET_XSAVE", fd.get_xsave())?,
+        xsave,
+        xsave_extra,
+        tsc_khz: tsc::save(fd, caps)?,
         xcrs: call("KVM_GET_XCRS", fd.get_xcrs())?,
         debug_regs: call("KVM_GET_DEBUGREGS", fd.get_debug_regs())?,
         lapic: call("KVM_GET_LAPIC", fd.get_lapic())?,
@@ -132,13 +169,12 @@ pub(super) fn save_vcpu(fd: &VcpuFd, msr_indices: &[u32]) -> Result<VcpuState> {
 }
 
 /// Loads `state` into a configured (CPUID set) vCPU that has not run.
-pub(super) fn restore_vcpu(fd: &VcpuFd, state: &VcpuState) -> Result<()> {
+pub(super) fn restore_vcpu(fd: &VcpuFd, state: &VcpuState, caps: &VcpuCaps) -> Result<()> {
+    tsc::restore(fd, state.tsc_khz, caps)?;
     call("KVM_SET_MP_STATE", fd.set_mp_state(state.mp_state))?;
     call("KVM_SET_REGS", fd.set_regs(&state.regs))?;
     call("KVM_SET_SREGS", fd.set_sregs(&state.sregs))?;
-    // SAFETY: `state.xsave` is a plain `kvm_xsave` of the legacy 4 KiB
-    // size, which is what KVM_SET_XSAVE reads.
-    call("KVM_SET_XSAVE", unsafe { fd.set_xsave(&state.xsave) })?;
+    xsave::restore(fd, &state.xsave, &state.xsave_extra, caps.xsave_extra_words)?;
     call("KVM_SET_XCRS", fd.set_xcrs(&state.xcrs))?;
     call("KVM_SET_DEBUGREGS", fd.set_debug_regs(&state.debug_regs))?;
     call("KVM_SET_LAPIC", fd.set_lapic(&state.lapic))?;

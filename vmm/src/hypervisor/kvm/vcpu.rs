@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use kvm_ioctls::{Kvm, VcpuExit as KvmExit, VcpuFd};
 
+use super::state::VcpuCaps;
 use super::x86_64;
 use crate::hypervisor::{EntryState, HypervisorError, Result, VcpuExit};
 
@@ -14,14 +15,22 @@ pub struct KvmVcpu {
     kvm: Arc<Kvm>,
     /// The MSRs a snapshot saves (KVM's MSR index list).
     msr_indices: Arc<Vec<u32>>,
+    /// What KVM can save and restore here (xsave size, TSC scaling).
+    caps: VcpuCaps,
 }
 
 impl KvmVcpu {
-    pub(super) fn new(fd: VcpuFd, kvm: Arc<Kvm>, msr_indices: Arc<Vec<u32>>) -> Self {
+    pub(super) fn new(
+        fd: VcpuFd,
+        kvm: Arc<Kvm>,
+        msr_indices: Arc<Vec<u32>>,
+        caps: VcpuCaps,
+    ) -> Self {
         KvmVcpu {
             fd,
             kvm,
             msr_indices,
+            caps,
         }
     }
 }
@@ -83,10 +92,10 @@ impl crate::hypervisor::Vcpu for KvmVcpu {
     }
 
     fn save_state(&self) -> Result<crate::hypervisor::VcpuState> {
-        super::state::save_vcpu(&self.fd, &self.msr_indices)
+        super::state::save_vcpu(&self.fd, &self.msr_indices, &self.caps)
     }
 
     fn restore_state(&mut self, state: &crate::hypervisor::VcpuState) -> Result<()> {
-        super::state::restore_vcpu(&self.fd, state)
+        super::state::restore_vcpu(&self.fd, state, &self.caps)
     }
 }

@@ -2,9 +2,7 @@
 
 use std::path::Path;
 
-use virtio_queue::QueueT;
 use vm_memory::Bytes;
-use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::request;
 use super::{
@@ -12,8 +10,8 @@ use super::{
     VIRTIO_BLK_F_RO, VIRTIO_BLK_F_SEG_MAX,
 };
 use crate::devices::virtio::{
-    pop_chain, read_config_bytes, warn_limited, ActivateContext, ActivateError, VirtioDevice,
-    INT_VRING, TYPE_BLOCK, VIRTIO_F_VERSION_1,
+    read_config_bytes, warn_limited, ActivateContext, ActivateError, DeviceState, Served,
+    VirtioDevice, TYPE_BLOCK, VIRTIO_F_VERSION_1,
 };
 
 /// Bytes of `struct virtio_blk_config` kiln fills: capacity, size_max, seg_max.
@@ -23,11 +21,7 @@ const CONFIG_SIZE: usize = 16;
 pub struct Blk {
     disk: Disk,
     config: [u8; CONFIG_SIZE],
-    pub(super) queue_evts: Vec<EventFd>,
-    /// Signalled on activation so the event loop serves requests queued before it.
-    pub(super) activate_evt: EventFd,
-    pub(super) active: Option<ActivateContext>,
-    broken: bool,
+    pub(super) state: DeviceState,
     /// The driver did not negotiate FLUSH: every write is made durable.
     write_through: bool,
     bounce: Box<[u8; BOUNCE_SIZE]>,
@@ -41,7 +35,6 @@ impl Blk {
 
     /// A new, inactive device over `disk`.
     pub fn new(disk: Disk) -> Result<Self, BlkError> {
-        let evt = || EventFd::new(EFD_NONBLOCK).map_err(BlkError::EventFd);
         let mut config = [0u8; CONFIG_SIZE];
         config[..8].copy_from_slice(&disk.sectors().to_le_bytes());
         config[12..16].copy_from_slice(&SEG_MAX.to_le_bytes());
@@ -52,10 +45,7 @@ impl Blk {
         Ok(Blk {
             disk,
             config,
-            queue_evts: vec![evt()?],
-            activate_evt: evt()?,
-            active: None,
-            broken: false,
+            state: DeviceState::new("virtio-blk", 1).map_err(BlkError::EventFd)?,
             write_through: false,
             bounce,
         })
@@ -71,49 +61,20 @@ impl Blk {
     /// queue eventfd is signalled again so the event loop comes back after
     /// the other devices had a turn.
     pub(super) fn process_queue(&mut self) {
-        let Some(ctx) = self.active.as_mut() else {
-            return;
-        };
-        if self.broken {
-            return;
-        }
-        let queue = &mut ctx.queues[0];
-        let mut used = false;
-        let mut budget = queue.size();
+        let (disk, bounce, write_through) = (&self.disk, &mut self.bounce, self.write_through);
         let mut bytes = 0u64;
-        loop {
-            if budget == 0 || bytes >= MAX_BYTES_PER_TURN {
-                let _ = self.queue_evts[0].write(1);
-                break;
-            }
-            budget -= 1;
-            let chain = match pop_chain(queue, &ctx.mem) {
-                Ok(Some(chain)) => chain,
-                Ok(None) => break,
-                Err(e) => {
-                    warn_limited!("virtio-blk: {e}; device needs reset");
-                    self.broken = true;
-                    ctx.interrupt.signal_needs_reset();
-                    break;
-                }
-            };
-            let head = chain.head_index();
-            let len = match request::parse(chain, &ctx.mem, self.disk.sectors()) {
+        let _ = self.state.drain(0, |chain, mem| {
+            let len = match request::parse(chain, mem, disk.sectors()) {
                 Ok(req) => {
                     bytes += req.data_len;
-                    let (status, written) = match req.execute(
-                        &ctx.mem,
-                        &self.disk,
-                        &mut self.bounce,
-                        self.write_through,
-                    ) {
+                    let (status, written) = match req.execute(mem, disk, bounce, write_through) {
                         Ok(n) => (super::status::OK, n),
                         Err(e) => {
                             warn_limited!("virtio-blk: {e}");
                             (e.status(), 0)
                         }
                     };
-                    match ctx.mem.write_obj(status, req.status) {
+                    match mem.write_obj(status, req.status) {
                         Ok(()) => written.saturating_add(1),
                         Err(_) => 0,
                     }
@@ -121,22 +82,17 @@ impl Blk {
                 Err(refused) => {
                     warn_limited!("virtio-blk: bad request: {}", refused.error);
                     match refused.status {
-                        Some(addr) if ctx.mem.write_obj(refused.error.status(), addr).is_ok() => 1,
+                        Some(addr) if mem.write_obj(refused.error.status(), addr).is_ok() => 1,
                         _ => 0,
                     }
                 }
             };
-            if queue.add_used(&ctx.mem, head, len).is_err() {
-                warn_limited!("virtio-blk: cannot update used ring; device needs reset");
-                self.broken = true;
-                ctx.interrupt.signal_needs_reset();
-                break;
+            if bytes >= MAX_BYTES_PER_TURN {
+                Served::UsedThenYield(len)
+            } else {
+                Served::Used(len)
             }
-            used = true;
-        }
-        if used {
-            ctx.interrupt.trigger(INT_VRING);
-        }
+        });
     }
 }
 
@@ -157,10 +113,6 @@ impl VirtioDevice for Blk {
         &[QUEUE_SIZE]
     }
 
-    fn queue_events(&self) -> &[EventFd] {
-        &self.queue_evts
-    }
-
     fn read_config(&self, offset: u64, data: &mut [u8]) {
         read_config_bytes(&self.config, offset, data);
     }
@@ -169,30 +121,19 @@ impl VirtioDevice for Blk {
         warn_limited!("virtio-blk: guest wrote read-only config space");
     }
 
+    fn state(&self) -> &DeviceState {
+        &self.state
+    }
+
+    fn state_mut(&mut self) -> &mut DeviceState {
+        &mut self.state
+    }
+
     fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError> {
-        if self.active.is_some() {
-            return Err(ActivateError::AlreadyActive);
-        }
-        if ctx.queues.len() != 1 {
-            return Err(ActivateError::QueueCount {
-                expected: 1,
-                got: ctx.queues.len(),
-            });
-        }
-        self.write_through = ctx.acked_features & (1 << VIRTIO_BLK_F_FLUSH) == 0;
-        self.active = Some(ctx);
-        self.broken = false;
-        let _ = self.activate_evt.write(1);
+        let write_through = ctx.acked_features & (1 << VIRTIO_BLK_F_FLUSH) == 0;
+        self.state.activate(ctx)?;
+        self.write_through = write_through;
         Ok(())
-    }
-
-    fn reset(&mut self) {
-        self.active = None;
-        self.broken = false;
-    }
-
-    fn active_queues(&self) -> Option<&[virtio_queue::Queue]> {
-        self.active.as_ref().map(|ctx| ctx.queues.as_slice())
     }
 }
 
@@ -207,7 +148,7 @@ mod tests {
     use super::super::{req_type, status, ID_BYTES};
     use super::*;
     use crate::devices::virtio::test_utils::{guest_memory, TestQueue};
-    use crate::devices::virtio::{Interrupt, INT_CONFIG};
+    use crate::devices::virtio::{Interrupt, INT_CONFIG, INT_VRING};
 
     const HDRS: u64 = 0x10_0000;
     const DATA: u64 = 0x20_0000;
@@ -382,11 +323,11 @@ mod tests {
                 &[(h, 16, false), (0x40_0000, per, true), (STATUS, 1, true)],
             );
         }
-        let _ = blk.queue_evts[0].read();
+        let _ = blk.queue_events()[0].read();
         blk.process_queue();
         assert_eq!(tq.take_used(&mem).len(), 2);
         // The device asked the event loop to come back.
-        assert_eq!(blk.queue_evts[0].read().unwrap(), 1);
+        assert_eq!(blk.queue_events()[0].read().unwrap(), 1);
         blk.process_queue();
         assert_eq!(tq.take_used(&mem).len(), 1);
     }
@@ -411,7 +352,7 @@ mod tests {
             Err(ActivateError::AlreadyActive)
         );
         blk.reset();
-        assert!(blk.active.is_none());
+        assert!(!blk.state.is_active());
         blk.process_queue(); // inactive: no-op
         assert_eq!(
             blk.activate(ctx(vec![])),

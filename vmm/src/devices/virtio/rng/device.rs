@@ -2,35 +2,24 @@
 
 use std::io::Write;
 
-use virtio_queue::QueueT;
 use vm_memory::GuestMemoryMmap;
-use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::{RngError, MAX_REQUEST_BYTES, QUEUE_SIZE};
 use crate::devices::virtio::{
-    pop_chain, warn_limited, ActivateContext, ActivateError, VirtioDevice, VirtioError, INT_VRING,
-    TYPE_RNG, VIRTIO_F_VERSION_1,
+    warn_limited, DeviceState, Served, VirtioDevice, VirtioError, TYPE_RNG, VIRTIO_F_VERSION_1,
 };
 
 /// A virtio entropy device.
 pub struct Rng {
-    pub(super) queue_evts: Vec<EventFd>,
-    /// Signalled on activation so the event loop serves requests queued before it.
-    pub(super) activate_evt: EventFd,
-    pub(super) active: Option<ActivateContext>,
-    broken: bool,
+    pub(super) state: DeviceState,
     buf: Vec<u8>,
 }
 
 impl Rng {
     /// A new, inactive device.
     pub fn new() -> Result<Self, VirtioError> {
-        let evt = || EventFd::new(EFD_NONBLOCK).map_err(VirtioError::EventFd);
         Ok(Rng {
-            queue_evts: vec![evt()?],
-            activate_evt: evt()?,
-            active: None,
-            broken: false,
+            state: DeviceState::new("virtio-rng", 1).map_err(VirtioError::EventFd)?,
             buf: vec![0; MAX_REQUEST_BYTES],
         })
     }
@@ -38,51 +27,13 @@ impl Rng {
     /// Serves the available requests (at most one queue's worth per call;
     /// the rest are picked up on the next turn of the event loop).
     pub(super) fn process_queue(&mut self) {
-        let Some(ctx) = self.active.as_mut() else {
-            return;
-        };
-        if self.broken {
-            return;
-        }
-        let queue = &mut ctx.queues[0];
-        let mut used = false;
-        let mut budget = queue.size();
-        loop {
-            if budget == 0 {
-                // More may be waiting: come back after other devices had a turn.
-                let _ = self.queue_evts[0].write(1);
-                break;
-            }
-            budget -= 1;
-            let chain = match pop_chain(queue, &ctx.mem) {
-                Ok(Some(chain)) => chain,
-                Ok(None) => break,
-                Err(e) => {
-                    warn_limited!("virtio-rng: {e}; device needs reset");
-                    self.broken = true;
-                    ctx.interrupt.signal_needs_reset();
-                    break;
-                }
-            };
-            let head = chain.head_index();
-            let len = match fill(chain, &ctx.mem, &mut self.buf) {
-                Ok(n) => n,
-                Err(e) => {
-                    warn_limited!("virtio-rng: bad request: {e}");
-                    0
-                }
-            };
-            if queue.add_used(&ctx.mem, head, len).is_err() {
-                warn_limited!("virtio-rng: cannot update used ring; device needs reset");
-                self.broken = true;
-                ctx.interrupt.signal_needs_reset();
-                break;
-            }
-            used = true;
-        }
-        if used {
-            ctx.interrupt.trigger(INT_VRING);
-        }
+        let buf = &mut self.buf;
+        let _ = self.state.drain(0, |chain, mem| {
+            Served::Used(fill(chain, mem, buf).unwrap_or_else(|e| {
+                warn_limited!("virtio-rng: bad request: {e}");
+                0
+            }))
+        });
     }
 }
 
@@ -136,39 +87,18 @@ impl VirtioDevice for Rng {
         &[QUEUE_SIZE]
     }
 
-    fn queue_events(&self) -> &[EventFd] {
-        &self.queue_evts
-    }
-
     fn read_config(&self, _offset: u64, data: &mut [u8]) {
         data.fill(0);
     }
 
     fn write_config(&mut self, _offset: u64, _data: &[u8]) {}
 
-    fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError> {
-        if self.active.is_some() {
-            return Err(ActivateError::AlreadyActive);
-        }
-        if ctx.queues.len() != 1 {
-            return Err(ActivateError::QueueCount {
-                expected: 1,
-                got: ctx.queues.len(),
-            });
-        }
-        self.active = Some(ctx);
-        self.broken = false;
-        let _ = self.activate_evt.write(1);
-        Ok(())
+    fn state(&self) -> &DeviceState {
+        &self.state
     }
 
-    fn reset(&mut self) {
-        self.active = None;
-        self.broken = false;
-    }
-
-    fn active_queues(&self) -> Option<&[virtio_queue::Queue]> {
-        self.active.as_ref().map(|ctx| ctx.queues.as_slice())
+    fn state_mut(&mut self) -> &mut DeviceState {
+        &mut self.state
     }
 }
 
@@ -181,7 +111,7 @@ mod tests {
 
     use super::*;
     use crate::devices::virtio::test_utils::{guest_memory, TestQueue};
-    use crate::devices::virtio::{Interrupt, INT_CONFIG};
+    use crate::devices::virtio::{ActivateContext, Interrupt, INT_CONFIG, INT_VRING};
 
     fn active_rng(mem: &GuestMemoryMmap, tq: &TestQueue) -> (Rng, Arc<Interrupt>) {
         let mut rng = Rng::new().unwrap();
@@ -233,33 +163,6 @@ mod tests {
         assert_ne!(irq.status() & INT_CONFIG, 0);
         // Reset brings it back.
         rng.reset();
-        assert!(rng.active.is_none());
-    }
-
-    #[test]
-    fn inactive_or_double_activation() {
-        let mut rng = Rng::new().unwrap();
-        rng.process_queue(); // no-op, no panic
-        let mem = guest_memory();
-        let tq = TestQueue::new(&mem, 0x1000, 16);
-        let irq = Arc::new(Interrupt::new().unwrap());
-        let ctx = |queues| ActivateContext {
-            mem: mem.clone(),
-            queues,
-            interrupt: irq.clone(),
-            acked_features: 0,
-        };
-        assert_eq!(
-            rng.activate(ctx(vec![])),
-            Err(ActivateError::QueueCount {
-                expected: 1,
-                got: 0
-            })
-        );
-        rng.activate(ctx(vec![tq.queue()])).unwrap();
-        assert_eq!(
-            rng.activate(ctx(vec![tq.queue()])),
-            Err(ActivateError::AlreadyActive)
-        );
+        assert!(!rng.state.is_active());
     }
 }

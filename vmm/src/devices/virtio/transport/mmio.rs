@@ -468,16 +468,15 @@ pub use state::{QueueSnapshot, RestoreError, TransportState};
 #[allow(clippy::unwrap_used)] // in tests a failed unwrap is a failed test
 mod tests {
     use event_manager::{EventOps, Events, MutEventSubscriber};
-    use vmm_sys_util::eventfd::EFD_NONBLOCK;
 
     use super::*;
     use crate::devices::virtio::test_utils::{guest_memory, TestQueue};
-    use crate::devices::virtio::{ActivateError, INT_VRING};
+    use crate::devices::virtio::{ActivateError, DeviceState, INT_VRING};
 
     const FEATURE_X: u64 = 1 << 3;
 
     struct Dummy {
-        evts: Vec<EventFd>,
+        state: DeviceState,
         config: [u8; 8],
         activations: usize,
         resets: usize,
@@ -499,9 +498,6 @@ mod tests {
         fn queue_max_sizes(&self) -> &[u16] {
             &[16, 8]
         }
-        fn queue_events(&self) -> &[EventFd] {
-            &self.evts
-        }
         fn read_config(&self, offset: u64, data: &mut [u8]) {
             crate::devices::virtio::read_config_bytes(&self.config, offset, data)
         }
@@ -511,7 +507,14 @@ mod tests {
                 dst.copy_from_slice(data);
             }
         }
+        fn state(&self) -> &DeviceState {
+            &self.state
+        }
+        fn state_mut(&mut self) -> &mut DeviceState {
+            &mut self.state
+        }
         fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError> {
+            // Keeps the queues to look at; only the eventfds are shared.
             self.activations += 1;
             self.queues = ctx.queues;
             Ok(())
@@ -519,9 +522,6 @@ mod tests {
         fn reset(&mut self) {
             self.resets += 1;
             self.queues.clear();
-        }
-        fn active_queues(&self) -> Option<&[Queue]> {
-            (self.activations > self.resets).then_some(self.queues.as_slice())
         }
     }
 
@@ -534,9 +534,7 @@ mod tests {
     fn fixture() -> Fixture {
         let mem = guest_memory();
         let dev = Arc::new(Mutex::new(Dummy {
-            evts: (0..2)
-                .map(|_| EventFd::new(EFD_NONBLOCK).unwrap())
-                .collect(),
+            state: DeviceState::new("dummy", 2).unwrap(),
             config: [1, 2, 3, 4, 5, 6, 7, 8],
             activations: 0,
             resets: 0,
@@ -745,8 +743,8 @@ mod tests {
         w(&mut f.t, QUEUE_NOTIFY, 9);
         w(&mut f.t, QUEUE_NOTIFY, 1);
         let dev = f.dev.lock().unwrap();
-        assert!(dev.evts[0].read().is_err());
-        assert_eq!(dev.evts[1].read().unwrap(), 1);
+        assert!(dev.queue_events()[0].read().is_err());
+        assert_eq!(dev.queue_events()[1].read().unwrap(), 1);
     }
 
     fn bad_size_fails_activation(size: u32) {

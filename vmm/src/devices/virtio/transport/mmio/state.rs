@@ -1,23 +1,24 @@
 //! The virtio-mmio transport's snapshot state: its registers, each queue's
-//! layout and ring positions, the interrupt status, and the device's
-//! identity (type, features, config space) to check a restore against.
+//! layout, the interrupt status, the device's identity (type, features,
+//! config space) to check a restore against, and the running device's
+//! shared state ([`DeviceStateSnapshot`]: ring positions, broken flag).
 //!
 //! Restoring reuses activation: the queues are rebuilt from the saved
 //! layout at the saved ring positions and handed to the device's own
 //! `activate`, so every device restores the way it starts.
 
 use serde::{Deserialize, Serialize};
-use virtio_queue::{Queue, QueueT};
 
 use super::{MmioTransport, QueueConfig};
-use crate::devices::virtio::{ActivateContext, STATUS_DRIVER_OK, STATUS_FAILED};
+use crate::devices::virtio::{
+    ActivateContext, DeviceStateSnapshot, STATUS_DRIVER_OK, STATUS_FAILED,
+};
 
 /// Bytes of device config space a snapshot compares (kiln's largest,
 /// virtio-blk's, is 16).
 const CONFIG_BYTES: u64 = 64;
 
-/// One queue: the registers the driver wrote and, once the device runs,
-/// where it stands in the rings.
+/// One queue: the registers the driver wrote.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct QueueSnapshot {
     /// QueueNumMax.
@@ -32,12 +33,6 @@ pub struct QueueSnapshot {
     pub avail: u64,
     /// Used ring address.
     pub used: u64,
-    /// The device's next available-ring index (when active).
-    pub next_avail: u16,
-    /// The device's next used-ring index (when active).
-    pub next_used: u16,
-    /// VIRTIO_F_RING_EVENT_IDX in use (when active).
-    pub event_idx: bool,
 }
 
 /// One virtio-mmio device as a snapshot holds it.
@@ -67,6 +62,8 @@ pub struct TransportState {
     pub interrupt_status: u32,
     /// DEVICE_NEEDS_RESET was signalled.
     pub needs_reset: bool,
+    /// The running device's shared state; `None` while it is inactive.
+    pub device: Option<DeviceStateSnapshot>,
 }
 
 /// Why a saved device cannot be restored onto this one.
@@ -97,28 +94,19 @@ impl MmioTransport {
     /// This device's state, for a snapshot. The vCPUs are paused and the
     /// caller holds the device (no event is being processed).
     pub fn save(&self) -> TransportState {
-        let dev = self.dev();
-        let active = dev.active_queues();
         let queues = self
             .queues
             .iter()
-            .enumerate()
-            .map(|(i, q)| {
-                let running = active.and_then(|qs| qs.get(i));
-                QueueSnapshot {
-                    max: q.max,
-                    size: q.size,
-                    ready: q.ready,
-                    desc: q.desc,
-                    avail: q.avail,
-                    used: q.used,
-                    next_avail: running.map_or(0, Queue::next_avail),
-                    next_used: running.map_or(0, Queue::next_used),
-                    event_idx: running.is_some_and(Queue::event_idx_enabled),
-                }
+            .map(|q| QueueSnapshot {
+                max: q.max,
+                size: q.size,
+                ready: q.ready,
+                desc: q.desc,
+                avail: q.avail,
+                used: q.used,
             })
             .collect();
-        drop(dev);
+        let device = self.dev().state().save();
         TransportState {
             device_type: self.device_type,
             avail_features: self.avail_features,
@@ -132,6 +120,7 @@ impl MmioTransport {
             queues,
             interrupt_status: self.interrupt.status(),
             needs_reset: self.interrupt.needs_reset(),
+            device,
         }
     }
 
@@ -175,13 +164,18 @@ impl MmioTransport {
         self.queue_sel = state.queue_sel;
         self.status = state.status;
         if state.status & STATUS_DRIVER_OK != 0 && state.status & STATUS_FAILED == 0 {
+            let device = state
+                .device
+                .as_ref()
+                .filter(|d| d.queues.len() == self.queues.len())
+                .ok_or(RestoreError::Mismatch(
+                    "running device without its queue state",
+                ))?;
             let mut queues = Vec::with_capacity(state.queues.len());
-            for (i, (cfg, s)) in self.queues.iter().zip(&state.queues).enumerate() {
+            for (i, (cfg, position)) in self.queues.iter().zip(&device.queues).enumerate() {
                 let mut q = cfg.build(&self.mem).ok_or(RestoreError::InvalidQueue(i))?;
                 if cfg.ready {
-                    q.set_next_avail(s.next_avail);
-                    q.set_next_used(s.next_used);
-                    q.set_event_idx(s.event_idx);
+                    position.apply(&mut q);
                 }
                 queues.push(q);
             }
@@ -191,9 +185,10 @@ impl MmioTransport {
                 interrupt: self.interrupt.clone(),
                 acked_features: self.driver_features,
             };
-            self.dev()
-                .activate(ctx)
+            let mut dev = self.dev();
+            dev.activate(ctx)
                 .map_err(|e| RestoreError::Activate(e.to_string()))?;
+            dev.state_mut().restore(device);
         }
         self.interrupt
             .restore(state.interrupt_status, state.needs_reset);
@@ -230,8 +225,9 @@ mod tests {
         assert_eq!(saved.queues[0].desc, 0x1000);
         assert!(saved.queues[0].ready);
         // A device that served requests stands further along its rings.
-        saved.queues[0].next_avail = 5;
-        saved.queues[0].next_used = 4;
+        let device = saved.device.as_mut().unwrap();
+        device.queues[0].next_avail = 5;
+        device.queues[0].next_used = 4;
         saved.interrupt_status = crate::devices::virtio::INT_VRING;
 
         // Same state onto a fresh transport over the same memory.
@@ -245,8 +241,8 @@ mod tests {
             "pending bits re-raised"
         );
         let dev = fresh.device().lock().unwrap();
-        let queues = dev.active_queues().unwrap();
-        assert_eq!((queues[0].next_avail(), queues[0].next_used()), (5, 4));
+        let queues = dev.state().save().unwrap().queues;
+        assert_eq!((queues[0].next_avail, queues[0].next_used), (5, 4));
     }
 
     #[test]
@@ -270,6 +266,14 @@ mod tests {
             rng_transport(&mem).restore(&other),
             Err(RestoreError::Mismatch(_))
         ));
+        let mut other = saved.clone();
+        other.device = None;
+        assert_eq!(
+            rng_transport(&mem).restore(&other),
+            Err(RestoreError::Mismatch(
+                "running device without its queue state"
+            ))
+        );
         let mut other = saved.clone();
         other.queues[0].used = u64::MAX - 4;
         assert_eq!(

@@ -13,7 +13,7 @@ use super::*;
 use crate::devices::virtio::test_utils::{guest_memory, TestQueue};
 use crate::devices::virtio::vsock::packet::VsockHeader;
 use crate::devices::virtio::vsock::{op, HDR_SIZE, SHUTDOWN_BOTH, TYPE_STREAM};
-use crate::devices::virtio::Interrupt;
+use crate::devices::virtio::{ActivateContext, Interrupt, INT_VRING};
 
 const RX_BUF: u32 = 4096;
 
@@ -78,7 +78,7 @@ impl Guest {
     }
 
     fn kick(&self, q: usize) {
-        self.dev.lock().unwrap().queue_evts[q].write(1).unwrap();
+        self.dev.lock().unwrap().queue_events()[q].write(1).unwrap();
     }
 
     /// Runs the event loop until the device hands the guest a packet.
@@ -264,7 +264,7 @@ fn hostile_tx_packets_are_survived() {
     // After a reset the device is inactive until the driver activates it again.
     g.dev.lock().unwrap().reset();
     g.pump();
-    assert!(g.dev.lock().unwrap().active.is_none());
+    assert!(!g.dev.lock().unwrap().state.is_active());
 }
 
 #[test]
