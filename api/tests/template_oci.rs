@@ -124,6 +124,7 @@ fn busybox() -> Vec<u8> {
 fn test_layers() -> Vec<Vec<u8>> {
     let sh = busybox();
     let base = layer(&[
+        E::Dir("./", 0o755, 0),
         E::Dir("bin", 0o755, 0),
         E::File("bin/busybox", &sh, 0o755, 0, &[]),
         E::Link("bin/sh", "/bin/busybox"),
@@ -142,9 +143,17 @@ fn test_layers() -> Vec<Vec<u8>> {
         E::File("data/owned", b"owned by 1234:1234\n", 0o640, 1234, &[]),
         E::Dir("replaced", 0o755, 0),
         E::File("replaced/inner", b"x", 0o644, 0, &[]),
+        E::File(
+            "gonedir/sub/file",
+            b"deleted with its directory\n",
+            0o644,
+            0,
+            &[],
+        ),
     ]);
     let middle = layer(&[
         E::File("etc/.wh.gone", b"", 0o644, 0, &[]),
+        E::File(".wh.gonedir", b"", 0o644, 0, &[]),
         E::Dir("opaque", 0o755, 0),
         E::File("opaque/.wh..wh..opq", b"", 0o644, 0, &[]),
         E::File("opaque/upper", b"from layer 2\n", 0o644, 0, &[]),
@@ -192,7 +201,7 @@ fn expected_tree() -> Vec<String> {
         b"root:x:0:0:root:/root:/bin/sh\nsandbox:x:1000:1000:kiln sandbox:/home/sandbox:/bin/sh\n";
     let group = b"root:x:0:\nsandbox:x:1000:\n";
     let mut lines = vec![
-        d(".", "0755", 0, n),
+        d(".", "0755", 0, t),
         d("bin", "0755", 0, t),
         f("bin/busybox", "0755", 0, t, &sh, ""),
         format!("bin/sh l 0777 0:0 {t} /bin/busybox "),
@@ -763,4 +772,42 @@ fn a_manifest_list_without_linux_amd64_is_refused() {
             .contains("no linux/amd64 entry (platforms: linux/arm64)"),
         "{err}"
     );
+}
+
+#[test]
+fn docker_archives_may_link_a_repeated_layer() {
+    // Old `docker save` writes a layer that repeats as a symlink to the
+    // first copy.
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let tar = layer(&[E::File("bin/sh", &busybox(), 0o755, 0, &[])]);
+    let diff_id = format!("sha256:{}", sha256_hex(&tar));
+    let config = config_json("amd64", &[diff_id.clone(), diff_id]);
+    let config_name = format!("{}.json", sha256_hex(&config));
+    let manifest = serde_json::json!([{
+        "Config": config_name, "RepoTags": null, "Layers": ["a/layer.tar", "b/layer.tar"],
+    }]);
+    let mut b = tar::Builder::new(Vec::new());
+    for (name, data) in [
+        (config_name.as_str(), config.clone()),
+        ("a/layer.tar", tar.clone()),
+        ("manifest.json", manifest.to_string().into_bytes()),
+    ] {
+        let mut h = tar::Header::new_ustar();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        b.append_data(&mut h, name, &data[..]).expect("entry");
+    }
+    let mut h = tar::Header::new_ustar();
+    h.set_entry_type(tar::EntryType::Symlink);
+    h.set_size(0);
+    b.append_link(&mut h, "b/layer.tar", "../a/layer.tar")
+        .expect("link");
+    let archive = tmp.path().join("image.tar");
+    std::fs::write(&archive, b.into_inner().expect("archive")).expect("write");
+    let out = tmp.path().join("image.erofs");
+    let image = build_from_oci(&archive, &out, &options(&tmp.path().join("s"))).expect("build");
+    assert_eq!(image.layers, 2);
+    assert!(dump(&out)
+        .iter()
+        .any(|l| l.starts_with("bin/sh f 0755 0:0 ")));
 }
