@@ -648,6 +648,22 @@ fn corrupt_and_tampered_images_are_refused_cleanly() {
     assert!(matches!(err, OciBuildError::DigestMismatch { .. }), "{err}");
     assert!(err.to_string().contains("layer 1"), "{err}");
 
+    // A manifest whose layer descriptor gives the wrong size.
+    let layout = oci_layout(&tmp.path().join("size"), &layers, "amd64");
+    let hex = &layout.manifest_digest["sha256:".len()..];
+    let mut manifest: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(layout.dir.join("blobs/sha256").join(hex)).expect("manifest"),
+    )
+    .expect("manifest json");
+    let size = manifest["layers"][2]["size"].as_u64().expect("size");
+    manifest["layers"][2]["size"] = (size + 1).into();
+    let (digest, _) = write_blob(&layout.dir, manifest.to_string().as_bytes());
+    let index = serde_json::json!({"schemaVersion": 2, "manifests": [{"digest": digest}]});
+    std::fs::write(layout.dir.join("index.json"), index.to_string()).expect("index");
+    let err = refused(tmp.path(), &layout.dir);
+    assert!(matches!(err, OciBuildError::SizeMismatch { .. }), "{err}");
+    assert!(err.to_string().contains("layer 3 sha256:"), "{err}");
+
     // A config edited after the manifest was written.
     let layout = oci_layout(&tmp.path().join("config"), &layers, "amd64");
     let config = std::fs::read_to_string(&layout.config_file).expect("config");

@@ -141,3 +141,125 @@ fn elf_interpreter(tree: &Tree, path: &Path, file: File) -> Result<(), OciBuildE
 fn rel(path: &Path) -> PathBuf {
     path.strip_prefix("/").unwrap_or(path).to_owned()
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io;
+
+    use super::*;
+    use crate::template_build::tarstream::{EntryMeta, Kind};
+    use crate::template_build::tree::LayerState;
+
+    /// A tree holding `files` (path, content, mode) and `links`.
+    fn tree(dir: &Path, files: &[(&str, &[u8], u32)], links: &[(&str, &str)]) -> Tree {
+        let mut tree = Tree::create(&dir.join("root")).expect("tree");
+        let mut state = LayerState::default();
+        let entry = |path: &str, kind, mode| EntryMeta {
+            path: path.as_bytes().to_vec(),
+            kind,
+            mode,
+            uid: rustix::process::geteuid().as_raw(),
+            gid: rustix::process::getegid().as_raw(),
+            mtime: 0,
+            xattrs: Vec::new(),
+        };
+        for (path, body, mode) in files {
+            let m = entry(path, Kind::File, *mode);
+            tree.apply("t", &mut state, &m, &mut &body[..])
+                .expect("file");
+        }
+        for (path, target) in links {
+            let m = entry(path, Kind::Symlink(target.as_bytes().to_vec()), 0o777);
+            tree.apply("t", &mut state, &m, &mut io::empty())
+                .expect("link");
+        }
+        tree
+    }
+
+    /// A 64-byte ELF header for `machine`, without program headers.
+    fn elf_header(machine: u16) -> Vec<u8> {
+        let mut h = vec![0u8; 64];
+        h[..4].copy_from_slice(b"\x7fELF");
+        h[4] = 2; // 64-bit
+        h[5] = 1; // little-endian
+        h[6] = 1; // version
+        h[16..18].copy_from_slice(&2u16.to_le_bytes()); // ET_EXEC
+        h[18..20].copy_from_slice(&machine.to_le_bytes());
+        h[20..24].copy_from_slice(&1u32.to_le_bytes());
+        h[52..54].copy_from_slice(&64u16.to_le_bytes()); // e_ehsize
+        h[54..56].copy_from_slice(&56u16.to_le_bytes()); // e_phentsize
+        h[58..60].copy_from_slice(&64u16.to_le_bytes()); // e_shentsize
+        h
+    }
+
+    fn check(files: &[(&str, &[u8], u32)], links: &[(&str, &str)], run: RunConfig) -> String {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let tree = tree(dir.path(), files, links);
+        match runnable(&tree, &run) {
+            Ok(()) => "ok".into(),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn a_static_x86_64_shell_runs_and_others_do_not() {
+        let x86 = elf_header(elf::abi::EM_X86_64);
+        let arm = elf_header(elf::abi::EM_AARCH64);
+        let none = RunConfig::default();
+        assert_eq!(check(&[("bin/sh", &x86, 0o755)], &[], none.clone()), "ok");
+        let err = check(&[("bin/sh", &arm, 0o755)], &[], none.clone());
+        assert!(
+            err.contains("/bin/sh: built for ELF machine 183, not x86-64"),
+            "{err}"
+        );
+        let err = check(&[("bin/sh", &x86, 0o644)], &[], none.clone());
+        assert!(err.contains("not an executable file"), "{err}");
+        let err = check(&[("bin/sh", b"MZ\0\0", 0o755)], &[], none);
+        assert!(
+            err.contains("neither an ELF executable nor a #! script"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn scripts_need_their_interpreter() {
+        let x86 = elf_header(elf::abi::EM_X86_64);
+        let none = RunConfig::default();
+        let files: &[(&str, &[u8], u32)] = &[
+            ("bin/sh", b"#!/usr/bin/real-sh -e\n", 0o755),
+            ("usr/bin/real-sh", &x86, 0o755),
+        ];
+        assert_eq!(check(files, &[], none.clone()), "ok");
+        let err = check(&files[..1], &[], none);
+        assert!(err.contains("/usr/bin/real-sh: cannot open it"), "{err}");
+    }
+
+    #[test]
+    fn without_a_shell_the_entrypoint_is_found_on_the_image_path() {
+        let x86 = elf_header(elf::abi::EM_X86_64);
+        let run = |entry: &str| RunConfig {
+            env: Some(vec!["PATH=/opt/app/bin".into()]),
+            entrypoint: Some(vec![entry.into()]),
+            ..RunConfig::default()
+        };
+        let files: &[(&str, &[u8], u32)] = &[("opt/app/bin/server", &x86, 0o755)];
+        assert_eq!(check(files, &[], run("server")), "ok");
+        assert_eq!(check(files, &[], run("/opt/app/bin/server")), "ok");
+        // A link through an absolute path resolves inside the image.
+        assert_eq!(
+            check(
+                files,
+                &[("usr/bin/srv", "/opt/app/bin/server")],
+                run("/usr/bin/srv")
+            ),
+            "ok"
+        );
+        let err = check(files, &[], run("missing"));
+        assert!(
+            err.contains("there is no /bin/sh, and the entrypoint \"missing\" is not in the image"),
+            "{err}"
+        );
+        let err = check(files, &[], RunConfig::default());
+        assert!(err.contains("no /bin/sh and no entrypoint or cmd"), "{err}");
+    }
+}

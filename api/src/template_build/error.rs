@@ -54,6 +54,18 @@ pub enum OciBuildError {
         /// What the content hashes to.
         actual: String,
     },
+    /// A blob's size is not the one its descriptor gives.
+    #[error("size mismatch for {what} {name}: {actual} bytes, the descriptor says {expected}")]
+    SizeMismatch {
+        /// What it was for.
+        what: String,
+        /// Its digest.
+        name: String,
+        /// Size from the descriptor.
+        expected: u64,
+        /// Size of the blob.
+        actual: u64,
+    },
     /// A digest is not `sha256:<64 hex>`.
     #[error("unsupported or malformed digest {0:?} (only sha256 is supported)")]
     BadDigest(String),

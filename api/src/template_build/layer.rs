@@ -8,7 +8,7 @@ use ruzstd::decoding::{FrameDecoder, StreamingDecoder};
 
 use super::digest::HashingReader;
 use super::limits::MAX_LAYER_ENTRIES;
-use super::resolve::{Compression, LayerRef};
+use super::resolve::{check_size, Compression, LayerRef};
 use super::source::SourceDir;
 use super::tarstream::{for_each_entry, TarError};
 use super::tree::{LayerState, Tree};
@@ -40,9 +40,10 @@ pub(crate) fn apply_layer(
     if let Some(digest) = &layer.blob_digest {
         // Hashed before anything is unpacked: a tampered blob never
         // reaches the parsers.
-        let (actual, _) = HashingReader::new(open()?)
+        let (actual, bytes) = HashingReader::new(open()?)
             .finish()
             .map_err(|e| OciBuildError::io("cannot read", src.path().join(&layer.path), e))?;
+        check_size(layer.size, bytes, &what, digest)?;
         digest.verify(&actual, &what)?;
     }
     let stream = decompress(BufReader::new(open()?), layer.compression)

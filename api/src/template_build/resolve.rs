@@ -32,6 +32,8 @@ pub(crate) struct LayerRef {
     pub path: String,
     /// Digest of the blob as stored, when the source names one.
     pub blob_digest: Option<Digest>,
+    /// Size of the blob as stored, when the manifest gives it.
+    pub size: Option<u64>,
     /// Digest of the uncompressed tar (the config's `diff_ids`).
     pub diff_id: Digest,
     /// How the blob is compressed.
@@ -82,7 +84,7 @@ pub(crate) fn oci_layout(
     let index: Index = spec::parse(&read_json(src, "index.json")?, "index.json")?;
     let mut desc = select(&index, reference, "index.json")?;
     for _ in 0..MAX_INDEX_DEPTH {
-        let bytes = read_blob(src, &desc.digest, "manifest")?;
+        let bytes = read_blob(src, &desc, "manifest")?;
         if !is_index(&desc, &bytes)? {
             let manifest: Manifest = spec::parse(&bytes, &format!("manifest {}", desc.digest))?;
             return image_of(src, Digest::parse(&desc.digest)?, manifest);
@@ -144,7 +146,12 @@ pub(crate) fn docker_archive(
     let layers = image
         .layers
         .iter()
-        .map(|path| (path.clone(), digest_of_path(path), Compression::Sniff))
+        .map(|path| Blob {
+            path: path.clone(),
+            digest: digest_of_path(path),
+            size: None,
+            compression: Compression::Sniff,
+        })
         .collect();
     with_layers(config_digest.clone(), config_digest, config, layers)
 }
@@ -155,7 +162,7 @@ fn image_of(
     manifest: Manifest,
 ) -> Result<ResolvedImage, OciBuildError> {
     let config_digest = Digest::parse(&manifest.config.digest)?;
-    let bytes = read_blob(src, &manifest.config.digest, "config")?;
+    let bytes = read_blob(src, &manifest.config, "config")?;
     let config: ImageConfig = spec::parse(&bytes, &format!("config {config_digest}"))?;
     let mut layers = Vec::with_capacity(manifest.layers.len().min(MAX_LAYERS));
     for l in manifest.layers.iter().take(MAX_LAYERS + 1) {
@@ -165,16 +172,29 @@ fn image_of(
                 layer: l.digest.clone(),
                 media_type: l.media_type.clone(),
             })?;
-        layers.push((format!("blobs/sha256/{}", d.hex()), Some(d), compression));
+        layers.push(Blob {
+            path: format!("blobs/sha256/{}", d.hex()),
+            digest: Some(d),
+            size: l.size,
+            compression,
+        });
     }
     with_layers(digest, config_digest, config, layers)
+}
+
+/// A layer blob as the manifest names it.
+struct Blob {
+    path: String,
+    digest: Option<Digest>,
+    size: Option<u64>,
+    compression: Compression,
 }
 
 fn with_layers(
     digest: Digest,
     config_digest: Digest,
     config: ImageConfig,
-    layers: Vec<(String, Option<Digest>, Compression)>,
+    layers: Vec<Blob>,
 ) -> Result<ResolvedImage, OciBuildError> {
     if config.os != "linux" || config.architecture != "amd64" {
         return Err(OciBuildError::WrongPlatform {
@@ -201,12 +221,13 @@ fn with_layers(
     let layers = layers
         .into_iter()
         .zip(&config.rootfs.diff_ids)
-        .map(|((path, blob_digest, compression), diff_id)| {
+        .map(|(blob, diff_id)| {
             Ok(LayerRef {
-                path,
-                blob_digest,
+                path: blob.path,
+                blob_digest: blob.digest,
+                size: blob.size,
                 diff_id: Digest::parse(diff_id)?,
-                compression,
+                compression: blob.compression,
             })
         })
         .collect::<Result<_, OciBuildError>>()?;
@@ -326,17 +347,37 @@ fn read_named(src: &SourceDir, rel: &str, what: &str) -> Result<Vec<u8>, OciBuil
         })
 }
 
-/// Reads the JSON blob `digest` and checks its content against it.
-fn read_blob(src: &SourceDir, digest: &str, what: &str) -> Result<Vec<u8>, OciBuildError> {
-    let d = Digest::parse(digest)?;
+/// Reads the JSON blob `desc` names and checks its size and content
+/// against it.
+fn read_blob(src: &SourceDir, desc: &Descriptor, what: &str) -> Result<Vec<u8>, OciBuildError> {
+    let d = Digest::parse(&desc.digest)?;
     let bytes = src
         .read_bounded(&format!("blobs/sha256/{}", d.hex()), MAX_JSON_BYTES)?
         .ok_or_else(|| OciBuildError::MissingBlob {
-            name: digest.to_owned(),
+            name: desc.digest.clone(),
             what: what.to_owned(),
         })?;
+    check_size(desc.size, bytes.len() as u64, what, &d)?;
     d.verify(&Digest::of(&bytes), what)?;
     Ok(bytes)
+}
+
+/// Fails when a blob's size is not the `expected` one its descriptor gives.
+pub(crate) fn check_size(
+    expected: Option<u64>,
+    actual: u64,
+    what: &str,
+    digest: &Digest,
+) -> Result<(), OciBuildError> {
+    match expected {
+        Some(size) if size != actual => Err(OciBuildError::SizeMismatch {
+            what: what.to_owned(),
+            name: digest.to_string(),
+            expected: size,
+            actual,
+        }),
+        _ => Ok(()),
+    }
 }
 
 #[cfg(test)]

@@ -27,6 +27,9 @@ pub(crate) struct Descriptor {
     pub media_type: String,
     /// `sha256:<hex>`.
     pub digest: String,
+    /// Size of the target in bytes (checked when given).
+    #[serde(default)]
+    pub size: Option<u64>,
     /// Platform, in indexes.
     #[serde(default)]
     pub platform: Option<Platform>,
