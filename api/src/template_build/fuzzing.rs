@@ -39,8 +39,7 @@ pub fn apply_layer_blob(bytes: &[u8]) -> Result<(), OciBuildError> {
         let stream = layer::decompress(bytes, Compression::Sniff)
             .map_err(|e| OciBuildError::layer("fuzz", e))?;
         // Bounded like a real build's budget.
-        layer::apply_tar(&mut tree, "fuzz", stream.take(64 << 20))?;
-        tree.finish()
+        layer::apply_tar(&mut tree, "fuzz", stream.take(64 << 20))
     })();
     let escaped = std::fs::read_dir(&outside).map(|d| d.count()).unwrap_or(0);
     let _ = std::fs::remove_dir_all(&scratch);

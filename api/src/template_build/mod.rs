@@ -158,7 +158,6 @@ pub fn build_from_oci(
     let run = image.config.config.clone().unwrap_or_default();
     fixup::add_sandbox_needs(&tree)?;
     check::runnable(&tree, &run)?;
-    tree.finish()?;
     let image_bytes = pack::erofs(
         tree.path(),
         out_image,

@@ -4,11 +4,15 @@
 //! root, so a symlink from this or an earlier layer (`/etc -> /`, `x ->
 //! ../../..`) resolves inside the tree, as it will in the guest, and never
 //! reaches the host. The entry itself is made with `*at` calls on its
-//! parent directory and its last component is never followed.
+//! parent directory and its last component is never followed. Each
+//! entry gets its mtime at once, and the directory it changes gets its own
+//! back, so no per-directory state is kept however large the image.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::hash_map::RandomState;
+use std::collections::HashSet;
 use std::ffi::{CString, OsStr};
 use std::fs::File;
+use std::hash::BuildHasher;
 use std::io::{self, Read};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
@@ -36,16 +40,22 @@ pub(crate) struct Tree {
     path: PathBuf,
     /// `path` with symlinks resolved, as `/proc/self/fd` shows it.
     real_path: PathBuf,
-    /// Directory mtimes, set last (adding children changes them).
-    dir_mtimes: BTreeMap<PathBuf, i64>,
     max_mtime: i64,
 }
 
 /// What applying one layer tracks: the paths it made (an opaque marker
-/// hides only lower layers' entries).
+/// hides only lower layers' entries), as hashes so a layer's millions of
+/// paths cost 8 bytes each.
 #[derive(Debug, Default)]
 pub(crate) struct LayerState {
-    made: HashSet<PathBuf>,
+    made: HashSet<u64>,
+    keys: RandomState,
+}
+
+impl LayerState {
+    fn key(&self, rel: &Path) -> u64 {
+        self.keys.hash_one(rel)
+    }
 }
 
 impl Tree {
@@ -66,7 +76,6 @@ impl Tree {
             root,
             path: path.to_owned(),
             real_path,
-            dir_mtimes: BTreeMap::new(),
             max_mtime: 0,
         })
     }
@@ -105,19 +114,27 @@ impl Tree {
         let name = rel.file_name().map(OsStr::as_bytes).unwrap_or_default();
         let parent_rel = rel.parent().unwrap_or(Path::new(""));
         if name == OPAQUE {
-            return self.make_opaque(parent_rel, state).map_err(fail);
+            return match self.find_dir(parent_rel).map_err(fail)? {
+                Some(dir) => {
+                    keeping_mtime(&dir, || make_opaque(&dir, parent_rel, state)).map_err(fail)
+                }
+                None => Ok(()),
+            };
         }
         if let Some(target) = name.strip_prefix(WHITEOUT) {
             if target.is_empty() || target == b"." || target == b".." {
                 return Err(traversal(layer, &meta.path));
             }
             return match self.find_dir(parent_rel).map_err(fail)? {
-                Some(dir) => remove_at(&dir, OsStr::from_bytes(target)).map_err(fail),
+                Some(dir) => {
+                    keeping_mtime(&dir, || remove_at(&dir, OsStr::from_bytes(target))).map_err(fail)
+                }
                 None => Ok(()),
             };
         }
         let parent = self.open_dir(parent_rel).map_err(fail)?;
         let name = OsStr::from_bytes(name);
+        let parent_mtime = mtime_of(&parent).map_err(fail)?;
         match rustix::fs::statat(&parent, name, AtFlags::SYMLINK_NOFOLLOW) {
             Ok(st)
                 if meta.kind == Kind::Dir
@@ -134,7 +151,10 @@ impl Tree {
         if !matches!(meta.kind, Kind::HardLink(_)) {
             self.set_meta(layer, &parent, name, meta, &rel)?;
         }
-        state.made.insert(rel);
+        // Making the entry changed the parent's mtime; the layers say what
+        // it is.
+        set_time(&parent, OsStr::new("."), parent_mtime).map_err(fail)?;
+        state.made.insert(state.key(&rel));
         Ok(())
     }
 
@@ -196,7 +216,7 @@ impl Tree {
     }
 
     /// Owner, then mode (a chown clears set-uid bits), then xattrs (a chown
-    /// clears `security.capability`), then mtime (directories: at the end).
+    /// clears `security.capability`), then mtime.
     fn set_meta(
         &mut self,
         layer: &str,
@@ -245,53 +265,7 @@ impl Tree {
             }
         }
         self.max_mtime = self.max_mtime.max(meta.mtime);
-        if meta.kind == Kind::Dir {
-            self.dir_mtimes.insert(rel.to_owned(), meta.mtime);
-        } else {
-            set_mtime(parent, name, meta.mtime).map_err(fail)?;
-        }
-        Ok(())
-    }
-
-    /// Removes the entries of `dir` that lower layers made.
-    fn make_opaque(&self, dir_rel: &Path, state: &LayerState) -> io::Result<()> {
-        let Some(dir) = self.find_dir(dir_rel)? else {
-            return Ok(());
-        };
-        for name in list_dir(&dir)? {
-            if !state.made.contains(&dir_rel.join(&name)) {
-                remove_at(&dir, &name)?;
-            }
-        }
-        Ok(())
-    }
-
-    /// Sets the directories' recorded mtimes, deepest first.
-    pub(crate) fn finish(&mut self) -> Result<(), OciBuildError> {
-        let mut dirs: Vec<(PathBuf, i64)> =
-            std::mem::take(&mut self.dir_mtimes).into_iter().collect();
-        dirs.sort_by_key(|(p, _)| std::cmp::Reverse(p.components().count()));
-        for (rel, mtime) in dirs {
-            let fail = |e: io::Error| {
-                OciBuildError::io("cannot set the mtime of", self.path.join(&rel), e)
-            };
-            let (parent, name) = match rel.file_name() {
-                Some(name) => match self
-                    .find_dir(rel.parent().unwrap_or(Path::new("")))
-                    .map_err(fail)?
-                {
-                    Some(p) => (p, name.to_owned()),
-                    None => continue,
-                },
-                None => (self.root_fd().map_err(fail)?, ".".into()),
-            };
-            match rustix::fs::statat(&parent, &name, AtFlags::SYMLINK_NOFOLLOW) {
-                Ok(st) if FileType::from_raw_mode(st.st_mode) == FileType::Directory => {
-                    set_mtime(&parent, &name, mtime).map_err(fail)?;
-                }
-                _ => {}
-            }
-        }
+        set_mtime(parent, name, meta.mtime).map_err(fail)?;
         Ok(())
     }
 
@@ -337,10 +311,12 @@ impl Tree {
         let name = rel
             .file_name()
             .ok_or_else(|| io::Error::other("bad directory path"))?;
-        match rustix::fs::mkdirat(&parent, name, Mode::from_raw_mode(0o755)) {
-            Ok(()) | Err(Errno::EXIST) => {}
-            Err(e) => return Err(e.into()),
-        }
+        keeping_mtime(&parent, || {
+            match rustix::fs::mkdirat(&parent, name, Mode::from_raw_mode(0o755)) {
+                Ok(()) | Err(Errno::EXIST) => Ok(()),
+                Err(e) => Err(e.into()),
+            }
+        })?;
         if let Some(fd) = self.find_dir(rel)? {
             return Ok(fd);
         }
@@ -439,11 +415,47 @@ fn clamp_in_root(path: &Path) -> PathBuf {
     out
 }
 
+/// Removes the entries of the directory `dir` (at `dir_rel`) that lower
+/// layers made.
+fn make_opaque(dir: &OwnedFd, dir_rel: &Path, state: &LayerState) -> io::Result<()> {
+    for name in list_dir(dir)? {
+        if !state.made.contains(&state.key(&dir_rel.join(&name))) {
+            remove_at(dir, &name)?;
+        }
+    }
+    Ok(())
+}
+
+/// Runs `f`, which changes the directory `dir`, and puts back its mtime.
+fn keeping_mtime<T>(dir: &OwnedFd, f: impl FnOnce() -> io::Result<T>) -> io::Result<T> {
+    let before = mtime_of(dir)?;
+    let out = f()?;
+    set_time(dir, OsStr::new("."), before)?;
+    Ok(out)
+}
+
+/// The mtime of an open file or directory.
+fn mtime_of(fd: &OwnedFd) -> io::Result<Timespec> {
+    let st = rustix::fs::fstat(fd)?;
+    Ok(Timespec {
+        tv_sec: st.st_mtime,
+        tv_nsec: st.st_mtime_nsec as _,
+    })
+}
+
 fn set_mtime(dir: &OwnedFd, name: &OsStr, mtime: i64) -> io::Result<()> {
-    let t = Timespec {
-        tv_sec: mtime,
-        tv_nsec: 0,
-    };
+    set_time(
+        dir,
+        name,
+        Timespec {
+            tv_sec: mtime,
+            tv_nsec: 0,
+        },
+    )
+}
+
+/// Sets atime and mtime of `name` in `dir` (not following it).
+fn set_time(dir: &OwnedFd, name: &OsStr, t: Timespec) -> io::Result<()> {
     let times = Timestamps {
         last_access: t,
         last_modification: t,
