@@ -828,3 +828,29 @@ fn docker_archives_may_link_a_repeated_layer() {
         .iter()
         .any(|l| l.starts_with("bin/sh f 0755 0:0 ")));
 }
+
+#[test]
+fn a_gzip_compressed_archive_builds_within_its_size_bound() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let plain = tmp.path().join("image.tar");
+    docker_archive(&plain, &test_layers());
+    let archive = tmp.path().join("image.tar.gz");
+    std::fs::write(&archive, gzip(&std::fs::read(&plain).expect("archive"))).expect("gzip");
+    let scratch = tmp.path().join("scratch");
+    let out = tmp.path().join("image.erofs");
+    build_from_oci(&archive, &out, &options(&scratch)).expect("build");
+    assert_tree(&out);
+
+    std::fs::remove_file(&out).expect("remove");
+    let small = OciBuildOptions {
+        max_unpacked_bytes: 64 << 10,
+        ..options(&scratch)
+    };
+    let err = build_from_oci(&archive, &out, &small).expect_err("over the bound");
+    assert!(
+        format!("{err:?}").contains("more than the allowed size"),
+        "{err:?}"
+    );
+    assert!(!out.exists());
+    assert_empty(&scratch);
+}

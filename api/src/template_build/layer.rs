@@ -48,10 +48,7 @@ pub(crate) fn apply_layer(
     }
     let stream = decompress(BufReader::new(open()?), layer.compression)
         .map_err(|e| OciBuildError::layer(&label, format!("corrupt compressed stream: {e}")))?;
-    let mut diff = HashingReader::new(Budget {
-        inner: stream,
-        left: *budget,
-    });
+    let mut diff = HashingReader::new(Budget::new(stream, *budget));
     apply_tar(tree, &label, &mut diff)?;
     let (diff_id, bytes) = diff
         .finish()
@@ -153,16 +150,23 @@ impl<R: BufRead> Read for Zstd<R> {
 }
 
 /// Fails a read past the allowed number of uncompressed bytes.
-struct Budget<R> {
+pub(crate) struct Budget<R> {
     inner: R,
     left: u64,
+}
+
+impl<R> Budget<R> {
+    /// Allows `left` bytes from `inner`.
+    pub(crate) fn new(inner: R, left: u64) -> Self {
+        Self { inner, left }
+    }
 }
 
 impl<R: Read> Read for Budget<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
         self.left = self.left.checked_sub(n as u64).ok_or_else(|| {
-            io::Error::other("the layers unpack to more than the allowed size (max_unpacked_bytes)")
+            io::Error::other("the image unpacks to more than the allowed size (OciBuildOptions::max_unpacked_bytes)")
         })?;
         Ok(n)
     }
@@ -224,10 +228,7 @@ mod tests {
 
     #[test]
     fn budget_stops_a_bomb() {
-        let mut b = Budget {
-            inner: &[0u8; 100][..],
-            left: 50,
-        };
+        let mut b = Budget::new(&[0u8; 100][..], 50);
         assert!(io::copy(&mut b, &mut io::sink()).is_err());
     }
 }

@@ -132,7 +132,7 @@ pub fn build_from_oci(
         source::SourceDir::open(source)?
     } else {
         let dir = scratch.0.join("archive");
-        source::unpack_archive(source, &dir)?;
+        source::unpack_archive(source, &dir, opts.max_unpacked_bytes)?;
         source::SourceDir::open(&dir)?
     };
     let reference = opts.reference.as_deref();

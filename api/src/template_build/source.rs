@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use rustix::fs::{Mode, OFlags, ResolveFlags};
 use rustix::io::Errno;
 
-use super::layer::{decompress, Step};
+use super::layer::{decompress, Budget, Step};
 use super::limits::{MAX_ARCHIVE_ENTRIES, MAX_PATH_BYTES};
 use super::resolve::Compression;
 use super::tarstream::{for_each_entry, Kind};
@@ -107,8 +107,13 @@ impl SourceDir {
 /// directory `into`: regular files, directories and symlinks only (old
 /// `docker save` archives link repeated layers), names checked like layer
 /// entries. Symlinks are made last, so no write goes through one; reads
-/// resolve them inside `into` ([`SourceDir`]).
-pub(crate) fn unpack_archive(archive: &Path, into: &Path) -> Result<(), OciBuildError> {
+/// resolve them inside `into` ([`SourceDir`]). At most `max_bytes` are
+/// read from the (decompressed) archive.
+pub(crate) fn unpack_archive(
+    archive: &Path,
+    into: &Path,
+    max_bytes: u64,
+) -> Result<(), OciBuildError> {
     let corrupt = |source: io::Error| OciBuildError::Archive {
         path: archive.to_owned(),
         source,
@@ -116,6 +121,7 @@ pub(crate) fn unpack_archive(archive: &Path, into: &Path) -> Result<(), OciBuild
     std::fs::create_dir(into).map_err(|e| OciBuildError::io("cannot create", into, e))?;
     let file = File::open(archive).map_err(|e| OciBuildError::io("cannot open", archive, e))?;
     let stream = decompress(io::BufReader::new(file), Compression::Sniff).map_err(corrupt)?;
+    let stream = Budget::new(stream, max_bytes);
     let mut links = Vec::new();
     let mut count = 0usize;
     for_each_entry(stream, MAX_ARCHIVE_ENTRIES, |meta, body| {
