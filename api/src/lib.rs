@@ -26,6 +26,7 @@ pub mod lang;
 pub mod model;
 pub mod server;
 pub mod template;
+pub mod template_build;
 pub mod vm_process;
 
 pub use config::Config;
