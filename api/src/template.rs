@@ -1,5 +1,6 @@
 //! Templates: a named kernel + initramfs + runtime image + vCPUs + memory.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use kiln_vmm::config::{DriveConfig, VmConfig};
@@ -26,6 +27,13 @@ pub struct Template {
     pub mem_mib: u32,
     /// Extra guest kernel command line.
     pub kernel_args: String,
+    /// Environment of every exec, under what a create or exec sets.
+    pub env: BTreeMap<String, String>,
+    /// Working directory of execs unless a create or exec names one.
+    pub working_dir: Option<String>,
+    /// A registry template's revision (its manifest's hash): VMs of
+    /// another revision are retired from its pool.
+    pub revision: Option<String>,
 }
 
 /// Errors resolving a template.
@@ -66,6 +74,9 @@ pub fn resolve(name: &str, o: &Overrides<'_>) -> Result<Template, TemplateError>
             vcpus,
             mem_mib,
             kernel_args: String::new(),
+            env: BTreeMap::new(),
+            working_dir: None,
+            revision: None,
         }),
         "minimal" => Ok(Template {
             name: "minimal".into(),
@@ -75,6 +86,9 @@ pub fn resolve(name: &str, o: &Overrides<'_>) -> Result<Template, TemplateError>
             vcpus,
             mem_mib,
             kernel_args: String::new(),
+            env: BTreeMap::new(),
+            working_dir: None,
+            revision: None,
         }),
         other => Err(TemplateError::Unknown(other.to_string())),
     }

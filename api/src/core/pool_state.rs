@@ -127,6 +127,15 @@ impl<T> PoolState<T> {
         out
     }
 
+    /// Removes every ready VM `pred` picks.
+    pub fn take_where(&mut self, pred: impl Fn(&T) -> bool) -> Vec<T> {
+        let (taken, kept) = std::mem::take(&mut self.ready)
+            .into_iter()
+            .partition(|(_, vm)| pred(vm));
+        self.ready = kept;
+        taken.into_iter().map(|(_, vm)| vm).collect()
+    }
+
     /// Removes the ready VM `pred` picks (one that died in the pool).
     pub fn remove(&mut self, pred: impl Fn(&T) -> bool) -> Option<T> {
         let i = self.ready.iter().position(|(_, vm)| pred(vm))?;

@@ -144,6 +144,9 @@ impl Core {
             id: row.id.clone(),
             template: row.template.clone(),
             mem_mib: row.mem_mib,
+            // Not recorded: a pooled VM is taken to be of the template as
+            // it is now.
+            revision: self.template(&row.template).ok().and_then(|t| t.revision),
             process,
         });
         let sandbox = row
@@ -152,7 +155,7 @@ impl Core {
             .and_then(|id| self.inner.store.sandbox(id).ok().flatten())
             .filter(|s| s.end_reason.is_none());
         let wanted = match row.phase {
-            VmPhase::Booting | VmPhase::Pooled => self.inner.templates.contains_key(&row.template),
+            VmPhase::Booting | VmPhase::Pooled => self.has_template(&row.template),
             VmPhase::Claimed => sandbox.is_some(),
         };
         // A VM that was still booting may finish now: it gets the same

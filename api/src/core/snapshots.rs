@@ -334,6 +334,9 @@ mod tests {
             vcpus: 1,
             mem_mib: 256,
             kernel_args: String::new(),
+            env: Default::default(),
+            working_dir: None,
+            revision: None,
         }
     }
 
