@@ -204,12 +204,16 @@ fn ms(d: Duration) -> String {
 /// Runs the command; returns the process exit code.
 pub fn run(args: RunArgs) -> Result<ExitCode> {
     let plan = plan(&args)?;
+    // An unknown template is reported before the host's KVM (it is the
+    // caller's mistake on any host); its files after.
+    let registered = registry_template(&args)?;
     kiln::kvm_check::ensure_hardware_kvm()?;
+    let template = resolve_template(&args, registered)?;
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")?
-        .block_on(run_in_vm(args, plan))
+        .block_on(run_in_vm(args, plan, template))
 }
 
 /// Boots tried before a guest crash is the answer (the daemon's cold
@@ -234,18 +238,11 @@ async fn boot(spec: &VmSpec) -> std::result::Result<VmProcess, kiln::vm_process:
     }
 }
 
-/// A built-in template, else the registry's, with the command line's
-/// paths over the template's.
-fn resolve_template(args: &RunArgs) -> Result<template::Template> {
+/// The registry's manifest of `--template` (and its directory), `None`
+/// for a built-in template.
+fn registry_template(args: &RunArgs) -> Result<Option<(kiln::registry::Manifest, PathBuf)>> {
     if template::BUILTIN.contains(&args.template.as_str()) {
-        return Ok(template::resolve(
-            &args.template,
-            &Overrides {
-                kernel: args.kernel.as_deref(),
-                initramfs: args.initramfs.as_deref(),
-                image: args.image.as_deref(),
-            },
-        )?);
+        return Ok(None);
     }
     let state_dir = args
         .state_dir
@@ -261,7 +258,26 @@ fn resolve_template(args: &RunArgs) -> Result<template::Template> {
         ),
         other => other.into(),
     })?;
-    let mut t = manifest.template(&registry.dir_of(&args.template), true)?;
+    Ok(Some((manifest, registry.dir_of(&args.template))))
+}
+
+/// A built-in template, else the registry's, with the command line's
+/// paths over the template's.
+fn resolve_template(
+    args: &RunArgs,
+    registered: Option<(kiln::registry::Manifest, PathBuf)>,
+) -> Result<template::Template> {
+    let Some((manifest, dir)) = registered else {
+        return Ok(template::resolve(
+            &args.template,
+            &Overrides {
+                kernel: args.kernel.as_deref(),
+                initramfs: args.initramfs.as_deref(),
+                image: args.image.as_deref(),
+            },
+        )?);
+    };
+    let mut t = manifest.template(&dir, true)?;
     if let Some(k) = &args.kernel {
         t.kernel = k.clone();
     }
@@ -274,8 +290,7 @@ fn resolve_template(args: &RunArgs) -> Result<template::Template> {
     Ok(t)
 }
 
-async fn run_in_vm(args: RunArgs, plan: Plan) -> Result<ExitCode> {
-    let t = resolve_template(&args)?;
+async fn run_in_vm(args: RunArgs, plan: Plan, t: template::Template) -> Result<ExitCode> {
     let mut config = t.vm_config();
     config.vcpus = args.vcpus.unwrap_or(t.vcpus);
     config.mem_mib = args.mem_mib.map_or(config.mem_mib, u64::from);

@@ -292,9 +292,9 @@ fn show(registry: &Registry, m: &Manifest) {
     );
     println!("image sha256: {}", m.image_sha256);
     println!(
-        "image size:   {} ({:?})",
+        "image size:   {} ({})",
         human_bytes(m.image_bytes),
-        m.image_format
+        m.image_format.extension()
     );
     println!("vcpus:        {}", m.spec.vcpus);
     println!("mem_mib:      {}", m.spec.mem_mib);
