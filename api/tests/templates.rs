@@ -40,6 +40,22 @@ fn ok(out: Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// `kiln template build t --image img --mem-mib 200 --env env extra...`.
+fn build_t(state: &Path, img: &str, env: &str, extra: &[&str]) {
+    let mut args = vec![
+        "build",
+        "t",
+        "--image",
+        img,
+        "--mem-mib",
+        "200",
+        "--env",
+        env,
+    ];
+    args.extend_from_slice(extra);
+    ok(kiln_cli(state, &args));
+}
+
 /// Polls `check` every 20 ms for up to 30 s.
 async fn until(what: &str, mut check: impl AsyncFnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
@@ -106,21 +122,7 @@ async fn registered_templates_pool_roll_on_rebuild_and_resist_removal_in_use() {
         );
     }
 
-    ok(kiln_cli(
-        &state,
-        &[
-            "build",
-            "t",
-            "--image",
-            img,
-            "--mem-mib",
-            "200",
-            "--env",
-            "BUILD=1",
-            "--workdir",
-            "/tmp",
-        ],
-    ));
+    build_t(&state, img, "BUILD=1", &["--workdir", "/tmp"]);
     let listed = ok(kiln_cli(&state, &["ls"]));
     assert!(listed.lines().any(|l| l.starts_with("t ")), "{listed}");
     let shown: serde_json::Value =
@@ -167,19 +169,7 @@ async fn registered_templates_pool_roll_on_rebuild_and_resist_removal_in_use() {
     // A rebuild rolls the pool: both pooled agents replaced, the sandbox's
     // kept.
     fake_erofs(&image, 2);
-    ok(kiln_cli(
-        &state,
-        &[
-            "build",
-            "t",
-            "--image",
-            img,
-            "--mem-mib",
-            "200",
-            "--env",
-            "BUILD=2",
-        ],
-    ));
+    build_t(&state, img, "BUILD=2", &[]);
     until("the daemon sees the new hash", async || {
         let ts = kiln.templates().await.expect("templates");
         ts.iter()
