@@ -173,12 +173,29 @@ impl Registry {
         spec.check()?;
         let dir = self.dir_of(name);
         std::fs::create_dir_all(&dir).map_err(io(format!("creating {}", dir.display())))?;
+        let result = self.register_in(name, &dir, image, spec, source);
+        if result.is_err() {
+            // A first build that failed leaves no empty directory (this
+            // fails, as it should, when the directory holds anything).
+            let _ = std::fs::remove_dir(&dir);
+        }
+        result
+    }
+
+    fn register_in(
+        &self,
+        name: &str,
+        dir: &Path,
+        image: &Path,
+        spec: TemplateSpec,
+        source: &str,
+    ) -> Result<Manifest, RegistryError> {
         // The copy happens outside the lock (it may take a while); only
         // the swap is serialized.
-        let staged = image::stage(image, &dir)?;
+        let staged = image::stage(image, dir)?;
         let _lock = RegistryLock::acquire(&self.root)?;
         let previous = self.get(name).ok();
-        let file = staged.commit(&dir)?;
+        let file = staged.commit(dir)?;
         let manifest_path = dir.join(MANIFEST);
         let manifest = Manifest {
             format_version: FORMAT_VERSION,
@@ -200,9 +217,16 @@ impl Registry {
         let mut bytes = serde_json::to_vec_pretty(&manifest)
             .map_err(|e| RegistryError::BadSpec(e.to_string()))?;
         bytes.push(b'\n');
-        write_atomically(&manifest_path, &bytes)?;
-        let keep = [Some(file), previous.map(|p| p.image)];
-        remove_stale(&dir, &keep);
+        let previous = previous.map(|p| p.image);
+        if let Err(e) = write_atomically(&manifest_path, &bytes) {
+            // The old manifest stands: its image stays, the new one goes.
+            if previous.as_deref() != Some(file.as_str()) {
+                let _ = std::fs::remove_file(dir.join(&file));
+            }
+            return Err(e);
+        }
+        let keep = [Some(file), previous];
+        remove_stale(dir, &keep);
         Manifest::parse(&manifest_path, &bytes)
     }
 
@@ -376,6 +400,11 @@ pub(crate) mod tests {
             .expect_err("builtin");
         assert!(e.to_string().contains("built-in"), "{e}");
         assert_eq!(reg.get("t").expect("unchanged"), m);
+        reg.register("u", &junk, spec(256), "x").expect_err("junk");
+        assert!(
+            !reg.dir_of("u").exists(),
+            "a failed first build leaves no directory"
+        );
         let files = std::fs::read_dir(reg.dir_of("t")).expect("ls").count();
         assert_eq!(files, 2, "the manifest and the image, no temporaries");
     }
