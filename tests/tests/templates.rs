@@ -15,11 +15,13 @@ use kiln_e2e::{artifact, require_kvm};
 /// Guest memory of the template (the python-node default is 512).
 const MEM_MIB: u32 = 384;
 
-fn kiln(state: &Path, args: &[&str]) -> Output {
+/// `kiln SUBCOMMAND --state-dir STATE ARGS...`.
+fn kiln(subcommand: &str, state: &Path, args: &[&str]) -> Output {
     Command::new(artifact("bin/kiln"))
-        .args(args)
+        .arg(subcommand)
         .arg("--state-dir")
         .arg(state)
+        .args(args)
         .output()
         .expect("run kiln")
 }
@@ -57,9 +59,9 @@ async fn a_registered_template_runs_with_kiln_run_and_the_daemon() {
     let image = image.to_str().expect("utf-8");
     let mem = MEM_MIB.to_string();
     ok(kiln(
+        "template",
         &state,
         &[
-            "template",
             "build",
             "t",
             "--image",
@@ -73,14 +75,15 @@ async fn a_registered_template_runs_with_kiln_run_and_the_daemon() {
         ],
     ));
     let shown: serde_json::Value =
-        serde_json::from_str(&ok(kiln(&state, &["template", "show", "t", "--json"])))
+        serde_json::from_str(&ok(kiln("template", &state, &["show", "t", "--json"])))
             .expect("manifest");
     let hash = shown["image_sha256"].as_str().expect("hash").to_string();
 
     // kiln run, no daemon.
     check_probe(&ok(kiln(
+        "run",
         &state,
-        &["run", "--template", "t", "--", "sh", "-c", PROBE],
+        &["--template", "t", "--", "sh", "-c", PROBE],
     )));
 
     // A daemon on the same state directory serves it from a pool.
