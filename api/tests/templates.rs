@@ -264,7 +264,8 @@ fn without_a_daemon_rm_removes_directly_and_unknown_names_are_clear() {
         &state,
         &["build", "p", "--debian-packages", "jq", "--pip", "requests"],
     );
-    assert!(String::from_utf8_lossy(&out.stderr).contains("--pip and --npm are not supported yet"));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--pip needs python3-pip"), "{err}");
     let out = Command::new(env!("CARGO_BIN_EXE_kiln"))
         .args(["run", "--template", "nope", "--state-dir"])
         .arg(&state)

@@ -32,6 +32,23 @@ fn check_package(name: &str) -> Result<()> {
     Ok(())
 }
 
+/// Checks pip requirements (`name[==version]`) and npm packages
+/// (`[@scope/]name[@version]`): letters, digits and the punctuation of
+/// versions only, so nothing else reaches the installers' command lines.
+fn check_installables(what: &str, items: &[String], extra: &str) -> Result<()> {
+    for item in items {
+        let ok = item
+            .starts_with(|c: char| c.is_ascii_alphanumeric() || (c == '@' && what == "npm"))
+            && item
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c) || extra.contains(c));
+        if !ok {
+            bail!("{item:?} is not a {what} package name (with an optional version)");
+        }
+    }
+    Ok(())
+}
+
 /// The builder script.
 fn builder() -> Result<PathBuf> {
     let mut candidates = Vec::new();
@@ -64,14 +81,28 @@ fn builder() -> Result<PathBuf> {
 }
 
 /// Builds an erofs image of `packages` and their dependencies (on top of
-/// the base every image has: a shell, coreutils, libc); returns its path in
-/// the build cache.
-pub fn debian_packages(name: &str, packages: &[String]) -> Result<PathBuf> {
+/// the base every image has: a shell, coreutils, libc), with `pip` and
+/// `npm` packages installed by the image's own pip and npm; returns its
+/// path in the build cache.
+pub fn debian_packages(
+    name: &str,
+    packages: &[String],
+    pip: &[String],
+    npm: &[String],
+) -> Result<PathBuf> {
     if packages.is_empty() {
         bail!("--debian-packages needs at least one package");
     }
     for p in packages {
         check_package(p)?;
+    }
+    check_installables("pip", pip, "=<>!~*+")?;
+    check_installables("npm", npm, "@/^~*+")?;
+    if !pip.is_empty() && !packages.iter().any(|p| p == "python3-pip") {
+        bail!("--pip needs python3-pip in --debian-packages (the image's own pip installs them)");
+    }
+    if !npm.is_empty() && !packages.iter().any(|p| p == "npm") {
+        bail!("--npm needs npm in --debian-packages (the image's own npm installs them)");
     }
     let script = builder()?;
     eprintln!(
@@ -81,6 +112,8 @@ pub fn debian_packages(name: &str, packages: &[String]) -> Result<PathBuf> {
     let mut child = Command::new(&script)
         .env("KILN_IMAGE_PACKAGES", packages.join(","))
         .env("KILN_IMAGE_NAME", format!("{name}.erofs"))
+        .env("KILN_IMAGE_PIP", pip.join(","))
+        .env("KILN_IMAGE_NPM", npm.join(","))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -117,7 +150,34 @@ pub fn debian_packages(name: &str, packages: &[String]) -> Result<PathBuf> {
 
 #[cfg(test)]
 mod tests {
-    use super::check_package;
+    use super::{check_installables, check_package};
+
+    #[test]
+    fn pip_and_npm_names() {
+        let v = |s: &[&str]| s.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        check_installables(
+            "pip",
+            &v(&["requests", "numpy==1.26.4", "a_b.c-d>=2"]),
+            "=<>!~*+",
+        )
+        .expect("pip");
+        check_installables(
+            "npm",
+            &v(&["is-number", "@types/node@20.1.0", "x@^1"]),
+            "@/^~*+",
+        )
+        .expect("npm");
+        for bad in ["", "-r", "x;y", "a b", "$(x)", "../p"] {
+            assert!(
+                check_installables("pip", &v(&[bad]), "=<>!~*+").is_err(),
+                "{bad:?}"
+            );
+            assert!(
+                check_installables("npm", &v(&[bad]), "@/^~*+").is_err(),
+                "{bad:?}"
+            );
+        }
+    }
 
     #[test]
     fn package_names() {

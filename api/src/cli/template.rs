@@ -59,12 +59,13 @@ struct BuildArgs {
     /// their dependencies, the way the default image is built.
     #[arg(long, value_delimiter = ',')]
     debian_packages: Vec<String>,
-    /// Python packages to pip-install into the image (with
-    /// --debian-packages; not supported yet).
+    /// Python packages (name[==version], comma-separated) the image's own
+    /// pip installs into /usr/local (with --debian-packages including
+    /// python3-pip).
     #[arg(long, value_delimiter = ',', requires = "debian_packages")]
     pip: Vec<String>,
-    /// npm packages to install into the image (with --debian-packages; not
-    /// supported yet).
+    /// npm packages (name[@version], comma-separated) the image's own npm
+    /// installs into /usr/local (with --debian-packages including npm).
     #[arg(long, value_delimiter = ',', requires = "debian_packages")]
     npm: Vec<String>,
     /// vCPUs.
@@ -209,20 +210,19 @@ fn build(registry: &Registry, state_dir: &Path, args: BuildArgs, conn: &Conn) ->
             registry.register(&args.name, image, spec, &format!("image:{}", abs.display()))?
         }
         None => {
-            if !args.pip.is_empty() || !args.npm.is_empty() {
-                bail!(
-                    "--pip and --npm are not supported yet: add the Debian packages of what you \
-                     need (python3-<name>, node-<name>) to --debian-packages, or build an image \
-                     with them and register it with --image"
-                );
-            }
-            let image = image_build::debian_packages(&args.name, &args.debian_packages)?;
-            registry.register(
+            let image = image_build::debian_packages(
                 &args.name,
-                &image,
-                spec,
-                &format!("debian-packages:{}", args.debian_packages.join(",")),
-            )?
+                &args.debian_packages,
+                &args.pip,
+                &args.npm,
+            )?;
+            let mut source = format!("debian-packages:{}", args.debian_packages.join(","));
+            for (what, items) in [("pip", &args.pip), ("npm", &args.npm)] {
+                if !items.is_empty() {
+                    source.push_str(&format!(" {what}:{}", items.join(",")));
+                }
+            }
+            registry.register(&args.name, &image, spec, &source)?
         }
     };
     if conn.json {
