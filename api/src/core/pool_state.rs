@@ -177,6 +177,19 @@ mod tests {
     }
 
     #[test]
+    fn take_where_takes_every_match_and_keeps_the_order_of_the_rest() {
+        let now = Instant::now();
+        let mut p = PoolState::<u32>::new(5);
+        for vm in 1..=5 {
+            p.boot_started();
+            p.boot_succeeded(now, vm);
+        }
+        assert_eq!(p.take_where(|vm| vm % 2 == 1), [1, 3, 5]);
+        assert_eq!(p.boots_wanted(now, 10, 10), 3, "the taken are replaced");
+        assert_eq!((p.claim(), p.claim(), p.claim()), (Some(2), Some(4), None));
+    }
+
+    #[test]
     fn failures_back_off_and_probe_one_at_a_time() {
         let now = Instant::now();
         let mut p = PoolState::<u32>::new(8);
