@@ -278,3 +278,39 @@ fn without_a_daemon_rm_removes_directly_and_unknown_names_are_clear() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn a_restarted_daemon_replaces_the_pooled_vms_of_registry_templates() {
+    let dir = common::scratch("templates-restart");
+    let state = dir.join("state");
+    let mut daemon = Daemon::start(&common::host_config(&state, 0));
+    let image = dir.join("image.erofs");
+    fake_erofs(&image, 4);
+    build_t(&state, image.to_str().expect("utf-8"), "BUILD=1", &[]);
+    let kiln = Kiln::connect_unix(&daemon.socket).await.expect("connect");
+    until("the daemon lists t", async || kiln.pool("t").await.is_ok()).await;
+    kiln.set_pool_target("t", 1).await.expect("pool target");
+    until("the pool fills", async || {
+        kiln.pool("t").await.expect("pool").ready == 1
+    })
+    .await;
+    let before = agents(&state);
+    assert_eq!(before.len(), 1);
+    // Killed, the daemon cannot tell whether the template was rebuilt
+    // before it came back: the re-adopted pooled VM is replaced.
+    daemon.signal(libc::SIGKILL);
+    daemon.wait_exit();
+    let restarted = daemon.respawn();
+    let kiln = Kiln::connect_unix(&restarted.socket)
+        .await
+        .expect("connect");
+    until("the pooled VM is replaced", async || {
+        let now = agents(&state);
+        kiln.pool("t")
+            .await
+            .is_ok_and(|p| p.ready == 1 && p.target == 1)
+            && now.len() == 1
+            && now != before
+    })
+    .await;
+}

@@ -144,9 +144,10 @@ impl Core {
             id: row.id.clone(),
             template: row.template.clone(),
             mem_mib: row.mem_mib,
-            // Not recorded: a pooled VM is taken to be of the template as
-            // it is now.
-            revision: self.template(&row.template).ok().and_then(|t| t.revision),
+            // Not recorded, so unknown: a re-adopted pooled VM of a registry
+            // template (which may have been rebuilt meanwhile) is replaced
+            // by the reconciler; built-in and configured ones have none.
+            revision: None,
             process,
         });
         let sandbox = row
