@@ -43,17 +43,15 @@ enum TemplateCommand {
     },
 }
 
-/// `kiln template build`.
+/// `kiln template build`: exactly one source (the `source` group; another
+/// source joins it).
 #[derive(clap::Args)]
+#[command(group(clap::ArgGroup::new("source").required(true).args(["image", "debian_packages"])))]
 struct BuildArgs {
     /// Template name: [a-z0-9][a-z0-9._-]{0,62}, not a built-in's.
     name: String,
     /// An existing erofs or ext4 image (copied in).
-    #[arg(
-        long,
-        conflicts_with = "debian_packages",
-        required_unless_present = "debian_packages"
-    )]
+    #[arg(long)]
     image: Option<PathBuf>,
     /// Build the image from these Debian packages (comma-separated) and
     /// their dependencies, the way the default image is built.
