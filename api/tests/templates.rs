@@ -314,3 +314,57 @@ async fn a_restarted_daemon_replaces_the_pooled_vms_of_registry_templates() {
     })
     .await;
 }
+
+/// `kiln template build` with writes capped at `blocks` 512-byte blocks
+/// (a full disk as the copy sees it: writes past the cap fail).
+fn build_capped(state: &Path, name: &str, image: &Path, blocks: u32) -> Output {
+    Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "trap '' XFSZ; ulimit -f {blocks}; exec \"$0\" template build {name} --image \"$1\" --state-dir \"$2\""
+        ))
+        .arg(env!("CARGO_BIN_EXE_kiln"))
+        .arg(image)
+        .arg(state)
+        .output()
+        .expect("run kiln template build")
+}
+
+#[test]
+fn a_copy_that_cannot_be_written_leaves_nothing_behind() {
+    let dir = common::scratch("templates-full");
+    let state = dir.join("state");
+    let small = dir.join("small.erofs");
+    fake_erofs(&small, 5);
+    let mut big = vec![6u8; 1 << 20];
+    big[1024..1028].copy_from_slice(&0xE0F5_E1E2u32.to_le_bytes());
+    let big_path = dir.join("big.erofs");
+    std::fs::write(&big_path, big).expect("big image");
+
+    // A first build: no template, no directory.
+    let out = build_capped(&state, "full", &big_path, 64);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("File too large"),
+        "{err}"
+    );
+    assert!(!state.join("templates/full").exists(), "nothing half left");
+
+    // A rebuild: the old template stands, no temporary is left.
+    ok(kiln_cli(
+        &state,
+        &["build", "full", "--image", small.to_str().expect("utf-8")],
+    ));
+    let manifest = std::fs::read(state.join("templates/full/template.json")).expect("manifest");
+    let out = build_capped(&state, "full", &big_path, 64);
+    assert!(!out.status.success());
+    assert_eq!(
+        std::fs::read(state.join("templates/full/template.json")).expect("manifest"),
+        manifest,
+        "the manifest is untouched"
+    );
+    let files = std::fs::read_dir(state.join("templates/full"))
+        .expect("ls")
+        .count();
+    assert_eq!(files, 2, "the manifest and the old image only");
+}
