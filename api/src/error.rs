@@ -68,6 +68,15 @@ pub enum Error {
     /// another body, file exists, directory not empty).
     #[error("conflict: {0}")]
     Conflict(String),
+    /// `template_in_use` (409): a template cannot be removed while its pool
+    /// target is above 0 or a VM or sandbox uses it.
+    #[error("template {template} is in use: {reason}")]
+    TemplateInUse {
+        /// Template.
+        template: String,
+        /// What uses it.
+        reason: String,
+    },
     /// `sandbox_expired` (410): the sandbox is gone; the tombstone says why.
     #[error("sandbox {id} has ended ({reason})")]
     SandboxExpired {
@@ -164,6 +173,7 @@ impl Error {
             Self::PermissionDenied(_) => "permission_denied",
             Self::NotFound(_) => "not_found",
             Self::Conflict(_) => "conflict",
+            Self::TemplateInUse { .. } => "template_in_use",
             Self::SandboxExpired { .. } => "sandbox_expired",
             Self::TooLarge(_) => "too_large",
             Self::PoolExhausted { .. } => "pool_exhausted",
@@ -184,7 +194,7 @@ impl Error {
             Self::Unauthenticated(_) => 401,
             Self::PermissionDenied(_) => 403,
             Self::NotFound(_) => 404,
-            Self::Conflict(_) => 409,
+            Self::Conflict(_) | Self::TemplateInUse { .. } => 409,
             Self::SandboxExpired { .. } => 410,
             Self::TooLarge(_) => 413,
             Self::PoolExhausted { .. } | Self::HostCapacity { .. } => 429,
@@ -218,6 +228,9 @@ impl Error {
                 serde_json::json!({"sandbox_id": id, "reason": reason})
             }
             Self::PoolExhausted { template } => serde_json::json!({"template": template}),
+            Self::TemplateInUse { template, reason } => {
+                serde_json::json!({"template": template, "reason": reason})
+            }
             Self::HostCapacity { limit, in_use, max } => {
                 serde_json::json!({"limit": limit, "in_use": in_use, "max": max})
             }
@@ -268,6 +281,10 @@ impl Error {
             "permission_denied" => Self::PermissionDenied(message),
             "not_found" => Self::NotFound(message),
             "conflict" => Self::Conflict(message),
+            "template_in_use" => Self::TemplateInUse {
+                template: str_field("template"),
+                reason: str_field("reason"),
+            },
             "sandbox_expired" => Self::SandboxExpired {
                 id: str_field("sandbox_id"),
                 reason: serde_json::from_value(details["reason"].clone())
@@ -307,6 +324,10 @@ mod tests {
             Error::PermissionDenied("p".into()),
             Error::NotFound("n".into()),
             Error::Conflict("c".into()),
+            Error::TemplateInUse {
+                template: "t".into(),
+                reason: "its pool target is 1".into(),
+            },
             Error::SandboxExpired {
                 id: "sbx-1".into(),
                 reason: EndReason::Idle,

@@ -24,12 +24,14 @@ pub(crate) mod kiln;
 pub mod kvm_check;
 pub mod lang;
 pub mod model;
+pub mod registry;
 pub mod server;
 pub mod template;
 pub mod template_build;
 pub mod vm_process;
 
 pub use config::Config;
+pub use core::lock::daemon_holds;
 pub use error::{EndReason, Error, ErrorBody, ErrorDetail, Result};
 pub use kiln::{
     Exec, ExecBuilder, ExecControl, ExecOutput, FileStream, Files, Kiln, Sandbox, Sandboxes,

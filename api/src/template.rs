@@ -1,5 +1,6 @@
 //! Templates: a named kernel + initramfs + runtime image + vCPUs + memory.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use kiln_vmm::config::{DriveConfig, VmConfig};
@@ -29,6 +30,13 @@ pub struct Template {
     /// A writable disk of this many MiB per VM (sparse, host-backed) as the
     /// sandbox's writable layer, instead of the tmpfs in guest memory.
     pub disk_mib: Option<u32>,
+    /// Environment of every exec, under what a create or exec sets.
+    pub env: BTreeMap<String, String>,
+    /// Working directory of execs unless a create or exec names one.
+    pub working_dir: Option<String>,
+    /// A registry template's revision (its manifest's hash): VMs of
+    /// another revision are retired from its pool.
+    pub revision: Option<String>,
 }
 
 /// Errors resolving a template.
@@ -70,6 +78,9 @@ pub fn resolve(name: &str, o: &Overrides<'_>) -> Result<Template, TemplateError>
             mem_mib,
             kernel_args: String::new(),
             disk_mib: None,
+            env: BTreeMap::new(),
+            working_dir: None,
+            revision: None,
         }),
         "minimal" => Ok(Template {
             name: "minimal".into(),
@@ -80,6 +91,9 @@ pub fn resolve(name: &str, o: &Overrides<'_>) -> Result<Template, TemplateError>
             mem_mib,
             kernel_args: String::new(),
             disk_mib: None,
+            env: BTreeMap::new(),
+            working_dir: None,
+            revision: None,
         }),
         other => Err(TemplateError::Unknown(other.to_string())),
     }

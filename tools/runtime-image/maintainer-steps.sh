@@ -10,13 +10,19 @@ source "$(dirname "$0")/../lib/common.sh"
 
 [ $# -eq 1 ] && [ -d "$1" ] || die "usage: $0 ROOT"
 ROOT="$1"
+# KILN_IMAGE_CUSTOM=1 (an image of other packages): each step runs only
+# when its package is in the tree; for the default image each is required.
+CUSTOM="${KILN_IMAGE_CUSTOM:-}"
 
 # update-alternatives links, as the highest-priority (only) candidate in the
 # image would get them. Links are relative so they resolve inside the image
 # and inside a staging tree alike.
 alt() {
     local link="$1" target="$2"
-    [ -e "$ROOT/$(dirname "$link")/$target" ] || die "alternative $link: $target is not in the image"
+    if [ ! -e "$ROOT/$(dirname "$link")/$target" ]; then
+        [ -n "$CUSTOM" ] && return 0
+        die "alternative $link: $target is not in the image"
+    fi
     ln -sfn "$target" "$ROOT/$link"
 }
 alt usr/bin/awk mawk # mawk
@@ -42,21 +48,25 @@ alt usr/lib/x86_64-linux-gnu/liblapack.so.3 lapack/liblapack.so.3
 # file /usr/lib/ssl/cert.pem links to it). Sorted by name, as the generated
 # configuration lists them.
 certs="$ROOT/usr/share/ca-certificates/mozilla"
-[ -d "$certs" ] || die "no $certs: is ca-certificates in packages.list?"
-mkdir -p "$ROOT/etc/ssl/certs"
-(cd "$ROOT/usr/share/ca-certificates" && find mozilla -name '*.crt' | LC_ALL=C sort) \
-    >"$ROOT/etc/ca-certificates.conf"
-: >"$ROOT/etc/ssl/certs/ca-certificates.crt"
-while IFS= read -r crt; do
-    # update-ca-certificates adds a newline to files that lack one.
-    sed -e '$a\' "$ROOT/usr/share/ca-certificates/$crt" >>"$ROOT/etc/ssl/certs/ca-certificates.crt"
-done <"$ROOT/etc/ca-certificates.conf"
-grep -q 'BEGIN CERTIFICATE' "$ROOT/etc/ssl/certs/ca-certificates.crt" ||
-    die "the CA bundle holds no certificate"
+if [ -z "$CUSTOM" ] || [ -d "$certs" ]; then
+    [ -d "$certs" ] || die "no $certs: is ca-certificates in packages.list?"
+    mkdir -p "$ROOT/etc/ssl/certs"
+    (cd "$ROOT/usr/share/ca-certificates" && find mozilla -name '*.crt' | LC_ALL=C sort) \
+        >"$ROOT/etc/ca-certificates.conf"
+    : >"$ROOT/etc/ssl/certs/ca-certificates.crt"
+    while IFS= read -r crt; do
+        # update-ca-certificates adds a newline to files that lack one.
+        sed -e '$a\' "$ROOT/usr/share/ca-certificates/$crt" >>"$ROOT/etc/ssl/certs/ca-certificates.crt"
+    done <"$ROOT/etc/ca-certificates.conf"
+    grep -q 'BEGIN CERTIFICATE' "$ROOT/etc/ssl/certs/ca-certificates.crt" ||
+        die "the CA bundle holds no certificate"
+fi
 
 # python3-matplotlib's /etc/matplotlibrc asks for the TkAgg backend; the
 # sandbox has neither a display nor Tk (exclude.list), and an explicitly
 # requested interactive backend fails in a headless process. Agg writes
 # PNG, PDF and SVG files.
-sed -i -E 's/^backend *: *TkAgg$/backend: Agg/' "$ROOT/etc/matplotlibrc"
-grep -qx 'backend: Agg' "$ROOT/etc/matplotlibrc" || die "/etc/matplotlibrc: backend line not found"
+if [ -z "$CUSTOM" ] || [ -f "$ROOT/etc/matplotlibrc" ]; then
+    sed -i -E 's/^backend *: *TkAgg$/backend: Agg/' "$ROOT/etc/matplotlibrc"
+    grep -qx 'backend: Agg' "$ROOT/etc/matplotlibrc" || die "/etc/matplotlibrc: backend line not found"
+fi

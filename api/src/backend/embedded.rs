@@ -96,6 +96,10 @@ impl Backend for Embedded {
         ok(Ok(self.core.templates()))
     }
 
+    fn delete_template(&self, name: String) -> BoxFuture<'_, Result<()>> {
+        async move { self.core.delete_template(&name, &self.caller).await }.boxed()
+    }
+
     fn pools(&self) -> BoxFuture<'_, Result<Vec<PoolInfo>>> {
         ok(Ok(self.core.pools()))
     }

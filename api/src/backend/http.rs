@@ -256,6 +256,16 @@ impl Backend for HttpBackend {
         async move { self.get_json("/v1/templates").await }.boxed()
     }
 
+    fn delete_template(&self, name: String) -> BoxFuture<'_, Result<()>> {
+        async move {
+            let uri = format!("/v1/templates/{}", encode(&name));
+            self.call::<serde_json::Value>(Method::DELETE, &uri, None, &[])
+                .await?;
+            Ok(())
+        }
+        .boxed()
+    }
+
     fn pools(&self) -> BoxFuture<'_, Result<Vec<PoolInfo>>> {
         async move { self.get_json("/v1/pools").await }.boxed()
     }

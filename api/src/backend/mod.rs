@@ -46,6 +46,7 @@ pub(crate) trait Backend: Send + Sync {
     fn health(&self) -> BoxFuture<'_, Result<Health>>;
     fn info(&self) -> BoxFuture<'_, Result<Info>>;
     fn templates(&self) -> BoxFuture<'_, Result<Vec<TemplateInfo>>>;
+    fn delete_template(&self, name: String) -> BoxFuture<'_, Result<()>>;
     fn pools(&self) -> BoxFuture<'_, Result<Vec<PoolInfo>>>;
     fn pool(&self, template: String) -> BoxFuture<'_, Result<PoolInfo>>;
     fn set_pool(&self, template: String, target: u32) -> BoxFuture<'_, Result<PoolInfo>>;

@@ -2,10 +2,12 @@
 
 mod audit;
 mod client;
+mod image_build;
 mod output;
 mod processes;
 mod run;
 mod serve;
+mod template;
 
 use std::process::ExitCode;
 
@@ -57,6 +59,9 @@ enum Command {
     /// Show the audit trail: who did what to which sandbox, and how it
     /// went.
     Audit(audit::AuditArgs),
+    /// Build, list, show and remove the templates of the state directory's
+    /// registry.
+    Template(template::TemplateArgs),
 }
 
 /// Parses the command line and runs the chosen command.
@@ -89,6 +94,7 @@ pub fn main() -> ExitCode {
         Command::Pool(args) => client::run(cli.conn, client::Cmd::Pool(args)),
         Command::Events(args) => client::run(cli.conn, client::Cmd::Events(args)),
         Command::Audit(args) => client::run(cli.conn, client::Cmd::Audit(args)),
+        Command::Template(args) => template::run(args, cli.conn),
     };
     match result {
         Ok(code) => code,

@@ -34,10 +34,15 @@ pub struct RunArgs {
     /// Print boot and exec timings to stderr.
     #[arg(long)]
     timings: bool,
-    /// Template: python-node (CPython, Node.js, bash on the runtime image) or
-    /// minimal (busybox only).
+    /// Template: python-node (CPython, Node.js, bash on the runtime image),
+    /// minimal (busybox only), or one of the registry's (`kiln template
+    /// build`).
     #[arg(long, default_value = template::DEFAULT_TEMPLATE)]
     template: String,
+    /// State directory whose template registry --template looks in
+    /// (default: the same as `kiln serve`'s).
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
     /// Run source code in this language: python, node or bash. The program is
     /// `-c CODE`, or the first argument: a host file, or `-` for stdin.
     #[arg(long)]
@@ -204,12 +209,16 @@ fn ms(d: Duration) -> String {
 /// Runs the command; returns the process exit code.
 pub fn run(args: RunArgs) -> Result<ExitCode> {
     let plan = plan(&args)?;
+    // An unknown template is reported before the host's KVM (it is the
+    // caller's mistake on any host); its files after.
+    let registered = registry_template(&args)?;
     kiln::kvm_check::ensure_hardware_kvm()?;
+    let template = resolve_template(&args, registered)?;
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")?
-        .block_on(run_in_vm(args, plan))
+        .block_on(run_in_vm(args, plan, template))
 }
 
 /// Boots tried before a guest crash is the answer (the daemon's cold
@@ -237,15 +246,59 @@ async fn boot(
     }
 }
 
-async fn run_in_vm(args: RunArgs, plan: Plan) -> Result<ExitCode> {
-    let t = template::resolve(
-        &args.template,
-        &Overrides {
-            kernel: args.kernel.as_deref(),
-            initramfs: args.initramfs.as_deref(),
-            image: args.image.as_deref(),
-        },
-    )?;
+/// The registry's manifest of `--template` (and its directory), `None`
+/// for a built-in template.
+fn registry_template(args: &RunArgs) -> Result<Option<(kiln::registry::Manifest, PathBuf)>> {
+    if template::BUILTIN.contains(&args.template.as_str()) {
+        return Ok(None);
+    }
+    let state_dir = args
+        .state_dir
+        .clone()
+        .unwrap_or_else(kiln::config::default_state_dir);
+    let registry = kiln::registry::Registry::new(&state_dir);
+    let manifest = registry.get(&args.template).map_err(|e| match e {
+        kiln::registry::RegistryError::NotFound(_) => anyhow::anyhow!(
+            "unknown template {:?}: not built in (python-node, minimal) and not in the registry \
+             of {} (see `kiln template ls`)",
+            args.template,
+            state_dir.display()
+        ),
+        other => other.into(),
+    })?;
+    Ok(Some((manifest, registry.dir_of(&args.template))))
+}
+
+/// A built-in template, else the registry's, with the command line's
+/// paths over the template's.
+fn resolve_template(
+    args: &RunArgs,
+    registered: Option<(kiln::registry::Manifest, PathBuf)>,
+) -> Result<template::Template> {
+    let Some((manifest, dir)) = registered else {
+        return Ok(template::resolve(
+            &args.template,
+            &Overrides {
+                kernel: args.kernel.as_deref(),
+                initramfs: args.initramfs.as_deref(),
+                image: args.image.as_deref(),
+            },
+        )?);
+    };
+    let mut t = manifest.template(&dir, true)?;
+    if let Some(k) = &args.kernel {
+        t.kernel = k.clone();
+    }
+    if let Some(i) = &args.initramfs {
+        t.initramfs = i.clone();
+    }
+    if let Some(i) = &args.image {
+        t.image = Some(i.clone());
+    }
+    Ok(t)
+}
+
+async fn run_in_vm(args: RunArgs, plan: Plan, t: template::Template) -> Result<ExitCode> {
     let mut config = t.vm_config();
     config.vcpus = args.vcpus.unwrap_or(t.vcpus);
     config.mem_mib = args.mem_mib.map_or(config.mem_mib, u64::from);
@@ -272,8 +325,9 @@ async fn run_in_vm(args: RunArgs, plan: Plan) -> Result<ExitCode> {
     let request = ExecRequest {
         argv: plan.argv,
         max_output_bytes: args.max_output,
-        env: args.env.clone(),
-        cwd: args.cwd.clone(),
+        // The template's environment under the command line's.
+        env: t.env.clone().into_iter().chain(args.env.clone()).collect(),
+        cwd: args.cwd.clone().or_else(|| t.working_dir.clone()),
         stdin: with_stdin,
         timeout_ms: args.timeout.map(|s| s.saturating_mul(1000)),
     };

@@ -103,12 +103,7 @@ impl Core {
         template: &str,
         asked: Option<&EgressSpec>,
     ) -> Result<Option<EgressSpec>> {
-        let default = self
-            .config()
-            .templates
-            .get(template)
-            .and_then(|t| t.egress.clone())
-            .filter(|s| !s.is_empty());
+        let default = self.template_egress(template).filter(|s| !s.is_empty());
         let chosen = match (asked, &default) {
             (None, _) => default.clone(),
             (Some(asked), None) => Some(asked.clone()),

@@ -51,6 +51,15 @@ impl StateLock {
     }
 }
 
+/// Whether a daemon holds `state_dir`'s lock now (a test: the lock is
+/// taken and dropped at once when free).
+pub fn daemon_holds(state_dir: &Path) -> bool {
+    let Ok(file) = File::open(state_dir.join("kiln.lock")) else {
+        return false;
+    };
+    matches!(file.try_lock(), Err(TryLockError::WouldBlock))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -66,7 +75,9 @@ mod tests {
                 .contains(&format!("pid {}", std::process::id())),
             "{err}"
         );
+        assert!(daemon_holds(&dir));
         drop(first);
+        assert!(!daemon_holds(&dir));
         StateLock::acquire(&dir).expect("free again");
         let _ = std::fs::remove_dir_all(dir);
     }

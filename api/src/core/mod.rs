@@ -17,7 +17,7 @@ mod exec_events;
 mod exec_watch;
 mod files;
 pub mod launcher;
-mod lock;
+pub(crate) mod lock;
 mod metrics;
 mod pool_state;
 mod recover;
@@ -25,11 +25,13 @@ mod sandboxes;
 mod snapshots;
 mod store;
 mod tasks;
+mod templates;
 mod timeouts;
 mod tokens;
 mod vms;
 
 pub(crate) use exec_control::MAX_STDIN_WRITE;
+pub(crate) use sandboxes::check_env;
 
 #[cfg(feature = "fuzzing")]
 pub(crate) use exec::check_exec;
@@ -39,7 +41,7 @@ pub(crate) use sandboxes::{check_create, check_patch, check_path};
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::Duration;
 
 use tokio::sync::{Notify, Semaphore};
@@ -47,9 +49,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::auth::{Actor, TokenKey};
-use crate::config::{Config, LauncherConfig, TemplateConfig};
-use crate::model::{Health, Info, PoolInfo, TemplateInfo};
-use crate::template::{self, Overrides, Template};
+use crate::config::{Config, LauncherConfig};
+use crate::model::{Health, Info, PoolInfo};
 use crate::{Error, Result};
 use admission::{Limits, Usage};
 use audit_log::AuditLog;
@@ -59,13 +60,8 @@ use lock::StateLock;
 use metrics::Metrics;
 use pool_state::{Backoff, PoolState};
 use store::{Store, VmPhase};
+use templates::TemplateEntry;
 use vms::Vm;
-
-/// A template and whether VMs can be started from it.
-struct TemplateEntry {
-    template: Template,
-    error: Option<String>,
-}
 
 /// A live VM and what it is doing.
 struct VmSlot {
@@ -98,11 +94,17 @@ struct State {
     /// Sandboxes being ended whose tombstone is not written yet, and why
     /// (so a request in between hears of the end, not of no sandbox).
     ending: HashMap<String, crate::error::EndReason>,
+    /// Registry templates being removed (a registry reload skips them).
+    deleting: std::collections::HashSet<String>,
 }
 
 pub(crate) struct Inner {
     config: Config,
-    templates: BTreeMap<String, TemplateEntry>,
+    /// Built-in, configured and registry templates (the registry's
+    /// reloaded by the reconciler). Locked after `state` when both are.
+    templates: RwLock<BTreeMap<String, TemplateEntry>>,
+    /// The template registry of the state directory.
+    registry: crate::registry::Registry,
     launcher: Arc<dyn Launcher>,
     store: Arc<Store>,
     /// The audit trail (its own database).
@@ -154,90 +156,6 @@ fn launcher_for(config: &LauncherConfig) -> Result<Arc<dyn Launcher>> {
     })
 }
 
-/// Resolves a configured template; a missing guest file leaves it listed
-/// but unavailable (with the reason).
-fn resolve_template(name: &str, tc: &TemplateConfig, needs_files: bool) -> TemplateEntry {
-    let fallback = || Template {
-        name: name.to_string(),
-        kernel: tc.kernel.clone().unwrap_or_default(),
-        initramfs: tc.initramfs.clone().unwrap_or_default(),
-        image: tc.image.clone(),
-        vcpus: tc.vcpus,
-        mem_mib: tc.mem_mib,
-        kernel_args: tc.kernel_args.clone(),
-        disk_mib: tc.disk_mib,
-    };
-    if !needs_files {
-        return TemplateEntry {
-            template: fallback(),
-            error: None,
-        };
-    }
-    let resolved = match &tc.base {
-        Some(base) => template::resolve(
-            base,
-            &Overrides {
-                kernel: tc.kernel.as_deref(),
-                initramfs: tc.initramfs.as_deref(),
-                image: tc.image.as_deref(),
-            },
-        )
-        .map(|mut t| {
-            t.name = name.to_string();
-            t.vcpus = tc.vcpus;
-            t.mem_mib = tc.mem_mib;
-            t.kernel_args = tc.kernel_args.clone();
-            t.disk_mib = tc.disk_mib;
-            t
-        })
-        .map_err(|e| e.to_string()),
-        None => crate::artifacts::kernel(tc.kernel.as_deref())
-            .and_then(|kernel| {
-                Ok(Template {
-                    kernel,
-                    initramfs: crate::artifacts::initramfs(tc.initramfs.as_deref())?,
-                    ..fallback()
-                })
-            })
-            .map_err(|e| e.to_string()),
-    };
-    match resolved {
-        Ok(template) => TemplateEntry {
-            template,
-            error: None,
-        },
-        Err(e) => TemplateEntry {
-            template: fallback(),
-            error: Some(e),
-        },
-    }
-}
-
-/// The configured templates plus the built-in ones.
-fn templates_of(config: &Config, needs_files: bool) -> BTreeMap<String, TemplateEntry> {
-    let mut all = config.templates.clone();
-    for name in template::BUILTIN {
-        all.entry(name.to_string()).or_insert_with(|| {
-            let builtin = template::builtin_shape(name);
-            TemplateConfig {
-                base: Some(name.to_string()),
-                kernel: None,
-                initramfs: None,
-                image: None,
-                vcpus: builtin.0,
-                mem_mib: builtin.1,
-                kernel_args: String::new(),
-                disk_mib: None,
-                pool_target: u32::from(name == config.default_template),
-                egress: None,
-            }
-        });
-    }
-    all.iter()
-        .map(|(name, tc)| (name.clone(), resolve_template(name, tc, needs_files)))
-        .collect()
-}
-
 impl Core {
     /// Opens the state dir (taking its lock), re-adopts the VMs an earlier
     /// daemon left running, and starts the pools.
@@ -275,7 +193,17 @@ impl Core {
         let store = Arc::new(Store::open(&dir.join("kiln.db"))?);
         let audit = AuditLog::open(&dir.join("audit.db"))?;
         let token_key = TokenKey::load_or_create(dir)?;
-        let templates = templates_of(&config, launcher.needs_guest_files());
+        let needs_files = launcher.needs_guest_files();
+        let registry = crate::registry::Registry::new(dir);
+        let mut templates = templates::templates_of(&config, needs_files);
+        match templates::registry_entries(&registry, &config, needs_files) {
+            Ok(found) => {
+                for (name, entry) in found {
+                    templates.entry(name).or_insert(entry);
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot read the template registry"),
+        }
         let mut pools = BTreeMap::new();
         let saved: HashMap<String, u32> = store.pool_targets()?.into_iter().collect();
         for name in templates.keys() {
@@ -310,7 +238,8 @@ impl Core {
             draining: AtomicBool::new(false),
             stop: CancellationToken::new(),
             tasks: TaskTracker::new(),
-            templates,
+            templates: RwLock::new(templates),
+            registry,
             launcher,
             store,
             audit,
@@ -350,27 +279,6 @@ impl Core {
         }
     }
 
-    /// A template that can start VMs.
-    fn template(&self, name: &str) -> Result<&Template> {
-        let entry = self.inner.templates.get(name).ok_or_else(|| {
-            Error::NotFound(format!(
-                "template {name:?} (known: {})",
-                self.inner
-                    .templates
-                    .keys()
-                    .cloned()
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ))
-        })?;
-        match &entry.error {
-            None => Ok(&entry.template),
-            Some(e) => Err(Error::invalid(format!(
-                "template {name} is unavailable: {e}"
-            ))),
-        }
-    }
-
     /// `GET /v1/health`.
     pub fn health(&self) -> Health {
         Health {
@@ -393,26 +301,6 @@ impl Core {
             idle_timeout_secs: t.idle(),
             exec_timeout_ms: t.exec(),
         }
-    }
-
-    /// `GET /v1/templates`.
-    pub fn templates(&self) -> Vec<TemplateInfo> {
-        let path =
-            |p: &std::path::Path| (!p.as_os_str().is_empty()).then(|| p.display().to_string());
-        self.inner
-            .templates
-            .iter()
-            .map(|(name, e)| TemplateInfo {
-                name: name.clone(),
-                vcpus: e.template.vcpus,
-                mem_mib: e.template.mem_mib,
-                kernel: path(&e.template.kernel),
-                initramfs: path(&e.template.initramfs),
-                image: e.template.image.as_deref().and_then(path),
-                available: e.error.is_none(),
-                error: e.error.clone(),
-            })
-            .collect()
     }
 
     fn pool_info(name: &str, p: &PoolState<Arc<Vm>>) -> PoolInfo {

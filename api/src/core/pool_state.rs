@@ -127,6 +127,15 @@ impl<T> PoolState<T> {
         out
     }
 
+    /// Removes every ready VM `pred` picks.
+    pub fn take_where(&mut self, pred: impl Fn(&T) -> bool) -> Vec<T> {
+        let (taken, kept) = std::mem::take(&mut self.ready)
+            .into_iter()
+            .partition(|(_, vm)| pred(vm));
+        self.ready = kept;
+        taken.into_iter().map(|(_, vm)| vm).collect()
+    }
+
     /// Removes the ready VM `pred` picks (one that died in the pool).
     pub fn remove(&mut self, pred: impl Fn(&T) -> bool) -> Option<T> {
         let i = self.ready.iter().position(|(_, vm)| pred(vm))?;
@@ -165,6 +174,19 @@ mod tests {
         assert_eq!(p.boots_wanted(now, 10, 10), 2);
         assert_eq!(p.claim(), Some(1), "oldest first");
         assert_eq!(p.boots_wanted(now, 10, 10), 3, "refill after a claim");
+    }
+
+    #[test]
+    fn take_where_takes_every_match_and_keeps_the_order_of_the_rest() {
+        let now = Instant::now();
+        let mut p = PoolState::<u32>::new(5);
+        for vm in 1..=5 {
+            p.boot_started();
+            p.boot_succeeded(now, vm);
+        }
+        assert_eq!(p.take_where(|vm| vm % 2 == 1), [1, 3, 5]);
+        assert_eq!(p.boots_wanted(now, 10, 10), 3, "the taken are replaced");
+        assert_eq!((p.claim(), p.claim(), p.claim()), (Some(2), Some(4), None));
     }
 
     #[test]

@@ -144,6 +144,10 @@ impl Core {
             id: row.id.clone(),
             template: row.template.clone(),
             mem_mib: row.mem_mib,
+            // Not recorded, so unknown: a re-adopted pooled VM of a registry
+            // template (which may have been rebuilt meanwhile) is replaced
+            // by the reconciler; built-in and configured ones have none.
+            revision: None,
             process,
         });
         let sandbox = row
@@ -152,7 +156,7 @@ impl Core {
             .and_then(|id| self.inner.store.sandbox(id).ok().flatten())
             .filter(|s| s.end_reason.is_none());
         let wanted = match row.phase {
-            VmPhase::Booting | VmPhase::Pooled => self.inner.templates.contains_key(&row.template),
+            VmPhase::Booting | VmPhase::Pooled => self.has_template(&row.template),
             VmPhase::Claimed => sandbox.is_some(),
         };
         // A VM that was still booting may finish now: it gets the same

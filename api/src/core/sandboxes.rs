@@ -190,7 +190,7 @@ impl Core {
             .template
             .clone()
             .unwrap_or_else(|| self.config().default_template.clone());
-        let template = self.template(&template_name)?.clone();
+        let template = self.template(&template_name)?;
         let CheckedCreate {
             ttl,
             idle,
@@ -323,7 +323,9 @@ impl Core {
             }
         }
         // The proxy and its variables: late-bound like the files.
-        let mut env = spec.env;
+        // The template's environment under the create's.
+        let mut env = template.env.clone();
+        env.extend(spec.env);
         let proxy = match &egress {
             None => None,
             Some(allow) => match self.attach_egress(id, &vm, allow) {
@@ -348,7 +350,7 @@ impl Core {
             launch_type: launch,
             labels: spec.labels,
             env,
-            cwd: spec.cwd,
+            cwd: spec.cwd.or_else(|| template.working_dir.clone()),
             egress,
             ttl_secs: ttl,
             idle_timeout_secs: idle,
@@ -423,6 +425,13 @@ impl Core {
                 self.inner.reconcile.notify_one();
                 if vm.process.ended().is_some() {
                     // Died in the pool; its watcher cleans up.
+                    continue;
+                }
+                if vm.revision != template.revision {
+                    // Of a template since rebuilt: never handed out.
+                    self.forget_vm(&vm.id);
+                    let core = self.clone();
+                    self.inner.tasks.spawn(async move { core.retire(vm).await });
                     continue;
                 }
                 return Ok((vm, LaunchType::Warm));

@@ -336,6 +336,9 @@ mod tests {
             mem_mib: 256,
             kernel_args: String::new(),
             disk_mib: None,
+            env: Default::default(),
+            working_dir: None,
+            revision: None,
         }
     }
 

@@ -38,6 +38,7 @@ impl Core {
     async fn reconciler(&self) {
         let interval = Duration::from_millis(self.config().pool.reconcile_interval_ms);
         loop {
+            self.reload_templates();
             self.reconcile_once();
             tokio::select! {
                 () = self.inner.reconcile.notified() => {}
@@ -72,6 +73,8 @@ impl Core {
                     continue;
                 };
                 recycle.extend(pool.take_expired(now, max_age));
+                // Rolling: VMs of an earlier revision of a rebuilt template.
+                recycle.extend(pool.take_where(|vm| vm.revision != template.revision));
                 let n = pool.boots_wanted(now, room, parallel_left);
                 for _ in 0..n {
                     pool.boot_started();
@@ -107,19 +110,28 @@ impl Core {
         let now = Instant::now();
         match result {
             Ok(vm) => {
-                let keep = !self.draining();
+                // Not into a pool that is gone or whose template was
+                // rebuilt while it booted.
+                let current = self.template(&template.name).ok().map(|t| t.revision);
+                let keep = !self.draining() && current == Some(vm.revision.clone());
                 if keep {
                     self.set_phase(&vm, VmPhase::Pooled, None);
                 }
-                {
+                let kept = {
                     let mut st = self.state();
                     match st.pools.get_mut(&template.name) {
-                        Some(pool) if keep => pool.boot_succeeded(now, Arc::clone(&vm)),
-                        Some(pool) => pool.boot_abandoned(),
-                        None => {}
+                        Some(pool) if keep => {
+                            pool.boot_succeeded(now, Arc::clone(&vm));
+                            true
+                        }
+                        Some(pool) => {
+                            pool.boot_abandoned();
+                            false
+                        }
+                        None => false,
                     }
-                }
-                if !keep {
+                };
+                if !kept {
                     self.forget_vm(&vm.id);
                     self.retire(vm).await;
                 }

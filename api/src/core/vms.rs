@@ -58,6 +58,8 @@ pub(crate) struct Vm {
     pub template: String,
     /// Guest memory, MiB (what admission counted).
     pub mem_mib: u64,
+    /// The template's revision it was booted from (registry templates).
+    pub revision: Option<String>,
     /// The process.
     pub process: VmProcess,
 }
@@ -182,6 +184,7 @@ impl Core {
             id: id.clone(),
             template: template.name.clone(),
             mem_mib: u64::from(template.mem_mib),
+            revision: template.revision.clone(),
             process,
         });
         let row = VmRow {

@@ -105,6 +105,12 @@ impl Kiln {
         self.backend.templates().await
     }
 
+    /// Removes a registry template nothing uses (else
+    /// [`crate::Error::TemplateInUse`]).
+    pub async fn delete_template(&self, name: &str) -> Result<()> {
+        self.backend.delete_template(name.to_string()).await
+    }
+
     /// Every pool.
     pub async fn pools(&self) -> Result<Vec<PoolInfo>> {
         self.backend.pools().await

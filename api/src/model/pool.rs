@@ -22,6 +22,17 @@ pub struct TemplateInfo {
     pub available: bool,
     /// Why not, when not.
     pub error: Option<String>,
+    /// `builtin`, `config` (the daemon's config file) or `registry`
+    /// (`kiln template build`).
+    #[serde(default)]
+    pub source: String,
+    /// A registry template's image hash (hex SHA-256).
+    #[serde(default)]
+    pub content_hash: Option<String>,
+    /// A registry template's revision (its manifest's hash): changes with
+    /// every rebuild.
+    #[serde(default)]
+    pub revision: Option<String>,
 }
 
 /// A template's warm pool.

@@ -73,6 +73,7 @@ fn parts() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(system::openapi))
         .routes(routes!(system::events))
         .routes(routes!(system::templates))
+        .routes(routes!(system::delete_template))
         .routes(routes!(audit::list))
         .routes(routes!(pools::list))
         .routes(routes!(pools::get, pools::put))

@@ -11,7 +11,7 @@ use utoipa::IntoParams;
 use super::backend;
 use crate::backend::Backend;
 use crate::model::{Event, Health, Info, TemplateInfo};
-use crate::server::error::{ApiQuery, ApiResult};
+use crate::server::error::{ApiPath, ApiQuery, ApiResult};
 use crate::server::gate::Caller;
 use crate::server::{ndjson, AppState};
 use crate::ErrorBody;
@@ -63,6 +63,23 @@ pub(crate) async fn templates(
     caller: Caller,
 ) -> ApiResult<Json<Vec<TemplateInfo>>> {
     Ok(Json(backend(&state, &caller).templates().await?))
+}
+
+/// Removes a registry template (`kiln template build`) that nothing uses;
+/// 409 `template_in_use` while its pool target is above 0 or a VM or
+/// sandbox uses it; built-in and configured templates cannot be removed
+/// (400).
+#[utoipa::path(delete, path = "/v1/templates/{name}", tag = "pools",
+    params(("name" = String, Path, description = "Template name")),
+    responses((status = 200, description = "Removed"), (status = 400, body = ErrorBody),
+              (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub(crate) async fn delete_template(
+    state: State<AppState>,
+    caller: Caller,
+    ApiPath(name): ApiPath<String>,
+) -> ApiResult<Json<serde_json::Value>> {
+    backend(&state, &caller).delete_template(name).await?;
+    Ok(Json(serde_json::json!({})))
 }
 
 /// `GET /v1/events` query.
