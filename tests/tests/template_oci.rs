@@ -225,3 +225,70 @@ fn a_template_built_from_an_oci_layout_shows_its_tree_in_the_guest() {
     vm.shutdown(SHUTDOWN).expect("shutdown");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The same layout through the CLI: `kiln template build --from-oci`
+/// registers it with the image's env, and `kiln run --template` boots it.
+#[test]
+fn kiln_template_build_from_oci_then_kiln_run() {
+    let dir = std::env::temp_dir().join(format!("kiln-e2e-oci-cli-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("layout")).expect("dir");
+    oci_layout(&dir.join("layout"), &layers());
+    let state = dir.join("state");
+    let kiln = |args: &[&str]| {
+        let out = std::process::Command::new(kiln_e2e::artifact("bin/kiln"))
+            .args(args)
+            .output()
+            .expect("run kiln");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        (out.status.code(), text)
+    };
+    let state_arg = state.to_str().expect("utf-8 path");
+    let layout = dir.join("layout");
+    let (code, text) = kiln(&[
+        "template",
+        "build",
+        "oci-t",
+        "--from-oci",
+        layout.to_str().expect("utf-8 path"),
+        "--mem-mib",
+        "256",
+        "--env",
+        "FROM_CLI=yes",
+        "--state-dir",
+        state_arg,
+    ]);
+    assert_eq!(code, Some(0), "{text}");
+    let (code, text) = kiln(&["template", "show", "oci-t", "--state-dir", state_arg]);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("source:       oci:"), "{text}");
+    let (code, text) = kiln(&[
+        "run",
+        "--template",
+        "oci-t",
+        "--state-dir",
+        state_arg,
+        "--",
+        "sh",
+        "-c",
+        "echo $FROM_CLI; busybox cat /opaque/upper",
+    ]);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.starts_with("yes\n"), "{text}");
+    // A broken source is refused with the reason, and nothing registered.
+    std::fs::remove_file(layout.join("index.json")).expect("rm index");
+    let (code, text) = kiln(&[
+        "template",
+        "build",
+        "oci-u",
+        "--from-oci",
+        layout.to_str().expect("utf-8 path"),
+        "--state-dir",
+        state_arg,
+    ]);
+    assert_ne!(code, Some(0), "{text}");
+    let (_, listed) = kiln(&["template", "ls", "--state-dir", state_arg]);
+    assert!(!listed.contains("oci-u"), "{listed}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
