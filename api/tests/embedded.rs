@@ -31,6 +31,14 @@ async fn warm_create_with_env_exec_files_and_delete() {
         .await
         .expect("embedded kiln");
     wait_pool_ready(&kiln, "host", 2).await;
+    // The ready VMs' host memory, read from /proc.
+    let memory = kiln.pool("host").await.expect("pool").memory;
+    let memory = memory.expect("pool memory");
+    assert_eq!(memory.vms, 2, "{memory:?}");
+    assert!(
+        memory.rss_bytes > 0 && memory.private_bytes > 0 && memory.pss_bytes <= memory.rss_bytes,
+        "{memory:?}"
+    );
 
     let spec = SandboxSpec {
         labels: [("team".into(), "a".into())].into(),

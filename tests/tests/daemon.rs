@@ -397,6 +397,9 @@ async fn pools_refill_from_a_template_snapshot() {
         );
     }
     wait_ready(&kiln, "minimal", 1).await;
+    let memory = kiln.pool("minimal").await.expect("pool").memory;
+    eprintln!("pooled clone's host memory: {memory:?}");
+    assert!(memory.is_some_and(|m| m.vms >= 1 && m.rss_bytes > 0));
     let restores = daemon.vm_starts("minimal", "restore");
     assert!(
         restores >= 2,

@@ -440,6 +440,13 @@ async fn pool(conn: &Conn, a: PoolArgs) -> Result<ExitCode> {
                 p.ready.to_string(),
                 p.booting.to_string(),
                 p.consecutive_failures.to_string(),
+                p.memory.as_ref().map_or_else(
+                    || "-".into(),
+                    |m| {
+                        let mib = |b: u64| format!("{:.1}", b as f64 / f64::from(1 << 20));
+                        format!("{}/{}", mib(m.private_bytes), mib(m.shared_bytes))
+                    },
+                ),
                 p.last_error.clone().unwrap_or_else(|| "-".into()),
             ]
         })
@@ -451,6 +458,7 @@ async fn pool(conn: &Conn, a: PoolArgs) -> Result<ExitCode> {
             "READY",
             "BOOTING",
             "FAILURES",
+            "MIB PRIVATE/SHARED",
             "LAST ERROR",
         ],
         &rows,

@@ -303,9 +303,10 @@ impl Core {
         }
     }
 
-    fn pool_info(name: &str, p: &PoolState<Arc<Vm>>) -> PoolInfo {
+    fn pool_info(name: &str, p: &PoolState<Arc<Vm>>) -> (PoolInfo, Vec<Arc<Vm>>) {
         let now = std::time::Instant::now();
-        PoolInfo {
+        let ready = p.ready.iter().map(|(_, vm)| Arc::clone(vm)).collect();
+        let info = PoolInfo {
             template: name.to_string(),
             target: p.target,
             ready: u32::try_from(p.ready.len()).unwrap_or(u32::MAX),
@@ -316,25 +317,54 @@ impl Core {
                 let left = u64::try_from(t.duration_since(now).as_millis()).unwrap_or(u64::MAX);
                 crate::model::now_ms().saturating_add(left)
             }),
+            memory: None,
+        };
+        (info, ready)
+    }
+
+    /// Fills in the ready VMs' memory, read from /proc outside the state
+    /// lock.
+    fn with_memory((mut info, ready): (PoolInfo, Vec<Arc<Vm>>)) -> PoolInfo {
+        let read: Vec<_> = ready.iter().filter_map(|vm| vm.process.memory()).collect();
+        if !read.is_empty() {
+            let sum = read
+                .iter()
+                .fold(crate::vm_process::memory::VmMemory::default(), |a, m| {
+                    a + *m
+                });
+            info.memory = Some(crate::model::PoolMemory {
+                vms: u32::try_from(read.len()).unwrap_or(u32::MAX),
+                rss_bytes: sum.rss,
+                pss_bytes: sum.pss,
+                private_bytes: sum.private,
+                shared_bytes: sum.shared,
+            });
         }
+        info
     }
 
     /// `GET /v1/pools`.
     pub fn pools(&self) -> Vec<PoolInfo> {
-        let st = self.state();
-        st.pools
-            .iter()
-            .map(|(name, p)| Self::pool_info(name, p))
-            .collect()
+        let pools: Vec<_> = {
+            let st = self.state();
+            st.pools
+                .iter()
+                .map(|(name, p)| Self::pool_info(name, p))
+                .collect()
+        };
+        pools.into_iter().map(Self::with_memory).collect()
     }
 
     /// `GET /v1/pools/{template}`.
     pub fn pool(&self, template: &str) -> Result<PoolInfo> {
-        let st = self.state();
-        st.pools
-            .get(template)
-            .map(|p| Self::pool_info(template, p))
-            .ok_or_else(|| Error::NotFound(format!("pool {template:?}")))
+        let info = {
+            let st = self.state();
+            st.pools
+                .get(template)
+                .map(|p| Self::pool_info(template, p))
+                .ok_or_else(|| Error::NotFound(format!("pool {template:?}")))?
+        };
+        Ok(Self::with_memory(info))
     }
 
     /// `PUT /v1/pools/{template}`: sets the target (kept across restarts).
@@ -372,7 +402,7 @@ impl Core {
             crate::model::AuditResult::ok(),
         );
         self.inner.reconcile.notify_one();
-        Ok(info)
+        Ok(Self::with_memory(info))
     }
 
     /// Live events from now on.

@@ -20,7 +20,7 @@ pub use exec::{
     ExecEvent, ExecInfo, ExecResult, ExecSpec, ExecState, SignalName, SignalRequest, StdinWritten,
 };
 pub use files::{EntryKind, FileEntry, FileWritten};
-pub use pool::{PoolInfo, PoolUpdate, TemplateInfo};
+pub use pool::{PoolInfo, PoolMemory, PoolUpdate, TemplateInfo};
 pub use sandbox::{
     InlineFile, LaunchType, OnEmpty, SandboxFilter, SandboxInfo, SandboxPatch, SandboxSpec,
     SandboxState,

@@ -52,6 +52,28 @@ pub struct PoolInfo {
     pub last_error: Option<String>,
     /// While backing off: when the next boot may start, ms since the epoch.
     pub backoff_until_ms: Option<u64>,
+    /// Host memory of the ready VMs together (with their VMM processes),
+    /// when it could be read.
+    #[serde(default)]
+    pub memory: Option<PoolMemory>,
+}
+
+/// Host memory of a pool's ready VMs, bytes, summed over them. Clones of a
+/// template snapshot share its memory file's pages until they write them:
+/// `shared` is what they have in common with other processes, `private`
+/// what only each has.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct PoolMemory {
+    /// VMs counted.
+    pub vms: u32,
+    /// Resident set.
+    pub rss_bytes: u64,
+    /// Proportional set (shared pages divided among their sharers).
+    pub pss_bytes: u64,
+    /// Pages only one VM maps.
+    pub private_bytes: u64,
+    /// Pages mapped by others too.
+    pub shared_bytes: u64,
 }
 
 /// `PUT /v1/pools/{template}`.

@@ -17,6 +17,7 @@
 pub mod disk;
 mod handle;
 mod identity;
+pub mod memory;
 mod snapshot;
 
 use std::fs::{self, File};
@@ -392,6 +393,15 @@ impl VmProcess {
             disk: None,
             snapshot_dir: None,
         })
+    }
+
+    /// What the VM process (with its jailed VMM child) costs the host in
+    /// memory now; `None` once it is gone.
+    pub fn memory(&self) -> Option<memory::VmMemory> {
+        if self.ended().is_some() {
+            return None;
+        }
+        memory::of_process_tree(self.pid())
     }
 
     /// Pid and start time.
