@@ -22,9 +22,12 @@ use crate::vm::GuestArgs;
 /// `kiln-bench density` arguments.
 #[derive(clap::Args)]
 pub struct DensityArgs {
-    /// Most VMs held per kind.
+    /// Most clones held.
     #[arg(long, default_value_t = 100)]
     max_vms: usize,
+    /// Most booted VMs held (default: `--max-vms`).
+    #[arg(long)]
+    max_booted: Option<usize>,
     /// Host memory the VMs may use, MiB (drop of MemAvailable from before
     /// the first VM, the snapshot included); 0: 80% of MemAvailable.
     #[arg(long, default_value_t = 0)]
@@ -80,22 +83,25 @@ fn stop_reason(held: usize, max: usize, used_kib: u64, budget_kib: u64) -> Optio
 /// Fills with VMs of `kind`, records, ends them all.
 async fn fill(
     args: &DensityArgs,
+    max: usize,
     kind: &Kind,
     baseline_kib: u64,
     budget_kib: u64,
     results: &mut Results,
 ) -> Result<()> {
     let guest_kib = args.guest.guest_kib();
+    // Let the memory of VMs that just ended (the template's) come back.
+    tokio::time::sleep(Duration::from_secs(2)).await;
     let before = mem_available_kib().context("no MemAvailable in /proc/meminfo")?;
     let started = Instant::now();
     let mut vms: Vec<VmProcess> = Vec::new();
     let mut series = Series::new("density", kind.name(), "spawn -> agent ready while filling");
     let reason = loop {
         let used = baseline_kib.saturating_sub(mem_available_kib().unwrap_or(0));
-        if let Some(r) = stop_reason(vms.len(), args.max_vms, used, budget_kib) {
+        if let Some(r) = stop_reason(vms.len(), max, used, budget_kib) {
             break r;
         }
-        let batch = args.parallel.min(args.max_vms - vms.len());
+        let batch = args.parallel.min(max - vms.len());
         let mut set = tokio::task::JoinSet::new();
         for _ in 0..batch {
             let kind = kind.clone();
@@ -180,7 +186,7 @@ async fn measure(args: &DensityArgs, spec: &VmSpec) -> Result<Results> {
     };
     let mut results = Results::new(
         "density",
-        json!({"max_vms": args.max_vms, "budget_mib": budget_kib >> 10, "parallel": args.parallel, "mem_mib": args.guest.mem_mib}),
+        json!({"max_vms": args.max_vms, "max_booted": args.max_booted, "budget_mib": budget_kib >> 10, "parallel": args.parallel, "mem_mib": args.guest.mem_mib}),
     );
     let template = Arc::new(Template::make(spec, "density", BOOT_TIMEOUT).await?);
     results.figure(
@@ -189,13 +195,22 @@ async fn measure(args: &DensityArgs, spec: &VmSpec) -> Result<Results> {
         "MiB",
     );
     let clones = Kind::Clones(template);
-    fill(args, &clones, baseline, budget_kib, &mut results).await?;
+    fill(
+        args,
+        args.max_vms,
+        &clones,
+        baseline,
+        budget_kib,
+        &mut results,
+    )
+    .await?;
     // The snapshot goes with the last reference to the template.
     drop(clones);
     if !args.clones_only {
         let baseline = mem_available_kib().unwrap_or(baseline);
         let booted = Kind::Booted(Arc::new(spec.clone()));
-        fill(args, &booted, baseline, budget_kib, &mut results).await?;
+        let max = args.max_booted.unwrap_or(args.max_vms);
+        fill(args, max, &booted, baseline, budget_kib, &mut results).await?;
     }
     Ok(results)
 }

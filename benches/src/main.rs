@@ -493,7 +493,25 @@ fn boot_results(args: &BootArgs, results: &[burst::BurstResult]) -> results::Res
 }
 
 fn main() -> Result<()> {
+    raise_open_files_limit();
     dispatch(Cli::parse().command)
+}
+
+/// Raises the soft limit on open files to the hard one: hundreds of VMs
+/// held at once (density, fan-out) take a few descriptors each.
+fn raise_open_files_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a valid pointer to a local struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
+        {
+            limit.rlim_cur = limit.rlim_max;
+            let _ = libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
 }
 
 /// Runs one subcommand.
