@@ -161,11 +161,22 @@ async fn measure(
         let (mut memory, mut drops) = (Vec::new(), Vec::new());
         for r in 0..rounds {
             let got = round(template, k, timeout, guest_kib).await;
+            // The whole round on stderr, so a testbed that dies mid-run
+            // still leaves the rounds before.
+            let mib = |f: fn(&MemSplit) -> u64| {
+                median(got.memory.iter().map(f).collect()) as f64 / 1024.0
+            };
             eprintln!(
-                "fan-out {k} #{r}: {} ready, {} failed, all ready {:?}",
+                "fan-out {k} #{r}: {} ready, {} failed, all ready {:?}; per clone p50 {:?} max {:?}; per clone p50 PSS {:.2} MiB, guest private {:.2} MiB, own RSS {:.2} MiB, own PSS {:.2} MiB",
                 got.ready.len(),
                 got.failures.len(),
-                got.all_ready
+                got.all_ready,
+                crate::stats::summarize(&got.ready).map(|s| s.p50),
+                got.ready.iter().max(),
+                mib(|m| m.guest.pss + m.own.pss),
+                mib(|m| m.guest.private),
+                mib(|m| m.own.rss),
+                mib(|m| m.own.pss),
             );
             for f in &got.failures {
                 eprintln!("  FAILED: {f}");

@@ -36,6 +36,10 @@ pub struct RestoreArgs {
     /// peer (omit to skip).
     #[arg(long)]
     firecracker: Option<PathBuf>,
+    /// Also restore with kiln-vmm's jail off, in the same rounds: what the
+    /// jail costs a restore (Firecracker runs without its jailer here).
+    #[arg(long)]
+    jail_compare: bool,
 }
 
 /// Runs the scenario and prints its results.
@@ -75,7 +79,7 @@ fn measure(args: &RestoreArgs) -> Result<Results> {
     };
     let mut results = Results::new(
         "restore",
-        json!({"n": args.n, "warmup": args.warmup, "mem_mib": args.guest.mem_mib, "firecracker": fc.is_some()}),
+        json!({"n": args.n, "warmup": args.warmup, "jail_compare": args.jail_compare, "mem_mib": args.guest.mem_mib, "firecracker": fc.is_some()}),
     );
     let cold = results.push(Series::new("restore", "kiln", "cold boot -> agent ready"));
     let restored =
@@ -83,6 +87,14 @@ fn measure(args: &RestoreArgs) -> Result<Results> {
     let fc_restored = fc.as_ref().map(|_| {
         results
             .push(Series::new("restore", "firecracker", "restore -> agent ready").against(restored))
+    });
+    let nojail = args.jail_compare.then(|| {
+        let mut spec = spec.clone();
+        spec.config.jail.enabled = false;
+        let series = results.push(
+            Series::new("restore", "kiln-nojail", "restore -> agent ready").against(restored),
+        );
+        (spec, series)
     });
     let guest_kib = args.guest.guest_kib();
     let mut memory = Vec::new();
@@ -117,6 +129,20 @@ fn measure(args: &RestoreArgs) -> Result<Results> {
             &mut line,
             "restore",
         );
+        if let Some((spec, s)) = &nojail {
+            let r = rt.block_on(async {
+                let (vm, t) = ready(spec, Some(&template.dir), &plain, BOOT_TIMEOUT).await?;
+                end(vm).await;
+                Ok::<_, anyhow::Error>(t)
+            });
+            record(
+                &mut results.series[*s],
+                counted,
+                r,
+                &mut line,
+                "restore without jail",
+            );
+        }
         if let (Some(fc), Some(s)) = (&fc, fc_restored) {
             let r = fc.restore_once(i).map_err(anyhow::Error::new);
             record(
