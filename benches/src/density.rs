@@ -2,8 +2,9 @@
 //! restored clones of one template snapshot against booted VMs, started
 //! a few at a time until a host memory budget is used (the drop of the
 //! host's MemAvailable, so page cache, tmpfs and kernel memory count), a
-//! count is reached, or a start fails. Reported: how many fit, host memory
-//! per VM, and each VM's RSS/PSS (guest RAM vs kiln-vmm's own).
+//! count is reached, or no VM of a batch starts (single failures are
+//! counted). Reported: how many fit, host memory per VM, and each VM's
+//! RSS/PSS (guest RAM vs kiln-vmm's own).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -107,21 +108,25 @@ async fn fill(
             let kind = kind.clone();
             set.spawn(async move { kind.start().await });
         }
-        let mut failed = None;
+        let (mut failed, mut started_any) = (None, false);
         while let Some(joined) = set.join_next().await {
             match joined.map_err(anyhow::Error::new).and_then(|r| r) {
                 Ok((vm, t)) => {
                     vms.push(vm);
                     series.samples.push(t);
+                    started_any = true;
                 }
                 Err(e) => {
                     series.failures += 1;
+                    eprintln!("{}: a start FAILED: {e:#}", kind.name());
                     failed = Some(format!("{e:#}"));
                 }
             }
         }
-        if let Some(e) = failed {
-            break format!("a start failed: {e}");
+        // A lone failure is counted (the testbed crashes a guest now and
+        // then); a batch of which nothing started means nothing more fits.
+        if let (Some(e), false) = (&failed, started_any) {
+            break format!("no VM of a batch started: {e}");
         }
         eprintln!(
             "{}: {} held, {} MiB used",
