@@ -42,7 +42,7 @@ fn plan(a: &QuickArgs, kiln_vmm: &Path) -> Vec<Vec<OsString>> {
             .collect()
     };
     let words = |w: &[&str]| -> Vec<OsString> { w.iter().map(OsString::from).collect() };
-    let mut boot = [words(&["boot", "--n", "3"]), guest(), vmm(), fc()].concat();
+    let mut boot = [words(&["boot", "--n", "2"]), guest(), vmm(), fc()].concat();
     if let Some(q) = &v.qemu {
         boot.extend(["--qemu".into(), q.clone().into()]);
     }
@@ -52,7 +52,7 @@ fn plan(a: &QuickArgs, kiln_vmm: &Path) -> Vec<Vec<OsString>> {
     vec![
         boot,
         [
-            words(&["restore", "--n", "3", "--warmup", "1"]),
+            words(&["restore", "--n", "2", "--warmup", "1"]),
             guest(),
             vmm(),
             fc(),
@@ -71,7 +71,7 @@ fn plan(a: &QuickArgs, kiln_vmm: &Path) -> Vec<Vec<OsString>> {
         ]
         .concat(),
         [
-            words(&["density", "--max-vms", "6", "--parallel", "3"]),
+            words(&["density", "--max-vms", "4", "--parallel", "4"]),
             guest(),
             vmm(),
         ]
