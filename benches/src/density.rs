@@ -36,6 +36,9 @@ pub struct DensityArgs {
     /// VMs started at once.
     #[arg(long, default_value_t = 4)]
     parallel: usize,
+    /// Longest one VM may take to be ready, seconds.
+    #[arg(long, default_value_t = 120)]
+    timeout: u64,
     /// Skip the booted VMs (clones only).
     #[arg(long)]
     clones_only: bool,
@@ -58,10 +61,10 @@ impl Kind {
         }
     }
 
-    async fn start(&self) -> Result<(VmProcess, Duration)> {
+    async fn start(&self, timeout: Duration) -> Result<(VmProcess, Duration)> {
         match self {
-            Kind::Clones(t) => t.clone_ready(BOOT_TIMEOUT).await,
-            Kind::Booted(spec) => ready(spec, None, &SpawnOptions::default(), BOOT_TIMEOUT).await,
+            Kind::Clones(t) => t.clone_ready(timeout).await,
+            Kind::Booted(spec) => ready(spec, None, &SpawnOptions::default(), timeout).await,
         }
     }
 }
@@ -106,7 +109,8 @@ async fn fill(
         let mut set = tokio::task::JoinSet::new();
         for _ in 0..batch {
             let kind = kind.clone();
-            set.spawn(async move { kind.start().await });
+            let timeout = Duration::from_secs(args.timeout);
+            set.spawn(async move { kind.start(timeout).await });
         }
         let (mut failed, mut started_any) = (None, false);
         while let Some(joined) = set.join_next().await {

@@ -71,7 +71,15 @@ fn plan(a: &QuickArgs, kiln_vmm: &Path) -> Vec<Vec<OsString>> {
         ]
         .concat(),
         [
-            words(&["density", "--max-vms", "4", "--parallel", "4"]),
+            words(&[
+                "density",
+                "--max-vms",
+                "4",
+                "--parallel",
+                "4",
+                "--timeout",
+                "30",
+            ]),
             guest(),
             vmm(),
         ]
