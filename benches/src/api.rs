@@ -4,11 +4,10 @@
 //! VM, concurrent creates against pools of different sizes, host memory
 //! (PSS) per idle pooled VM, split into guest memory and kiln-vmm's own.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use kiln::model::SandboxSpec;
 use kiln::Kiln;
 use kiln_agent::client;
@@ -16,6 +15,7 @@ use kiln_agent::protocol::{ExecRequest, AGENT_VSOCK_PORT};
 use kiln_vmm::vm::hybrid_vsock;
 
 use crate::procmem::{parent_of, rss_split_kib};
+use crate::serve::{create_echo, wait_pool as wait_ready, Serve, ServeConfig, TEMPLATE};
 use crate::stats::{summarize, Summary};
 
 /// `kiln-bench api` arguments.
@@ -44,128 +44,16 @@ pub struct ApiArgs {
     concurrent: usize,
 }
 
-/// A `kiln serve` for the benchmark, killed (with its VMs drained) on drop.
-struct Serve {
-    child: Child,
-    socket: PathBuf,
-    state: PathBuf,
-}
-
-impl Serve {
-    fn start(a: &ApiArgs, dir: &Path) -> Result<Serve> {
-        let state = dir.join("state");
-        let abs = |p: &Path| std::fs::canonicalize(p).with_context(|| format!("{}", p.display()));
-        let config = format!(
-            r#"state_dir = {state:?}
-default_template = "bench"
-[templates.bench]
-kernel = {kernel:?}
-initramfs = {initramfs:?}
-mem_mib = {mem}
-pool_target = 0
-[limits]
-max_vms = 256
-max_memory_mib = 1048576
-max_parallel_boots = 4
-"#,
-            state = state.display().to_string(),
-            kernel = abs(&a.kernel)?.display().to_string(),
-            initramfs = abs(&a.initramfs)?.display().to_string(),
-            mem = a.mem_mib,
-        );
-        let path = dir.join("kiln.toml");
-        std::fs::write(&path, config)?;
-        let child = Command::new(abs(&a.kiln)?)
-            .arg("serve")
-            .arg("--config")
-            .arg(&path)
-            .env("KILN_LOG", "warn")
-            .stdin(Stdio::null())
-            .spawn()
-            .context("starting kiln serve")?;
-        Ok(Serve {
-            child,
-            socket: state.join("kiln.sock"),
-            state,
-        })
-    }
-
-    async fn connect(&self) -> Result<Kiln> {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            match Kiln::connect_unix(&self.socket).await {
-                Ok(k) => return Ok(k),
-                Err(e) if Instant::now() > deadline => return Err(e.into()),
-                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
-            }
-        }
-    }
-
-    /// Pids of the VMs (kiln-vmm processes under the state dir).
-    fn vm_pids(&self) -> Vec<u32> {
-        let needle = format!("{}/", self.state.display());
-        std::fs::read_dir("/proc")
-            .map(|d| {
-                d.flatten()
-                    .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-                    .filter(|pid| {
-                        let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-                        cmd.split(|b| *b == 0)
-                            .any(|a| String::from_utf8_lossy(a).starts_with(&needle))
-                            && !cmd.split(|b| *b == 0).any(|a| a == b"serve")
-                    })
-                    .collect()
-            })
-            .unwrap_or_default()
-    }
-}
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        // SAFETY: kill(2) on our own child; no memory involved.
-        unsafe {
-            libc::kill(self.child.id() as i32, libc::SIGTERM);
-        }
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while self.child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-async fn wait_ready(kiln: &Kiln, n: u32) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(600);
-    loop {
-        let p = kiln.pool("bench").await?;
-        if p.ready >= n {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            bail!("the pool did not reach {n} ready VMs: {p:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 /// Create -> `echo` result, `n` times; with `pool` > 0 each create waits
 /// for a full pool first (a warm hit).
 async fn create_to_echo(kiln: &Kiln, pool: u32, n: usize) -> Result<Vec<Duration>> {
-    kiln.set_pool_target("bench", pool).await?;
+    kiln.set_pool_target(TEMPLATE, pool).await?;
     let mut samples = Vec::with_capacity(n);
     for _ in 0..n {
         if pool > 0 {
             wait_ready(kiln, pool).await?;
         }
-        let start = Instant::now();
-        let sandbox = kiln.sandboxes().create(SandboxSpec::default()).await?;
-        let out = sandbox.exec(["echo", "1"]).output().await?;
-        samples.push(start.elapsed());
-        if out.stdout != b"1\n" {
-            bail!("echo gave {:?}", out);
-        }
-        sandbox.delete().await?;
+        samples.push(create_echo(kiln).await?.0);
     }
     Ok(samples)
 }
@@ -176,7 +64,7 @@ async fn api_overhead(
     serve: &Serve,
     n: usize,
 ) -> Result<(Vec<Duration>, Vec<Duration>)> {
-    kiln.set_pool_target("bench", 0).await?;
+    kiln.set_pool_target(TEMPLATE, 0).await?;
     let sandbox = kiln.sandboxes().create(SandboxSpec::default()).await?;
     let runs = std::fs::read_dir(serve.state.join("vms"))?
         .flatten()
@@ -218,7 +106,7 @@ async fn concurrent(
     pool: u32,
     count: usize,
 ) -> Result<(Vec<Duration>, Duration, usize)> {
-    kiln.set_pool_target("bench", pool).await?;
+    kiln.set_pool_target(TEMPLATE, pool).await?;
     wait_ready(kiln, pool).await?;
     let start = Instant::now();
     let tasks: Vec<_> = (0..count)
@@ -242,7 +130,7 @@ async fn concurrent(
         sandboxes.push(s);
     }
     let wall = start.elapsed();
-    kiln.set_pool_target("bench", 0).await?;
+    kiln.set_pool_target(TEMPLATE, 0).await?;
     for s in sandboxes {
         s.delete().await?;
     }
@@ -267,7 +155,18 @@ pub fn run(a: ApiArgs) -> Result<()> {
     let dir = std::env::temp_dir().join(format!("kiln-bench-api-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
-    let serve = Serve::start(&a, &dir)?;
+    let serve = Serve::start(
+        &ServeConfig {
+            kiln: &a.kiln,
+            kernel: &a.kernel,
+            initramfs: &a.initramfs,
+            mem_mib: a.mem_mib,
+            // The daemon's default; `warm` compares clones with booted VMs.
+            from_snapshot: true,
+            max_vms: 256,
+        },
+        &dir,
+    )?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -313,7 +212,7 @@ pub fn run(a: ApiArgs) -> Result<()> {
             ));
         }
         let idle = a.pools.iter().copied().max().unwrap_or(4).max(1);
-        kiln.set_pool_target("bench", idle).await?;
+        kiln.set_pool_target(TEMPLATE, idle).await?;
         wait_ready(&kiln, idle).await?;
         tokio::time::sleep(Duration::from_secs(5)).await;
         // A jailed VM is a supervisor plus its VMM child (same command

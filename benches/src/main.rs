@@ -4,20 +4,28 @@
 
 mod api;
 mod burst;
+mod chart;
 mod child;
+mod clones;
 mod compare;
+mod density;
 mod diag;
 mod exec;
+mod fanout;
 mod image;
 mod peer;
 mod procmem;
+mod quick;
 mod report;
 mod restore;
+mod results;
+mod serve;
 mod stats;
 mod stream;
 mod transfer;
 mod vm;
 mod vsock;
+mod warm;
 
 use std::path::PathBuf;
 
@@ -55,6 +63,19 @@ enum Command {
     /// Runtime images compared: cold boot to agent ready and host memory
     /// (PSS) idle after boot and after one exec, images alternating.
     Image(ImageArgs),
+    /// Clone fan-out: 10 and 50 clones of one snapshot restored at once;
+    /// per-clone and all-ready times, failures, memory per clone.
+    Fanout(fanout::FanoutArgs),
+    /// Warm create from a clone pool vs a booted pool, and cold create,
+    /// through two `kiln serve` daemons alternating.
+    Warm(warm::WarmArgs),
+    /// Density: idle VMs held at once (clones vs booted) until a memory
+    /// budget or a count.
+    Density(density::DensityArgs),
+    /// The short run of every scenario (under two minutes of testbed time).
+    Quick(quick::QuickArgs),
+    /// An SVG of box plots from results files.
+    Chart(chart::ChartArgs),
 }
 
 #[derive(clap::Args)]
@@ -197,8 +218,7 @@ struct VmArgs {
     /// QEMU firmware directory (-L), holding qboot.rom.
     #[arg(long)]
     qemu_data: Option<PathBuf>,
-    /// Firecracker binary for the Firecracker peer (boot only; omit to
-    /// skip it).
+    /// Firecracker binary for the Firecracker peer (omit to skip it).
     #[arg(long)]
     firecracker: Option<PathBuf>,
 }
@@ -443,11 +463,60 @@ fn boot(args: BootArgs) -> Result<()> {
         .collect();
     print!("{}", report::boot_table(&table));
     print!("{}", burst::failure_report(&results, peer::BOOT_TIMEOUT));
+    boot_results(&args, &results).print_json();
     Ok(())
 }
 
+/// The boot results as series (one per VMM and metric) for the JSON line.
+fn boot_results(args: &BootArgs, results: &[burst::BurstResult]) -> results::Results {
+    let mut out = results::Results::new(
+        "boot",
+        serde_json::json!({"n": args.n, "parallel": args.parallel, "vcpus": args.vcpus, "mem_mib": args.vms.mem_mib}),
+    );
+    type Metric = fn(&peer::BootSample) -> std::time::Duration;
+    let metrics: [(&str, Metric); 2] = [
+        ("spawn -> agent pong", |s| s.ping),
+        ("spawn -> userspace", |s| s.userspace),
+    ];
+    for (metric, get) in metrics {
+        let mut base = None;
+        for r in results {
+            let mut series = results::Series::new("boot", &r.name, metric);
+            series.samples = r.samples.iter().map(get).collect();
+            series.failures = r.failures.len();
+            series.base = base;
+            let i = out.push(series);
+            base = base.or(Some(i));
+        }
+    }
+    out
+}
+
 fn main() -> Result<()> {
-    match Cli::parse().command {
+    raise_open_files_limit();
+    dispatch(Cli::parse().command)
+}
+
+/// Raises the soft limit on open files to the hard one: hundreds of VMs
+/// held at once (density, fan-out) take a few descriptors each.
+fn raise_open_files_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a valid pointer to a local struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
+        {
+            limit.rlim_cur = limit.rlim_max;
+            let _ = libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
+}
+
+/// Runs one subcommand.
+fn dispatch(command: Command) -> Result<()> {
+    match command {
         Command::Boot(args) => boot(args),
         Command::Exec(args) => exec(args),
         Command::Stream(args) => stream(args),
@@ -455,5 +524,10 @@ fn main() -> Result<()> {
         Command::Api(args) => api::run(args),
         Command::Restore(args) => restore::run(args),
         Command::Image(args) => image(args),
+        Command::Fanout(args) => fanout::run(args),
+        Command::Warm(args) => warm::run(args),
+        Command::Density(args) => density::run(args),
+        Command::Quick(args) => quick::run(args),
+        Command::Chart(args) => chart::run(args),
     }
 }

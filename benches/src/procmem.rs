@@ -1,29 +1,112 @@
-//! Host memory of VM processes, from /proc: proportional resident memory
-//! split into guest RAM and the VMM's own, and the process tree.
+//! Host memory of VM processes, from /proc: resident memory split into
+//! guest RAM and the VMM's own, and the process tree.
 
-/// A process's proportional resident memory (PSS: a page shared by n
-/// processes counts 1/n in each, so the static binary is not counted once
-/// per VM), KiB: `(in mappings of exactly `guest_kib`, everything else)`.
-/// A kiln-vmm maps guest RAM below the MMIO gap as one anonymous mapping
-/// of the guest's size; the rest is the VMM's own share (binary, heap,
-/// thread stacks, device buffers).
-pub fn rss_split_kib(pid: u32, guest_kib: u64) -> (u64, u64) {
-    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap_or_default();
-    let (mut guest, mut own) = (0, 0);
+/// Resident memory of some mappings, KiB.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct MemUse {
+    /// Resident set (every resident page, shared or not).
+    pub rss: u64,
+    /// Proportional set: a page shared by n processes counts 1/n.
+    pub pss: u64,
+    /// Pages only this process maps.
+    pub private: u64,
+    /// Pages other processes map too (a clone's untouched snapshot pages).
+    pub shared: u64,
+}
+
+impl MemUse {
+    fn add(&mut self, other: MemUse) {
+        self.rss += other.rss;
+        self.pss += other.pss;
+        self.private += other.private;
+        self.shared += other.shared;
+    }
+}
+
+/// A VM's memory: in guest RAM, and everything else (binary, heap, thread
+/// stacks, device buffers: the VMM's own).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct MemSplit {
+    /// Mappings of exactly the guest's size (guest RAM below the MMIO gap
+    /// is one mapping: anonymous when booted, the snapshot's memory file
+    /// mapped private when restored).
+    pub guest: MemUse,
+    /// The rest.
+    pub own: MemUse,
+}
+
+impl MemSplit {
+    /// Adds another process's split (a jailed VM is a supervisor and its
+    /// VMM).
+    pub fn add(&mut self, other: MemSplit) {
+        self.guest.add(other.guest);
+        self.own.add(other.own);
+    }
+}
+
+/// Parses `/proc/<pid>/smaps` text.
+fn split_smaps(smaps: &str, guest_kib: u64) -> MemSplit {
+    let mut split = MemSplit::default();
     let mut in_guest = false;
     let kib = |v: &str| -> u64 { v.trim().trim_end_matches("kB").trim().parse().unwrap_or(0) };
     for line in smaps.lines() {
-        if let Some(v) = line.strip_prefix("Size:") {
-            in_guest = kib(v) == guest_kib;
-        } else if let Some(v) = line.strip_prefix("Pss:") {
-            if in_guest {
-                guest += kib(v);
-            } else {
-                own += kib(v);
-            }
+        let Some((key, value)) = line.split_once(':') else {
+            continue;
+        };
+        if key == "Size" {
+            in_guest = kib(value) == guest_kib;
+            continue;
+        }
+        let part = if in_guest {
+            &mut split.guest
+        } else {
+            &mut split.own
+        };
+        match key {
+            "Rss" => part.rss += kib(value),
+            "Pss" => part.pss += kib(value),
+            "Private_Clean" | "Private_Dirty" => part.private += kib(value),
+            "Shared_Clean" | "Shared_Dirty" => part.shared += kib(value),
+            _ => {}
         }
     }
-    (guest, own)
+    split
+}
+
+/// One process's memory split into guest RAM (mappings of exactly
+/// `guest_kib`) and the rest; zero when the process is gone.
+pub fn mem_split(pid: u32, guest_kib: u64) -> MemSplit {
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap_or_default();
+    split_smaps(&smaps, guest_kib)
+}
+
+/// A VM's memory: the process `pid` and its children (a jailed kiln-vmm
+/// is a supervisor plus the VMM it forks).
+pub fn vm_mem(pid: u32, guest_kib: u64) -> MemSplit {
+    let mut total = mem_split(pid, guest_kib);
+    for child in children_of(pid) {
+        total.add(mem_split(child, guest_kib));
+    }
+    total
+}
+
+/// PSS of one process, KiB: `(guest RAM, everything else)`.
+pub fn rss_split_kib(pid: u32, guest_kib: u64) -> (u64, u64) {
+    let s = mem_split(pid, guest_kib);
+    (s.guest.pss, s.own.pss)
+}
+
+/// The host's `MemAvailable`, KiB (what new work can still get).
+pub fn mem_available_kib() -> Option<u64> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+    meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemAvailable:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()
 }
 
 /// The pid's parent, from /proc.
@@ -47,4 +130,69 @@ pub fn children_of(pid: u32) -> Vec<u32> {
         .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
         .filter(|&p| parent_of(p) == Some(pid))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SMAPS: &str = "\
+00400000-00500000 r-xp 00000000 00:10 1 /bin/kiln-vmm
+Size:               1024 kB
+Rss:                 800 kB
+Pss:                 400 kB
+Shared_Clean:        800 kB
+Shared_Dirty:          0 kB
+Private_Clean:         0 kB
+Private_Dirty:         0 kB
+7f0000000000-7f0010000000 rw-p 00000000 00:10 2 /tmp/snap/memory
+Size:             262144 kB
+Rss:                9000 kB
+Pss:                3000 kB
+Shared_Clean:       6000 kB
+Shared_Dirty:          0 kB
+Private_Clean:         0 kB
+Private_Dirty:      3000 kB
+7ff000000000-7ff000100000 rw-p 00000000 00:00 0 [heap]
+Size:               1024 kB
+Rss:                 100 kB
+Pss:                 100 kB
+Shared_Clean:          0 kB
+Shared_Dirty:          0 kB
+Private_Clean:        20 kB
+Private_Dirty:        80 kB
+";
+
+    #[test]
+    fn smaps_split_into_guest_and_own() {
+        let s = split_smaps(SMAPS, 256 * 1024);
+        assert_eq!(
+            s.guest,
+            MemUse {
+                rss: 9000,
+                pss: 3000,
+                private: 3000,
+                shared: 6000
+            }
+        );
+        assert_eq!(
+            s.own,
+            MemUse {
+                rss: 900,
+                pss: 500,
+                private: 100,
+                shared: 800
+            }
+        );
+        let mut twice = s;
+        twice.add(s);
+        assert_eq!(twice.own.rss, 1800);
+    }
+
+    #[test]
+    fn no_guest_mapping_counts_everything_as_own() {
+        let s = split_smaps(SMAPS, 4);
+        assert_eq!(s.guest, MemUse::default());
+        assert_eq!(s.own.rss, 9900);
+    }
 }

@@ -32,36 +32,6 @@ fn row(out: &mut String, name: &str, metric: &str, s: &Summary, base: Option<&Su
     );
 }
 
-/// Cold boot and snapshot restore, spawn to agent ready; the ratio
-/// compares the restore with the cold boot.
-pub fn restore_table(cold: &[Duration], restored: &[Duration]) -> String {
-    let mut out = String::new();
-    out.push_str(
-        "| vmm | metric | n | min ms | p50 ms | p95 ms | p99 ms | max ms | p50 vs first |\n",
-    );
-    out.push_str("|---|---|---|---|---|---|---|---|---|\n");
-    let base = summarize(cold);
-    if let Some(s) = &base {
-        row(
-            &mut out,
-            "kiln",
-            "cold boot -> agent ready",
-            s,
-            base.as_ref(),
-        );
-    }
-    if let Some(s) = summarize(restored) {
-        row(
-            &mut out,
-            "kiln",
-            "restore -> agent ready",
-            &s,
-            base.as_ref(),
-        );
-    }
-    out
-}
-
 /// One table: per VMM, (a) to userspace and (b) to first pong; the p50 ratio
 /// column compares each row with the first VMM's same metric.
 pub fn boot_table(results: &[(String, Vec<BootSample>)]) -> String {

@@ -2,170 +2,184 @@
 //! VM is booted and snapshotted once; then cold boots and restores of that
 //! snapshot alternate, each timed from spawn to the agent's first answer
 //! (a restore's includes the resume request: fresh RNG seed, host time).
+//! With `--firecracker`, Firecracker's own snapshot of the same guest is
+//! restored in the same rounds, timed to the same point.
 
-use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use kiln::vm_process::{SpawnOptions, VmProcess, VmSpec};
+use kiln::vm_process::SpawnOptions;
+use serde_json::json;
 
+use crate::clones::{end, ready, Template};
+use crate::fanout::memory_figures;
+use crate::peer::firecracker::Firecracker;
+use crate::peer::firecracker_snapshot::FcSnapshot;
 use crate::peer::BOOT_TIMEOUT;
-use crate::report;
+use crate::procmem::vm_mem;
+use crate::results::{Results, Series};
+use crate::vm::GuestArgs;
 
 /// `kiln-bench restore` arguments.
 #[derive(clap::Args)]
 pub struct RestoreArgs {
-    /// Cold boots and restores (each), alternating.
+    /// Counted cold boots and restores (each), alternating.
     #[arg(long, default_value_t = 10)]
     n: usize,
-    /// Guest kernel (vmlinux).
+    /// Rounds before counting (they warm the snapshot files' pages).
+    #[arg(long, default_value_t = 1)]
+    warmup: usize,
+    #[command(flatten)]
+    guest: GuestArgs,
+    /// Firecracker binary: restore its snapshot of the same guest as the
+    /// peer (omit to skip).
     #[arg(long)]
-    kernel: PathBuf,
-    /// Guest initramfs.
+    firecracker: Option<PathBuf>,
+    /// Also restore with kiln-vmm's jail off, in the same rounds: what the
+    /// jail costs a restore (Firecracker runs without its jailer here).
     #[arg(long)]
-    initramfs: PathBuf,
-    /// kiln-vmm binary.
-    #[arg(long)]
-    kiln_vmm: PathBuf,
-    /// Memory per VM, MiB.
-    #[arg(long, default_value_t = 256)]
-    mem_mib: u32,
+    jail_compare: bool,
 }
 
-/// Resident memory of a VMM process, KiB.
-#[derive(Debug, Clone, Copy)]
-struct Rss {
-    total: u64,
-    anon: u64,
-    /// File-backed and shared (a memory file on tmpfs is shared memory).
-    file: u64,
-}
-
-/// The jailed VMM (the supervisor's child, when there is one) and its RSS.
-fn vmm_rss(supervisor: u32) -> Option<Rss> {
-    let children =
-        std::fs::read_to_string(format!("/proc/{supervisor}/task/{supervisor}/children")).ok()?;
-    let pid = children
-        .split_whitespace()
-        .next()
-        .map_or(supervisor.to_string(), str::to_string);
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let field = |name: &str| -> Option<u64> {
-        status
-            .lines()
-            .find(|l| l.starts_with(name))?
-            .split_whitespace()
-            .nth(1)?
-            .parse()
-            .ok()
-    };
-    Some(Rss {
-        total: field("VmRSS:")?,
-        anon: field("RssAnon:")?,
-        file: field("RssFile:")? + field("RssShmem:")?,
-    })
-}
-
-/// Spawns (or restores), waits for the agent, returns the VM and the time.
-async fn ready(
-    spec: &VmSpec,
-    restore: Option<&Path>,
-    options: &SpawnOptions,
-) -> Result<(VmProcess, Duration)> {
-    let start = Instant::now();
-    let vm = match restore {
-        Some(dir) => VmProcess::restore(spec, dir, options)?,
-        None => VmProcess::spawn(spec, options)?,
-    };
-    vm.wait_ready(BOOT_TIMEOUT)
-        .await
-        .with_context(|| format!("waiting for the agent ({})", vm.vmm_report()))?;
-    Ok((vm, start.elapsed()))
-}
-
-async fn end(vm: VmProcess) {
-    let _ = vm.kill();
-    let _ = tokio::time::timeout(Duration::from_secs(10), vm.wait()).await;
-}
-
-/// Runs the scenario and prints its table.
+/// Runs the scenario and prints its results.
 pub fn run(args: RestoreArgs) -> Result<()> {
     if args.n == 0 {
         bail!("--n must be at least 1");
     }
-    let spec = crate::vm::spec(
-        &args.kiln_vmm,
-        &args.kernel,
-        &args.initramfs,
-        args.mem_mib,
-        &[],
+    let results = measure(&args)?;
+    println!(
+        "snapshot restore vs cold boot, {} of each alternating after {} warm-up round(s), 1 vCPU, {} MiB; spawn -> agent ready (a restore includes its resume request, for Firecracker too)",
+        args.n, args.warmup, args.guest.mem_mib
     );
-    let scratch = std::env::temp_dir().join(format!("kiln-bench-restore-{}", std::process::id()));
-    let snapshot_dir = scratch.join("snapshot");
-    std::fs::create_dir_all(&snapshot_dir)
-        .with_context(|| format!("creating {}", snapshot_dir.display()))?;
+    results.print();
+    Ok(())
+}
+
+fn measure(args: &RestoreArgs) -> Result<Results> {
+    let spec = args.guest.spec();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("tokio runtime")?;
-    let result = rt.block_on(measure(&args, &spec, &snapshot_dir));
-    let _ = std::fs::remove_dir_all(&scratch);
-    result
+    let template = rt.block_on(Template::make(&spec, "restore", BOOT_TIMEOUT))?;
+    let fc = match &args.firecracker {
+        Some(binary) => {
+            let peer = Firecracker {
+                binary: binary.clone(),
+                kernel: args.guest.kernel.clone(),
+                initramfs: args.guest.initramfs.clone(),
+                vcpus: 1,
+                mem_mib: args.guest.mem_mib,
+                scratch: template.dir.with_file_name("firecracker"),
+            };
+            Some(FcSnapshot::make(&peer, &peer.scratch).context("firecracker snapshot")?)
+        }
+        None => None,
+    };
+    let mut results = Results::new(
+        "restore",
+        json!({"n": args.n, "warmup": args.warmup, "jail_compare": args.jail_compare, "mem_mib": args.guest.mem_mib, "firecracker": fc.is_some()}),
+    );
+    let cold = results.push(Series::new("restore", "kiln", "cold boot -> agent ready"));
+    let restored =
+        results.push(Series::new("restore", "kiln", "restore -> agent ready").against(cold));
+    let fc_restored = fc.as_ref().map(|_| {
+        results
+            .push(Series::new("restore", "firecracker", "restore -> agent ready").against(restored))
+    });
+    let nojail = args.jail_compare.then(|| {
+        let mut spec = spec.clone();
+        spec.config.jail.enabled = false;
+        let series = results.push(
+            Series::new("restore", "kiln-nojail", "restore -> agent ready").against(restored),
+        );
+        (spec, series)
+    });
+    let guest_kib = args.guest.guest_kib();
+    let mut memory = Vec::new();
+    let plain = SpawnOptions::default();
+    for i in 0..args.warmup + args.n {
+        let counted = i >= args.warmup;
+        let mut line = format!("#{i}{}:", if counted { "" } else { " (warm-up)" });
+        let r = rt.block_on(async {
+            let (vm, t) = ready(&spec, None, &plain, BOOT_TIMEOUT).await?;
+            end(vm).await;
+            Ok::<_, anyhow::Error>(t)
+        });
+        record(&mut results.series[cold], counted, r, &mut line, "cold");
+        let r = rt.block_on(async {
+            let (vm, t) = template.clone_ready(BOOT_TIMEOUT).await?;
+            // Settle: what a clone holds once it idles after answering.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let mem = vm_mem(vm.pid(), guest_kib);
+            end(vm).await;
+            Ok::<_, anyhow::Error>((t, mem))
+        });
+        let r = r.map(|(t, mem)| {
+            if counted {
+                memory.push(mem);
+            }
+            t
+        });
+        record(
+            &mut results.series[restored],
+            counted,
+            r,
+            &mut line,
+            "restore",
+        );
+        if let Some((spec, s)) = &nojail {
+            let r = rt.block_on(async {
+                let (vm, t) = ready(spec, Some(&template.dir), &plain, BOOT_TIMEOUT).await?;
+                end(vm).await;
+                Ok::<_, anyhow::Error>(t)
+            });
+            record(
+                &mut results.series[*s],
+                counted,
+                r,
+                &mut line,
+                "restore without jail",
+            );
+        }
+        if let (Some(fc), Some(s)) = (&fc, fc_restored) {
+            let r = fc.restore_once(i).map_err(anyhow::Error::new);
+            record(
+                &mut results.series[s],
+                counted,
+                r,
+                &mut line,
+                "firecracker restore",
+            );
+        }
+        eprintln!("{line}");
+    }
+    drop(template);
+    memory_figures(&mut results, "restored clone", &memory);
+    Ok(results)
 }
 
-async fn measure(args: &RestoreArgs, spec: &VmSpec, snapshot_dir: &Path) -> Result<()> {
-    let template = SpawnOptions {
-        snapshot_dir: Some(snapshot_dir.to_path_buf()),
-        ..SpawnOptions::default()
-    };
-    let (source, _) = ready(spec, None, &template).await?;
-    let snap = source
-        .snapshot(false, Duration::from_secs(300))
-        .await
-        .context("snapshot")?;
-    end(source).await;
-    eprintln!(
-        "snapshot: {:.1} ms (vCPUs paused in {:.1} ms), {} MiB of guest memory written, state {} KiB",
-        snap.total_us as f64 / 1000.0,
-        snap.pause_us as f64 / 1000.0,
-        snap.memory_bytes_written >> 20,
-        snap.state_bytes >> 10
-    );
-    let plain = SpawnOptions::default();
-    let (mut cold, mut restored, mut rss) = (Vec::new(), Vec::new(), Vec::new());
-    for i in 0..args.n {
-        let (vm, t) = ready(spec, None, &plain)
-            .await
-            .with_context(|| format!("cold boot {i}"))?;
-        end(vm).await;
-        cold.push(t);
-        let (vm, r) = ready(spec, Some(snapshot_dir), &plain)
-            .await
-            .with_context(|| format!("restore {i}"))?;
-        // Settle: what a clone holds once it idles after answering.
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        rss.extend(vmm_rss(vm.pid()));
-        end(vm).await;
-        restored.push(r);
-        eprintln!("#{i}: cold boot {t:?}, restore {r:?}");
+/// Adds a counted sample or failure to `series`, and to the progress line.
+fn record(
+    series: &mut Series,
+    counted: bool,
+    outcome: Result<Duration>,
+    line: &mut String,
+    what: &str,
+) {
+    match outcome {
+        Ok(t) => {
+            line.push_str(&format!(" {what} {t:?}"));
+            if counted {
+                series.samples.push(t);
+            }
+        }
+        Err(e) => {
+            line.push_str(&format!(" {what} FAILED: {e:#};"));
+            if counted {
+                series.failures += 1;
+            }
+        }
     }
-    println!(
-        "snapshot restore vs cold boot, {} of each alternating, 1 vCPU, {} MiB; spawn -> agent ready (a restore includes its resume request)",
-        args.n, args.mem_mib
-    );
-    print!("{}", report::restore_table(&cold, &restored));
-    if let Some(last) = rss.last() {
-        let p50 = |f: fn(&Rss) -> u64| {
-            let mut v: Vec<u64> = rss.iter().map(f).collect();
-            v.sort_unstable();
-            v[v.len() / 2]
-        };
-        println!(
-            "restored clone's VMM RSS p50: {} KiB total, {} KiB anonymous (private), {} KiB file/shared (the snapshot's memory file, shared between clones); last: {last:?}",
-            p50(|r| r.total),
-            p50(|r| r.anon),
-            p50(|r| r.file),
-        );
-    }
-    Ok(())
 }

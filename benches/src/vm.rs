@@ -12,6 +12,51 @@ use kiln_agent::protocol::AGENT_VSOCK_PORT;
 use kiln_vmm::config::{DriveConfig, VmConfig};
 use kiln_vmm::vm::hybrid_vsock;
 
+/// The benchmark guest and the kiln-vmm that runs it (flattened into the
+/// scenarios' arguments).
+#[derive(clap::Args, Clone)]
+pub struct GuestArgs {
+    /// Guest kernel (vmlinux).
+    #[arg(long)]
+    pub kernel: PathBuf,
+    /// Guest initramfs.
+    #[arg(long)]
+    pub initramfs: PathBuf,
+    /// kiln-vmm binary.
+    #[arg(long)]
+    pub kiln_vmm: PathBuf,
+    /// Memory per VM, MiB.
+    #[arg(long, default_value_t = 256)]
+    pub mem_mib: u32,
+}
+
+impl GuestArgs {
+    /// The VM spec: 1 vCPU, no disks.
+    pub fn spec(&self) -> VmSpec {
+        spec(
+            &self.kiln_vmm,
+            &self.kernel,
+            &self.initramfs,
+            self.mem_mib,
+            &[],
+        )
+    }
+
+    /// Guest memory, KiB (the size of the guest RAM mapping).
+    pub fn guest_kib(&self) -> u64 {
+        u64::from(self.mem_mib) * 1024
+    }
+}
+
+/// A runtime with two workers, for scenarios that run VMs concurrently.
+pub fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("tokio runtime")
+}
+
 /// The spec of a benchmark VM: 1 vCPU, `mem_mib`, the given disks read-only.
 pub fn spec(
     vmm: &Path,

@@ -36,7 +36,7 @@ pub struct Firecracker {
 impl Firecracker {
     /// The VM description for run `i`: the console on serial (for the
     /// mark), i8042 reset ends the VM (`reboot=k`), one vsock device.
-    fn config(&self, uds: &std::path::Path) -> serde_json::Value {
+    pub(super) fn config(&self, uds: &std::path::Path) -> serde_json::Value {
         json!({
             "boot-source": {
                 "kernel_image_path": self.kernel,

@@ -1,6 +1,8 @@
 //! The VMMs a benchmark compares, each booting the same kernel + initramfs.
 
+pub mod fc_api;
 pub mod firecracker;
+pub mod firecracker_snapshot;
 pub mod kiln;
 pub mod qemu;
 
