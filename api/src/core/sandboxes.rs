@@ -456,10 +456,11 @@ impl Core {
         }
     }
 
-    /// Boots a VM for one sandbox. A guest that crashes before its agent
-    /// answers is booted once more: no user code ran yet and nothing the
-    /// caller sent was refused, so the caller should not see a transient
-    /// guest fault; both failures are logged and counted.
+    /// Boots a VM for one sandbox. A guest that crashes, or never
+    /// answers, before its agent answers is booted once more: no user code
+    /// ran yet and nothing the caller sent was refused, so the caller
+    /// should not see a transient guest fault; both failures are logged
+    /// and counted.
     async fn boot_cold(&self, template: &crate::template::Template) -> Result<Arc<Vm>> {
         let mut attempts_left = COLD_BOOT_ATTEMPTS;
         loop {
@@ -469,10 +470,10 @@ impl Core {
                 Ok(vm) => return Ok(vm),
                 Err(failure) => {
                     self.count_boot_failure(&template.name, failure.stage);
-                    if !failure.guest_crashed || attempts_left == 0 {
+                    if !failure.guest_fault || attempts_left == 0 {
                         return Err(failure.error);
                     }
-                    tracing::warn!(error = %failure.error, "the guest crashed while booting; booting again");
+                    tracing::warn!(error = %failure.error, "the guest crashed or never answered while booting; booting again");
                 }
             }
         }

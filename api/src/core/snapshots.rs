@@ -263,17 +263,18 @@ impl Core {
             .remove(dir);
     }
 
-    /// A restore from `dir` failed. A refused snapshot (or a guest that
-    /// crashed [`CRASHES_TO_DROP`] times in a row) is dropped, so the next
+    /// A restore from `dir` failed. A refused snapshot (or clones whose
+    /// guest crashed or never answered [`CRASHES_TO_DROP`] times in a row)
+    /// is dropped, so the next
     /// VMs boot cold and a later cold boot makes a new one.
     pub(super) fn snapshot_failed(
         &self,
         template: &Template,
         dir: &Path,
         why: &str,
-        guest_crashed: bool,
+        guest_fault: bool,
     ) {
-        if guest_crashed {
+        if guest_fault {
             let mut crashes = self
                 .inner
                 .snapshots
