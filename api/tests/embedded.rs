@@ -386,3 +386,29 @@ async fn idle_and_ttl_expire_with_a_notice_first() {
     kiln.shutdown().await;
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[tokio::test]
+async fn a_vm_that_never_answers_is_booted_once_more_then_reported() {
+    let dir = common::scratch("embedded-silent");
+    let mut config = common::host_config(&dir, 0);
+    // A "VM" that starts and never answers: each start is counted, then
+    // it sleeps instead of serving.
+    let starts = dir.join("starts");
+    config.launcher = common::wrapped_agent(
+        &dir,
+        "silent-agent",
+        &format!("echo start >> {}; exec sleep 60", starts.display()),
+        "",
+    );
+    config.timeouts.boot_timeout_secs = 1;
+    let kiln = Kiln::embedded(config).await.expect("embedded kiln");
+    let err = kiln
+        .sandboxes()
+        .create(SandboxSpec::default())
+        .await
+        .expect_err("a VM that never answers");
+    assert!(matches!(err, Error::BootTimeout(_)), "{err}");
+    let started = std::fs::read_to_string(&starts).expect("starts");
+    assert_eq!(started.lines().count(), 2, "booted once more, not again");
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -245,8 +245,8 @@ impl Core {
             Err(e) => {
                 let message = format!("{e} ({})", vm.process.vmm_report());
                 // A guest that never answers is a fault like a crash: the
-                // VMM took every input (the testbed's nested KVM stalls a
-                // guest for good now and then, cold or restored).
+                // VMM took every input, so another boot may well answer
+                // (seen in the testbed, cold and restored alike).
                 let stalled = matches!(e, VmProcessError::NotReady(_));
                 let guest_fault = e.guest_crashed() || stalled;
                 tracing::warn!(error = %message, guest_fault, restored, "VM failed to boot");

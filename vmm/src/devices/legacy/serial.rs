@@ -39,6 +39,9 @@ pub enum SerialError {
 }
 
 /// The 16550's registers and receive FIFO, as a snapshot holds them.
+/// vm-superio's `SerialState` has no serde; its companion `vm-superio-ser`
+/// pins vm-superio to `=0.8.1` and pulls in `versionize`, so the mirror is
+/// kept here.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SerialSnapshot {
     /// Divisor latch, low byte.
