@@ -129,6 +129,10 @@ fn image(args: ImageArgs) -> Result<()> {
 struct CompareArgs {
     #[command(flatten)]
     vms: VmArgs,
+    /// A runtime image attached to both guests (their /dev/vda, the
+    /// sandbox root), so programs from it run under both VMMs.
+    #[arg(long)]
+    image: Option<PathBuf>,
     /// The command (argv) to run in both guests.
     #[arg(last = true, required = true)]
     argv: Vec<String>,
@@ -137,10 +141,12 @@ struct CompareArgs {
 fn compare(args: CompareArgs) -> Result<()> {
     let vms = &args.vms;
     if let Some(vmm) = &vms.kiln_vmm {
-        let spec = vm::spec(vmm, &vms.kernel, &vms.initramfs, vms.mem_mib, &[]);
+        let images: Vec<PathBuf> = args.image.iter().cloned().collect();
+        let spec = vm::spec(vmm, &vms.kernel, &vms.initramfs, vms.mem_mib, &images);
         println!("===== kiln\n{}", compare::in_kiln(&spec, &args.argv)?);
     }
-    if let Some(q) = vms.qemu_microvm(1) {
+    if let Some(mut q) = vms.qemu_microvm(1) {
+        q.image.clone_from(&args.image);
         println!(
             "===== qemu microvm\n{}",
             compare::in_qemu(&q, 3000, &args.argv)?
@@ -233,6 +239,7 @@ impl VmArgs {
             initramfs: self.initramfs.clone(),
             vcpus,
             mem_mib: self.mem_mib,
+            image: None,
         })
     }
 }

@@ -65,14 +65,7 @@ fn measure(args: &RestoreArgs) -> Result<Results> {
     let template = rt.block_on(Template::make(&spec, "restore", BOOT_TIMEOUT))?;
     let fc = match &args.firecracker {
         Some(binary) => {
-            let peer = Firecracker {
-                binary: binary.clone(),
-                kernel: args.guest.kernel.clone(),
-                initramfs: args.guest.initramfs.clone(),
-                vcpus: 1,
-                mem_mib: args.guest.mem_mib,
-                scratch: template.dir.with_file_name("firecracker"),
-            };
+            let peer = Firecracker::for_guest(binary, &args.guest, &template.dir);
             Some(FcSnapshot::make(&peer, &peer.scratch).context("firecracker snapshot")?)
         }
         None => None,

@@ -34,6 +34,23 @@ pub struct Firecracker {
 }
 
 impl Firecracker {
+    /// The peer of kiln's `guest` (1 vCPU): the same kernel, initramfs and
+    /// memory, its files next to kiln's template directory `template_dir`.
+    pub fn for_guest(
+        binary: &std::path::Path,
+        guest: &crate::vm::GuestArgs,
+        template_dir: &std::path::Path,
+    ) -> Firecracker {
+        Firecracker {
+            binary: binary.to_path_buf(),
+            kernel: guest.kernel.clone(),
+            initramfs: guest.initramfs.clone(),
+            vcpus: 1,
+            mem_mib: guest.mem_mib,
+            scratch: template_dir.with_file_name("firecracker"),
+        }
+    }
+
     /// The VM description for run `i`: the console on serial (for the
     /// mark), i8042 reset ends the VM (`reboot=k`), one vsock device.
     pub(super) fn config(&self, uds: &std::path::Path) -> serde_json::Value {

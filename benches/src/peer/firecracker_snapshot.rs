@@ -133,16 +133,26 @@ impl FcSnapshot {
 
     /// Restores once (run `i`): spawn -> agent pong -> resume answered.
     pub fn restore_once(&self, i: usize) -> Result<Duration, BootError> {
+        self.restore_held(i).map(|(clone, took)| {
+            drop(clone);
+            took
+        })
+    }
+
+    /// Restores clone `i` and keeps it running until the returned
+    /// [`FcClone`] is dropped (fan-out holds a round's clones at once).
+    pub fn restore_held(&self, i: usize) -> Result<(FcClone, Duration), BootError> {
         let api = self.scratch.join(format!("r{i}.api"));
         let uds = self.scratch.join(format!("r{i}.vsock"));
         let _ = std::fs::remove_file(&uds);
         let start = Instant::now();
-        let mut guard = spawn(&self.binary, &api, &format!("restore-{i}"), None)?;
-        let took = self.load_and_resume(&mut guard, &api, &uds, start);
-        drop(guard);
-        let _ = std::fs::remove_file(&api);
-        let _ = std::fs::remove_file(&uds);
-        took
+        let mut clone = FcClone {
+            guard: spawn(&self.binary, &api, &format!("restore-{i}"), None)?,
+            api,
+            uds,
+        };
+        let took = self.load_and_resume(&mut clone.guard, &clone.api, &clone.uds, start)?;
+        Ok((clone, took))
     }
 
     fn load_and_resume(
@@ -179,6 +189,30 @@ impl FcSnapshot {
             detail: format!("resume: {e}"),
         })?;
         Ok(start.elapsed())
+    }
+}
+
+/// A restored Firecracker clone: killed (by its own pid) and its sockets
+/// removed when dropped.
+pub struct FcClone {
+    guard: ChildGuard,
+    api: PathBuf,
+    uds: PathBuf,
+}
+
+impl FcClone {
+    /// The Firecracker process's pid.
+    pub fn pid(&self) -> u32 {
+        self.guard.pid()
+    }
+}
+
+impl Drop for FcClone {
+    fn drop(&mut self) {
+        // The guard's own drop kills and reaps; the sockets go after it.
+        let _ = self.guard.wait_or_kill(Duration::ZERO);
+        let _ = std::fs::remove_file(&self.api);
+        let _ = std::fs::remove_file(&self.uds);
     }
 }
 

@@ -29,6 +29,9 @@ pub struct QemuMicrovm {
     pub vcpus: u8,
     /// Guest memory in MiB.
     pub mem_mib: u32,
+    /// A read-only disk image (the runtime image), the guest's /dev/vda as
+    /// under kiln.
+    pub image: Option<PathBuf>,
 }
 
 impl QemuMicrovm {
@@ -57,8 +60,16 @@ impl QemuMicrovm {
                 "-append",
                 "console=ttyS0 quiet reboot=t panic=-1 kiln.console_mark",
             ])
-            .args(["-device", &format!("vhost-vsock-device,guest-cid={cid}")])
-            .stdin(Stdio::null())
+            .args(["-device", &format!("vhost-vsock-device,guest-cid={cid}")]);
+        if let Some(image) = &self.image {
+            let mut drive =
+                std::ffi::OsString::from("if=none,id=image,format=raw,readonly=on,file=");
+            drive.push(image);
+            cmd.arg("-drive")
+                .arg(drive)
+                .args(["-device", "virtio-blk-device,drive=image"]);
+        }
+        cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::null());
         cmd
