@@ -45,6 +45,10 @@ pub struct FanoutArgs {
     /// Firecracker restores of the same guest (omit to skip).
     #[arg(long)]
     firecracker: Option<PathBuf>,
+    /// Run each round's Firecracker restores before kiln's (so a failure
+    /// that ends the whole run shows which VMM's load came first).
+    #[arg(long)]
+    peer_first: bool,
 }
 
 /// One round: per-clone times, the time until all were ready, failures,
@@ -301,9 +305,14 @@ async fn measure(
         let mut kiln = Tally::new(&scenario, "kiln", k);
         let mut peer = fc.map(|_| Tally::new(&scenario, "firecracker", k));
         for r in 0..rounds {
-            kiln.add(k, r, round(template, k, timeout, guest_kib).await);
+            if !args.peer_first {
+                kiln.add(k, r, round(template, k, timeout, guest_kib).await);
+            }
             if let (Some(fc), Some(peer)) = (fc, peer.as_mut()) {
                 peer.add(k, r, fc_round(fc, &next_fc, k, guest_kib).await);
+            }
+            if args.peer_first {
+                kiln.add(k, r, round(template, k, timeout, guest_kib).await);
             }
         }
         kiln.finish(&mut results, &scenario);
