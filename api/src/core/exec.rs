@@ -15,6 +15,7 @@ use tracing::Instrument;
 
 use super::exec_events::{exec_events, ExecStream, KillOnDrop};
 use super::files::vm_error;
+use super::profile::Phases;
 use super::sandboxes::{body_hash, check_env, check_path};
 use super::store::{ExecRecord, Reservation};
 use super::{new_id, Core};
@@ -136,6 +137,23 @@ impl Core {
         key: Option<String>,
         caller: &Actor,
     ) -> Result<(ExecRecord, bool)> {
+        let mut phases = Phases::start("exec start");
+        let started = self
+            .start_exec_timed(id, spec, key, caller, &mut phases)
+            .await;
+        phases.log();
+        started
+    }
+
+    /// [`Core::start_exec`], its phases recorded in `phases`.
+    async fn start_exec_timed(
+        &self,
+        id: &str,
+        spec: &ExecSpec,
+        key: Option<String>,
+        caller: &Actor,
+        phases: &mut Phases,
+    ) -> Result<(ExecRecord, bool)> {
         self.refuse_if_draining()?;
         let (timeout_ms, stdin) = check_exec(spec, &self.config().timeouts)?;
         let scope = format!("exec:{id}");
@@ -166,7 +184,10 @@ impl Core {
                 }
             }
         }
-        let started = self.launch(id, spec, stdin, timeout_ms, caller).await;
+        phases.mark("checks");
+        let started = self
+            .launch(id, spec, stdin, timeout_ms, caller, phases)
+            .await;
         self.audit(
             caller,
             AuditKind::Exec,
@@ -178,6 +199,7 @@ impl Core {
             },
             AuditResult::of(&started),
         );
+        phases.mark("audit");
         if let Some(key) = &key {
             let kept = match &started {
                 Ok(record) => self.inner.store.complete(&scope, key, &record.id),
@@ -198,6 +220,7 @@ impl Core {
         stdin: Option<Vec<u8>>,
         timeout_ms: u64,
         caller: &Actor,
+        phases: &mut Phases,
     ) -> Result<ExecRecord> {
         let (vm, info) = self.touch(id)?;
         let mut env: BTreeMap<String, String> = info.env.clone();
@@ -211,7 +234,9 @@ impl Core {
             max_output_bytes: None,
         };
         let agent = vm.process.agent().clone();
+        phases.mark("touch");
         let agent_id = agent.start(request).await.map_err(|e| vm_error(e.into()))?;
+        phases.mark("agent_start");
         let record = ExecRecord {
             id: new_id("exec"),
             sandbox_id: id.to_string(),
@@ -229,7 +254,9 @@ impl Core {
             let _ = agent.signal(agent_id, libc::SIGKILL).await;
             return Err(e.into());
         }
+        phases.mark("exec_row");
         let lock = self.track_exec(id, &record.id, agent_id);
+        phases.mark("track");
         if let Some(bytes) = stdin {
             let guard = Arc::clone(&lock).lock_owned().await;
             let span = tracing::info_span!("stdin", sandbox_id = %id, exec_id = %record.id);
@@ -251,7 +278,10 @@ impl Core {
         key: Option<String>,
         caller: &Actor,
     ) -> Result<ExecStream> {
-        let (record, replayed) = self.start_exec(id, &spec, key, caller).await?;
+        let mut phases = Phases::start("exec");
+        let (record, replayed) = self
+            .start_exec_timed(id, &spec, key, caller, &mut phases)
+            .await?;
         let started = ExecEvent::Started {
             seq: 0,
             exec_id: record.id.clone(),
@@ -270,6 +300,7 @@ impl Core {
             Err(_) if replayed => return replay(&record),
             Err(e) => return Err(e),
         };
+        phases.mark("attach");
         if replayed {
             // The agent may have forgotten it: its refusal comes first.
             match events.next().await {
@@ -278,7 +309,7 @@ impl Core {
             }
         }
         let kill = (spec.kill_on_disconnect && !replayed).then(|| KillOnDrop::new(agent, agent_id));
-        let events = exec_events(self.clone(), id, &record.id, events, 0, kill);
+        let events = exec_events(self.clone(), id, &record.id, events, 0, kill, Some(phases));
         Ok(stream::once(async { started }).chain(events).boxed())
     }
 }

@@ -9,6 +9,7 @@ use kiln_agent::async_client::AttachEvent;
 use kiln_agent::protocol::OutputStream;
 
 use super::files::vm_error;
+use super::profile::Phases;
 use super::Core;
 use crate::agent_link::AttachEvents;
 use crate::model::ExecEvent;
@@ -67,12 +68,19 @@ struct Attach {
     last_seq: u64,
     done: bool,
     kill: Option<KillOnDrop>,
+    /// The exec's phases so far (a foreground exec): logged at its end.
+    phases: Option<Phases>,
 }
 
 impl Attach {
     async fn next(&mut self) -> ExecEvent {
         let event = match self.events.next().await {
             Some(Ok(AttachEvent::Output(chunk))) => {
+                if chunk.seq == 1 {
+                    if let Some(p) = self.phases.as_mut() {
+                        p.mark("first_output");
+                    }
+                }
                 self.last_seq = chunk.seq;
                 let stderr = chunk.stream == OutputStream::Stderr;
                 return ExecEvent::output(stderr, chunk.seq, chunk.data);
@@ -89,12 +97,24 @@ impl Attach {
                 if let Some(kill) = self.kill.as_mut() {
                     kill.armed = false;
                 }
+                if let Some(p) = self.phases.as_mut() {
+                    p.mark("exit");
+                }
                 // Recorded before the reader hears of the end, so a
                 // replay or a listing right after it finds the result.
                 let result = self
                     .core
                     .finish_exec(&self.sandbox, &self.exec, Some(&status))
                     .unwrap_or_else(|| super::exec_watch::result_of(&self.exec, &status));
+                if let Some(mut p) = self.phases.take() {
+                    p.mark("exit_recorded");
+                    p.log();
+                    tracing::debug!(
+                        exec_id = %self.exec,
+                        program_ms = status.duration_ms,
+                        "the agent's time from spawn to exit"
+                    );
+                }
                 ExecEvent::Exited {
                     seq: self.last_seq,
                     result,
@@ -129,6 +149,7 @@ pub(super) fn exec_events(
     events: AttachEvents,
     after_seq: u64,
     kill: Option<KillOnDrop>,
+    phases: Option<Phases>,
 ) -> ExecStream {
     let attach = Attach {
         core,
@@ -138,6 +159,7 @@ pub(super) fn exec_events(
         last_seq: after_seq,
         done: false,
         kill,
+        phases,
     };
     stream::unfold(attach, |mut a| async move {
         if a.done {

@@ -20,6 +20,7 @@ pub mod launcher;
 pub(crate) mod lock;
 mod metrics;
 mod pool_state;
+mod profile;
 mod recover;
 mod sandboxes;
 mod snapshots;
