@@ -15,7 +15,7 @@ mod files;
 mod process;
 mod vsock;
 
-pub(crate) use process::AttachEvents;
+pub(crate) use process::{attach_on, AttachEvents};
 
 use std::io;
 use std::path::PathBuf;

@@ -13,12 +13,13 @@ use futures_util::stream::{self, StreamExt};
 use kiln_agent::protocol::{ErrorCode, ExecRequest};
 use tracing::Instrument;
 
-use super::exec_events::{exec_events, ExecStream, KillOnDrop};
+use super::exec_events::{exec_events, ExecStream, Foreground, KillOnDrop};
 use super::files::vm_error;
 use super::profile::Phases;
 use super::sandboxes::{body_hash, check_env, check_path};
 use super::store::{ExecRecord, Reservation};
 use super::{new_id, Core};
+use crate::agent_link::attach_on;
 use crate::auth::Actor;
 use crate::config::TimeoutsConfig;
 use crate::model::{now_ms, AuditKind, AuditResult, AuditWhat, ExecEvent, ExecSpec};
@@ -85,9 +86,13 @@ fn replay(record: &ExecRecord) -> Result<ExecStream> {
 /// How long an attach may wait for the next event: a following attach as
 /// long as the program may live (plus the grace), `None` when unknown.
 pub(super) fn follow_idle(record: &ExecRecord) -> Option<std::time::Duration> {
-    record
-        .timeout_ms
-        .map(|ms| std::time::Duration::from_millis(ms).saturating_add(EXEC_TIMEOUT_GRACE))
+    record.timeout_ms.map(exec_idle)
+}
+
+/// How long an attach to a program with timeout `timeout_ms` may wait for
+/// its next event.
+fn exec_idle(timeout_ms: u64) -> std::time::Duration {
+    std::time::Duration::from_millis(timeout_ms).saturating_add(EXEC_TIMEOUT_GRACE)
 }
 
 /// Feeds an exec's initial stdin as the program reads it (the agent waits
@@ -268,6 +273,21 @@ impl Core {
         Ok(record)
     }
 
+    /// Where and with which idle bound a foreground exec's attach will
+    /// connect, when the sandbox lives and the spec's timeout is valid
+    /// (else the start fails and no connection is needed).
+    fn attach_ahead(&self, id: &str, spec: &ExecSpec) -> Option<(AgentAddr, std::time::Duration)> {
+        let timeout_ms = self
+            .config()
+            .timeouts
+            .exec()
+            .check("timeout_ms", spec.timeout_ms)
+            .ok()?;
+        let st = self.state();
+        let agent = st.sandboxes.get(id)?.vm.process.agent().clone();
+        Some((agent, exec_idle(timeout_ms)))
+    }
+
     /// Starts an exec and streams its events from `started` to `exited`.
     /// The program runs on if the stream is dropped, unless the spec asks
     /// for `kill_on_disconnect`.
@@ -279,9 +299,21 @@ impl Core {
         caller: &Actor,
     ) -> Result<ExecStream> {
         let mut phases = Phases::start("exec");
-        let (record, replayed) = self
-            .start_exec_timed(id, &spec, key, caller, &mut phases)
-            .await?;
+        let busy = self.inner.foreground.begin();
+        // The attach's connection opens while `Start` is on its way (one
+        // connection round trip less); it is dropped if the start fails.
+        let ahead = self.attach_ahead(id, &spec);
+        let connect_ahead = async {
+            match &ahead {
+                Some((agent, idle)) => Some(agent.connect(Some(*idle)).await),
+                None => None,
+            }
+        };
+        let (started, conn) = tokio::join!(
+            self.start_exec_timed(id, &spec, key, caller, &mut phases),
+            connect_ahead
+        );
+        let (record, replayed) = started?;
         let started = ExecEvent::Started {
             seq: 0,
             exec_id: record.id.clone(),
@@ -291,10 +323,17 @@ impl Core {
         };
         let (vm, _) = self.touch(id)?;
         let agent = vm.process.agent().clone();
-        let attached = agent
-            .attach(agent_id, 0, true, follow_idle(&record))
-            .await
-            .map_err(|e| vm_error(e.into()));
+        let idle = follow_idle(&record);
+        let attached = match conn {
+            // Opened with the idle bound of this very exec.
+            Some(Ok(conn)) if !replayed && ahead.is_some_and(|(_, i)| Some(i) == idle) => {
+                Ok(attach_on(conn, agent_id, 0, true, idle))
+            }
+            _ => agent
+                .attach(agent_id, 0, true, idle)
+                .await
+                .map_err(|e| vm_error(e.into())),
+        };
         let mut events = match attached {
             Ok(events) => events,
             Err(_) if replayed => return replay(&record),
@@ -309,7 +348,18 @@ impl Core {
             }
         }
         let kill = (spec.kill_on_disconnect && !replayed).then(|| KillOnDrop::new(agent, agent_id));
-        let events = exec_events(self.clone(), id, &record.id, events, 0, kill, Some(phases));
+        let events = exec_events(
+            self.clone(),
+            id,
+            &record.id,
+            events,
+            0,
+            kill,
+            Some(Foreground {
+                phases,
+                _busy: busy,
+            }),
+        );
         Ok(stream::once(async { started }).chain(events).boxed())
     }
 }

@@ -68,8 +68,17 @@ struct Attach {
     last_seq: u64,
     done: bool,
     kill: Option<KillOnDrop>,
-    /// The exec's phases so far (a foreground exec): logged at its end.
-    phases: Option<Phases>,
+    /// A foreground exec's: its end logs the phases and ends its count.
+    foreground: Option<Foreground>,
+}
+
+/// What a foreground exec's stream carries to the exec's end.
+pub(super) struct Foreground {
+    /// The exec's phases so far.
+    pub phases: Phases,
+    /// Counts the exec as foreground (pool refills wait for it) until
+    /// dropped.
+    pub _busy: super::foreground::Busy,
 }
 
 impl Attach {
@@ -77,8 +86,8 @@ impl Attach {
         let event = match self.events.next().await {
             Some(Ok(AttachEvent::Output(chunk))) => {
                 if chunk.seq == 1 {
-                    if let Some(p) = self.phases.as_mut() {
-                        p.mark("first_output");
+                    if let Some(f) = self.foreground.as_mut() {
+                        f.phases.mark("first_output");
                     }
                 }
                 self.last_seq = chunk.seq;
@@ -97,8 +106,8 @@ impl Attach {
                 if let Some(kill) = self.kill.as_mut() {
                     kill.armed = false;
                 }
-                if let Some(p) = self.phases.as_mut() {
-                    p.mark("exit");
+                if let Some(f) = self.foreground.as_mut() {
+                    f.phases.mark("exit");
                 }
                 // Recorded before the reader hears of the end, so a
                 // replay or a listing right after it finds the result.
@@ -106,9 +115,9 @@ impl Attach {
                     .core
                     .finish_exec(&self.sandbox, &self.exec, Some(&status))
                     .unwrap_or_else(|| super::exec_watch::result_of(&self.exec, &status));
-                if let Some(mut p) = self.phases.take() {
-                    p.mark("exit_recorded");
-                    p.log();
+                if let Some(Foreground { mut phases, .. }) = self.foreground.take() {
+                    phases.mark("exit_recorded");
+                    phases.log();
                     tracing::debug!(
                         exec_id = %self.exec,
                         program_ms = status.duration_ms,
@@ -136,6 +145,7 @@ impl Attach {
             },
         };
         self.done = true;
+        self.foreground = None;
         event
     }
 }
@@ -149,7 +159,7 @@ pub(super) fn exec_events(
     events: AttachEvents,
     after_seq: u64,
     kill: Option<KillOnDrop>,
-    phases: Option<Phases>,
+    foreground: Option<Foreground>,
 ) -> ExecStream {
     let attach = Attach {
         core,
@@ -159,7 +169,7 @@ pub(super) fn exec_events(
         last_seq: after_seq,
         done: false,
         kill,
-        phases,
+        foreground,
     };
     stream::unfold(attach, |mut a| async move {
         if a.done {

@@ -187,6 +187,7 @@ impl Core {
         caller: &Actor,
     ) -> Result<Created> {
         let mut phases = Phases::start("create");
+        let _busy = self.inner.foreground.begin();
         self.refuse_if_draining()?;
         let template_name = spec
             .template
