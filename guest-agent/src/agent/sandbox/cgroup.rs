@@ -239,11 +239,15 @@ impl ExecCgroup {
                 .seek(SeekFrom::Start(0))
                 .and_then(|_| (&file).take(MAX_FILE).read_to_string(&mut text))
                 .ok()
-                .and_then(|_| event_count(&text, "populated"))
-                .map_or(true, |n| n > 0);
+                .and_then(|_| event_count(&text, "populated"));
             let left = deadline.saturating_duration_since(Instant::now());
-            if !populated || left.is_zero() {
+            if populated == Some(0) || left.is_zero() {
                 return;
+            }
+            if populated.is_none() {
+                // Unreadable: no notification to wait for either.
+                std::thread::sleep(Duration::from_millis(10));
+                continue;
             }
             let mut fds = [libc::pollfd {
                 fd: file.as_raw_fd(),
