@@ -301,19 +301,32 @@ impl Core {
         let mut phases = Phases::start("exec");
         let busy = self.inner.foreground.begin();
         // The attach's connection opens while `Start` is on its way (one
-        // connection round trip less); it is dropped if the start fails.
+        // connection round trip less); a failed start drops it at once.
         let ahead = self.attach_ahead(id, &spec);
-        let connect_ahead = async {
+        let connect = async {
             match &ahead {
                 Some((agent, idle)) => Some(agent.connect(Some(*idle)).await),
                 None => None,
             }
         };
-        let (started, conn) = tokio::join!(
-            self.start_exec_timed(id, &spec, key, caller, &mut phases),
-            connect_ahead
-        );
+        tokio::pin!(connect);
+        let (started, connected) = {
+            let start = self.start_exec_timed(id, &spec, key, caller, &mut phases);
+            tokio::pin!(start);
+            let mut connected = None;
+            let started = loop {
+                tokio::select! {
+                    started = &mut start => break started,
+                    c = &mut connect, if connected.is_none() => connected = Some(c),
+                }
+            };
+            (started, connected)
+        };
         let (record, replayed) = started?;
+        let conn = match connected {
+            Some(c) => c,
+            None => connect.await,
+        };
         let started = ExecEvent::Started {
             seq: 0,
             exec_id: record.id.clone(),
@@ -326,7 +339,9 @@ impl Core {
         let idle = follow_idle(&record);
         let attached = match conn {
             // Opened with the idle bound of this very exec.
-            Some(Ok(conn)) if !replayed && ahead.is_some_and(|(_, i)| Some(i) == idle) => {
+            Some(Ok(conn))
+                if !replayed && ahead.as_ref().is_some_and(|(_, i)| Some(*i) == idle) =>
+            {
                 Ok(attach_on(conn, agent_id, 0, true, idle))
             }
             _ => agent
