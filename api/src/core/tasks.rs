@@ -13,7 +13,7 @@ use super::sandboxes::clock_of;
 use super::store::VmPhase;
 use super::vms::{BootFailure, Vm};
 use super::warm_up::warm_up;
-use super::Core;
+use super::{metrics, Core};
 use crate::auth::Actor;
 use crate::error::EndReason;
 use crate::model::{now_ms, EventKind};
@@ -109,10 +109,20 @@ impl Core {
     async fn warm_up_for_pool(&self, vm: Arc<Vm>) -> Result<Arc<Vm>, BootFailure> {
         let warmed = tokio::select! {
             r = warm_up(&vm) => r,
-            () = self.inner.stop.cancelled() => Ok(()),
+            () = self.inner.stop.cancelled() => return Ok(vm),
         };
         match warmed {
-            Ok(()) => Ok(vm),
+            Ok(how) => {
+                self.inner
+                    .metrics
+                    .warm_ups
+                    .get_or_create(&metrics::WarmUp {
+                        template: vm.template.clone(),
+                        result: how.as_str().into(),
+                    })
+                    .inc();
+                Ok(vm)
+            }
             Err(e) => {
                 tracing::warn!(vm_id = %vm.id, error = %e, "a VM failed its warm-up; retiring it");
                 self.forget_vm(&vm.id);

@@ -31,10 +31,29 @@ pub(super) enum WarmUpError {
     Deadline,
 }
 
+/// How a warm-up went when the VM may be pooled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum WarmedUp {
+    /// The program ran (whatever its exit status).
+    Ran,
+    /// The agent would not start it (a template without `sh`).
+    Refused,
+}
+
+impl WarmedUp {
+    /// The metric's label.
+    pub(super) fn as_str(self) -> &'static str {
+        match self {
+            Self::Ran => "ran",
+            Self::Refused => "refused",
+        }
+    }
+}
+
 /// Runs the warm-up exec in `vm`. The agent refusing the program (a
 /// template without `sh`) or the program failing is no fault of the VM;
 /// the agent not answering is.
-pub(super) async fn warm_up(vm: &Vm) -> Result<(), WarmUpError> {
+pub(super) async fn warm_up(vm: &Vm) -> Result<WarmedUp, WarmUpError> {
     let request = ExecRequest {
         argv: WARM_UP_ARGV.iter().map(|a| a.to_string()).collect(),
         timeout_ms: Some(WARM_UP_TIMEOUT_MS),
@@ -47,11 +66,11 @@ pub(super) async fn warm_up(vm: &Vm) -> Result<(), WarmUpError> {
         Err(_) => Err(WarmUpError::Deadline),
         Ok(Ok(status)) => {
             tracing::debug!(?status, "warm-up exec done");
-            Ok(())
+            Ok(WarmedUp::Ran)
         }
         Ok(Err(e)) if e.agent_code().is_some() => {
             tracing::info!(error = %e, "warm-up exec refused; the VM is pooled cold");
-            Ok(())
+            Ok(WarmedUp::Refused)
         }
         Ok(Err(e)) => Err(WarmUpError::Agent(e)),
     }
