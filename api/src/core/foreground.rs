@@ -1,5 +1,5 @@
-//! Foreground requests (creates, and foreground execs until their exit)
-//! come before pool refills. A claim wakes the reconciler at once, and a
+//! Foreground requests (creates once they hold a VM, and foreground
+//! execs until their exit) come before pool refills. A claim wakes the reconciler at once, and a
 //! refill boot or restore started then takes CPU from the very exec the
 //! caller is waiting for; so a refill waits until no foreground request
 //! is in flight, or [`REFILL_YIELD`] at most, so pools still refill under

@@ -187,7 +187,6 @@ impl Core {
         caller: &Actor,
     ) -> Result<Created> {
         let mut phases = Phases::start("create");
-        let _busy = self.inner.foreground.begin();
         self.refuse_if_draining()?;
         let template_name = spec
             .template
@@ -318,6 +317,9 @@ impl Core {
         );
         phases.mark("event_created");
         let (vm, launch) = self.obtain_vm(template, spec.on_empty, wait).await?;
+        // Foreground from the claim on: a create still waiting for a VM
+        // (or cold-booting one) must not hold back the refills it needs.
+        let _busy = self.inner.foreground.begin();
         phases.mark("claim");
         self.set_phase(&vm, VmPhase::Claimed, Some(id));
         phases.mark("vm_row");
