@@ -203,6 +203,11 @@ async fn library_over_the_socket_and_raw_http() {
         "{text}"
     );
     assert!(text.contains("kiln_host_committed_memory_bytes"), "{text}");
+    // Every pooled VM ran its warm-up exec in the (host) agent first.
+    assert!(
+        text.contains("kiln_pool_warm_ups_total{template=\"host\",result=\"ran\"}"),
+        "{text}"
+    );
     let (s, _, b) = http(sock, "GET", "/openapi.json", &[], vec![]).await;
     assert_eq!(s, 200);
     assert_eq!(String::from_utf8_lossy(&b), kiln::server::openapi_json());

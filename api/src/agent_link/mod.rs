@@ -15,7 +15,7 @@ mod files;
 mod process;
 mod vsock;
 
-pub(crate) use process::AttachEvents;
+pub(crate) use process::{attach_on, AttachEvents};
 
 use std::io;
 use std::path::PathBuf;
@@ -139,6 +139,7 @@ impl AgentAddr {
     /// writes may each wait at most `idle` (`None`: without bound, for an
     /// exec without a timeout).
     pub(crate) async fn connect(&self, idle: Option<Duration>) -> Result<Conn, AgentError> {
+        let start = std::time::Instant::now();
         let stream = match self {
             AgentAddr::HybridVsock(uds) => {
                 vsock::connect(uds, AGENT_VSOCK_PORT, CONNECT_TIMEOUT).await?
@@ -150,6 +151,10 @@ impl AgentAddr {
                     .map_err(AgentError::ConnectUnix)?
             }
         };
+        tracing::trace!(
+            took_us = start.elapsed().as_micros() as u64,
+            "agent connection"
+        );
         let mut stream = TimeoutStream::new(stream);
         stream.set_read_timeout(idle);
         stream.set_write_timeout(idle);

@@ -60,9 +60,7 @@ impl AgentAddr {
         idle: Option<Duration>,
     ) -> Result<AttachEvents, AgentError> {
         let conn = self.connect(idle).await?;
-        Ok(async_client::attach(conn, id, after_seq, follow)
-            .map(move |e| e.map_err(|e| client_error(e, idle)))
-            .boxed())
+        Ok(attach_on(conn, id, after_seq, follow, idle))
     }
 
     /// Waits up to `timeout` (the agent caps it at an hour) for process
@@ -115,4 +113,19 @@ impl AgentAddr {
         self.request(|c| Box::pin(async_client::signal(c, id, signal)))
             .await
     }
+}
+
+/// [`AgentAddr::attach`] on a connection opened ahead with
+/// [`AgentAddr::connect`] and the same `idle`: an exec opens it while its
+/// `Start` is on the way, so the attach costs no connection round trip.
+pub(crate) fn attach_on(
+    conn: super::Conn,
+    id: u64,
+    after_seq: u64,
+    follow: bool,
+    idle: Option<Duration>,
+) -> AttachEvents {
+    async_client::attach(conn, id, after_seq, follow)
+        .map(move |e| e.map_err(|e| client_error(e, idle)))
+        .boxed()
 }

@@ -93,15 +93,15 @@ impl AuditLog {
     pub fn append(&self, record: &AuditRecord) -> Result<u64> {
         let json = serde_json::to_string(record)?;
         self.with(|c| {
-            c.execute(
+            c.prepare_cached(
                 "INSERT INTO audit (at_ms, sandbox_id, kind, record) VALUES (?1, ?2, ?3, ?4)",
-                params![
-                    db_i64(record.at_ms),
-                    record.sandbox_id,
-                    record.kind.as_str(),
-                    json
-                ],
-            )?;
+            )?
+            .execute(params![
+                db_i64(record.at_ms),
+                record.sandbox_id,
+                record.kind.as_str(),
+                json
+            ])?;
             Ok(u64::try_from(c.last_insert_rowid()).unwrap_or_default())
         })
     }
@@ -144,14 +144,12 @@ impl AuditLog {
     /// oldest beyond the newest `max_rows`. Returns how many went.
     pub fn prune(&self, max_rows: u64, before_ms: u64) -> Result<usize> {
         self.with(|c| {
-            let old = c.execute(
-                "DELETE FROM audit WHERE at_ms < ?1",
-                params![db_i64(before_ms)],
-            )?;
-            let over = c.execute(
-                "DELETE FROM audit WHERE id <= (SELECT max(id) FROM audit) - ?1",
-                params![db_i64(max_rows)],
-            )?;
+            let old = c
+                .prepare_cached("DELETE FROM audit WHERE at_ms < ?1")?
+                .execute(params![db_i64(before_ms)])?;
+            let over = c
+                .prepare_cached("DELETE FROM audit WHERE id <= (SELECT max(id) FROM audit) - ?1")?
+                .execute(params![db_i64(max_rows)])?;
             Ok(old + over)
         })
     }
@@ -240,7 +238,10 @@ mod tests {
         let log = AuditLog::in_memory();
         log.append(&record(10, "a", AuditKind::Create)).expect("1");
         let err = log
-            .with(|c| Ok(c.execute("UPDATE audit SET kind = 'exec'", [])?))
+            .with(|c| {
+                Ok(c.prepare_cached("UPDATE audit SET kind = 'exec'")?
+                    .execute([])?)
+            })
             .expect_err("append-only");
         assert!(err.to_string().contains("append-only"), "{err}");
     }

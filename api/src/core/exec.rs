@@ -13,11 +13,13 @@ use futures_util::stream::{self, StreamExt};
 use kiln_agent::protocol::{ErrorCode, ExecRequest};
 use tracing::Instrument;
 
-use super::exec_events::{exec_events, ExecStream, KillOnDrop};
+use super::exec_events::{exec_events, ExecStream, Foreground, KillOnDrop};
 use super::files::vm_error;
+use super::profile::Phases;
 use super::sandboxes::{body_hash, check_env, check_path};
 use super::store::{ExecRecord, Reservation};
 use super::{new_id, Core};
+use crate::agent_link::attach_on;
 use crate::auth::Actor;
 use crate::config::TimeoutsConfig;
 use crate::model::{now_ms, AuditKind, AuditResult, AuditWhat, ExecEvent, ExecSpec};
@@ -84,9 +86,13 @@ fn replay(record: &ExecRecord) -> Result<ExecStream> {
 /// How long an attach may wait for the next event: a following attach as
 /// long as the program may live (plus the grace), `None` when unknown.
 pub(super) fn follow_idle(record: &ExecRecord) -> Option<std::time::Duration> {
-    record
-        .timeout_ms
-        .map(|ms| std::time::Duration::from_millis(ms).saturating_add(EXEC_TIMEOUT_GRACE))
+    record.timeout_ms.map(exec_idle)
+}
+
+/// How long an attach to a program with timeout `timeout_ms` may wait for
+/// its next event.
+fn exec_idle(timeout_ms: u64) -> std::time::Duration {
+    std::time::Duration::from_millis(timeout_ms).saturating_add(EXEC_TIMEOUT_GRACE)
 }
 
 /// Feeds an exec's initial stdin as the program reads it (the agent waits
@@ -136,6 +142,23 @@ impl Core {
         key: Option<String>,
         caller: &Actor,
     ) -> Result<(ExecRecord, bool)> {
+        let mut phases = Phases::start("exec start");
+        let started = self
+            .start_exec_timed(id, spec, key, caller, &mut phases)
+            .await;
+        phases.log();
+        started
+    }
+
+    /// [`Core::start_exec`], its phases recorded in `phases`.
+    async fn start_exec_timed(
+        &self,
+        id: &str,
+        spec: &ExecSpec,
+        key: Option<String>,
+        caller: &Actor,
+        phases: &mut Phases,
+    ) -> Result<(ExecRecord, bool)> {
         self.refuse_if_draining()?;
         let (timeout_ms, stdin) = check_exec(spec, &self.config().timeouts)?;
         let scope = format!("exec:{id}");
@@ -166,7 +189,10 @@ impl Core {
                 }
             }
         }
-        let started = self.launch(id, spec, stdin, timeout_ms, caller).await;
+        phases.mark("checks");
+        let started = self
+            .launch(id, spec, stdin, timeout_ms, caller, phases)
+            .await;
         self.audit(
             caller,
             AuditKind::Exec,
@@ -178,6 +204,7 @@ impl Core {
             },
             AuditResult::of(&started),
         );
+        phases.mark("audit");
         if let Some(key) = &key {
             let kept = match &started {
                 Ok(record) => self.inner.store.complete(&scope, key, &record.id),
@@ -198,6 +225,7 @@ impl Core {
         stdin: Option<Vec<u8>>,
         timeout_ms: u64,
         caller: &Actor,
+        phases: &mut Phases,
     ) -> Result<ExecRecord> {
         let (vm, info) = self.touch(id)?;
         let mut env: BTreeMap<String, String> = info.env.clone();
@@ -211,7 +239,9 @@ impl Core {
             max_output_bytes: None,
         };
         let agent = vm.process.agent().clone();
+        phases.mark("touch");
         let agent_id = agent.start(request).await.map_err(|e| vm_error(e.into()))?;
+        phases.mark("agent_start");
         let record = ExecRecord {
             id: new_id("exec"),
             sandbox_id: id.to_string(),
@@ -229,7 +259,9 @@ impl Core {
             let _ = agent.signal(agent_id, libc::SIGKILL).await;
             return Err(e.into());
         }
+        phases.mark("exec_row");
         let lock = self.track_exec(id, &record.id, agent_id);
+        phases.mark("track");
         if let Some(bytes) = stdin {
             let guard = Arc::clone(&lock).lock_owned().await;
             let span = tracing::info_span!("stdin", sandbox_id = %id, exec_id = %record.id);
@@ -239,6 +271,21 @@ impl Core {
         }
         tracing::info!(sandbox_id = %id, exec_id = %record.id, agent_id, "exec started");
         Ok(record)
+    }
+
+    /// Where and with which idle bound a foreground exec's attach will
+    /// connect, when the sandbox lives and the spec's timeout is valid
+    /// (else the start fails and no connection is needed).
+    fn attach_ahead(&self, id: &str, spec: &ExecSpec) -> Option<(AgentAddr, std::time::Duration)> {
+        let timeout_ms = self
+            .config()
+            .timeouts
+            .exec()
+            .check("timeout_ms", spec.timeout_ms)
+            .ok()?;
+        let st = self.state();
+        let agent = st.sandboxes.get(id)?.vm.process.agent().clone();
+        Some((agent, exec_idle(timeout_ms)))
     }
 
     /// Starts an exec and streams its events from `started` to `exited`.
@@ -251,7 +298,35 @@ impl Core {
         key: Option<String>,
         caller: &Actor,
     ) -> Result<ExecStream> {
-        let (record, replayed) = self.start_exec(id, &spec, key, caller).await?;
+        let mut phases = Phases::start("exec");
+        let busy = self.inner.foreground.begin();
+        // The attach's connection opens while `Start` is on its way (one
+        // connection round trip less); a failed start drops it at once.
+        let ahead = self.attach_ahead(id, &spec);
+        let connect = async {
+            match &ahead {
+                Some((agent, idle)) => Some(agent.connect(Some(*idle)).await),
+                None => None,
+            }
+        };
+        tokio::pin!(connect);
+        let (started, connected) = {
+            let start = self.start_exec_timed(id, &spec, key, caller, &mut phases);
+            tokio::pin!(start);
+            let mut connected = None;
+            let started = loop {
+                tokio::select! {
+                    started = &mut start => break started,
+                    c = &mut connect, if connected.is_none() => connected = Some(c),
+                }
+            };
+            (started, connected)
+        };
+        let (record, replayed) = started?;
+        let conn = match connected {
+            Some(c) => c,
+            None => connect.await,
+        };
         let started = ExecEvent::Started {
             seq: 0,
             exec_id: record.id.clone(),
@@ -261,15 +336,25 @@ impl Core {
         };
         let (vm, _) = self.touch(id)?;
         let agent = vm.process.agent().clone();
-        let attached = agent
-            .attach(agent_id, 0, true, follow_idle(&record))
-            .await
-            .map_err(|e| vm_error(e.into()));
+        let idle = follow_idle(&record);
+        let attached = match conn {
+            // Opened with the idle bound of this very exec.
+            Some(Ok(conn))
+                if !replayed && ahead.as_ref().is_some_and(|(_, i)| Some(*i) == idle) =>
+            {
+                Ok(attach_on(conn, agent_id, 0, true, idle))
+            }
+            _ => agent
+                .attach(agent_id, 0, true, idle)
+                .await
+                .map_err(|e| vm_error(e.into())),
+        };
         let mut events = match attached {
             Ok(events) => events,
             Err(_) if replayed => return replay(&record),
             Err(e) => return Err(e),
         };
+        phases.mark("attach");
         if replayed {
             // The agent may have forgotten it: its refusal comes first.
             match events.next().await {
@@ -278,7 +363,18 @@ impl Core {
             }
         }
         let kill = (spec.kill_on_disconnect && !replayed).then(|| KillOnDrop::new(agent, agent_id));
-        let events = exec_events(self.clone(), id, &record.id, events, 0, kill);
+        let events = exec_events(
+            self.clone(),
+            id,
+            &record.id,
+            events,
+            0,
+            kill,
+            Some(Foreground {
+                phases,
+                _busy: busy,
+            }),
+        );
         Ok(stream::once(async { started }).chain(events).boxed())
     }
 }

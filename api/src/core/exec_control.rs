@@ -171,6 +171,7 @@ impl Core {
             events,
             after_seq,
             None,
+            None,
         ))
     }
 

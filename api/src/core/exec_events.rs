@@ -9,6 +9,7 @@ use kiln_agent::async_client::AttachEvent;
 use kiln_agent::protocol::OutputStream;
 
 use super::files::vm_error;
+use super::profile::Phases;
 use super::Core;
 use crate::agent_link::AttachEvents;
 use crate::model::ExecEvent;
@@ -67,12 +68,28 @@ struct Attach {
     last_seq: u64,
     done: bool,
     kill: Option<KillOnDrop>,
+    /// A foreground exec's: its end logs the phases and ends its count.
+    foreground: Option<Foreground>,
+}
+
+/// What a foreground exec's stream carries to the exec's end.
+pub(super) struct Foreground {
+    /// The exec's phases so far.
+    pub phases: Phases,
+    /// Counts the exec as foreground (pool refills wait for it) until
+    /// dropped.
+    pub _busy: super::foreground::Busy,
 }
 
 impl Attach {
     async fn next(&mut self) -> ExecEvent {
         let event = match self.events.next().await {
             Some(Ok(AttachEvent::Output(chunk))) => {
+                if chunk.seq == 1 {
+                    if let Some(f) = self.foreground.as_mut() {
+                        f.phases.mark("first_output");
+                    }
+                }
                 self.last_seq = chunk.seq;
                 let stderr = chunk.stream == OutputStream::Stderr;
                 return ExecEvent::output(stderr, chunk.seq, chunk.data);
@@ -89,12 +106,24 @@ impl Attach {
                 if let Some(kill) = self.kill.as_mut() {
                     kill.armed = false;
                 }
+                if let Some(f) = self.foreground.as_mut() {
+                    f.phases.mark("exit");
+                }
                 // Recorded before the reader hears of the end, so a
                 // replay or a listing right after it finds the result.
                 let result = self
                     .core
                     .finish_exec(&self.sandbox, &self.exec, Some(&status))
                     .unwrap_or_else(|| super::exec_watch::result_of(&self.exec, &status));
+                if let Some(Foreground { mut phases, .. }) = self.foreground.take() {
+                    phases.mark("exit_recorded");
+                    phases.log();
+                    tracing::debug!(
+                        exec_id = %self.exec,
+                        program_ms = status.duration_ms,
+                        "the agent's time from spawn to exit"
+                    );
+                }
                 ExecEvent::Exited {
                     seq: self.last_seq,
                     result,
@@ -116,6 +145,7 @@ impl Attach {
             },
         };
         self.done = true;
+        self.foreground = None;
         event
     }
 }
@@ -129,6 +159,7 @@ pub(super) fn exec_events(
     events: AttachEvents,
     after_seq: u64,
     kill: Option<KillOnDrop>,
+    foreground: Option<Foreground>,
 ) -> ExecStream {
     let attach = Attach {
         core,
@@ -138,6 +169,7 @@ pub(super) fn exec_events(
         last_seq: after_seq,
         done: false,
         kill,
+        foreground,
     };
     stream::unfold(attach, |mut a| async move {
         if a.done {

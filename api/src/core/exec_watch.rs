@@ -109,9 +109,12 @@ impl Core {
     }
 
     /// Lists the agent's processes until none of the sandbox's execs runs
-    /// (or the sandbox ends).
+    /// (or the sandbox ends). The first look is one interval after the
+    /// start: a foreground exec records its own end, and a listing at once
+    /// would only compete with the program it just started.
     async fn watch_execs(&self, sandbox: &str) {
         loop {
+            tokio::time::sleep(WATCH_INTERVAL).await;
             let (vm, running) = {
                 let mut st = self.state();
                 let Some(s) = st.sandboxes.get_mut(sandbox) else {
@@ -148,7 +151,6 @@ impl Core {
                 }
                 Err(e) => tracing::debug!(sandbox_id = %sandbox, error = %e, "listing processes"),
             }
-            tokio::time::sleep(WATCH_INTERVAL).await;
         }
     }
 

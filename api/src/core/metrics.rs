@@ -39,6 +39,15 @@ pub(crate) struct VmStart {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct WarmUp {
+    pub template: String,
+    /// `ran`, or `refused` (the agent would not start the no-op program;
+    /// the VM is pooled anyway). A VM whose agent does not answer counts
+    /// as a boot failure at stage `warm_up`.
+    pub result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct LaunchLabel {
     pub launch_type: String,
 }
@@ -66,6 +75,7 @@ pub(crate) struct Metrics {
     pub boot_failures: Family<BootFailure, Counter>,
     pub vm_boot: Histogram,
     pub vm_starts: Family<VmStart, Counter>,
+    pub warm_ups: Family<WarmUp, Counter>,
     pub claim_duration: Family<LaunchLabel, Histogram, fn() -> Histogram>,
     pub sandboxes: Family<StateLabel, Gauge>,
     pub expirations: Family<ReasonLabel, Counter>,
@@ -83,6 +93,7 @@ impl Metrics {
             boot_failures: Family::default(),
             vm_boot: seconds_histogram(),
             vm_starts: Family::default(),
+            warm_ups: Family::default(),
             claim_duration: Family::new_with_constructor(seconds_histogram),
             sandboxes: Family::default(),
             expirations: Family::default(),
@@ -114,6 +125,11 @@ impl Metrics {
             "vm_starts",
             "VMs that reached agent-ready, by template and how they started (boot, restore, snapshot)",
             m.vm_starts.clone(),
+        );
+        registry.register(
+            "pool_warm_ups",
+            "Warm-up execs of VMs bound for a pool, by template and result (ran, refused)",
+            m.warm_ups.clone(),
         );
         registry.register_with_unit(
             "vm_boot_duration",

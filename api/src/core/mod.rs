@@ -16,10 +16,12 @@ mod exec_control;
 mod exec_events;
 mod exec_watch;
 mod files;
+mod foreground;
 pub mod launcher;
 pub(crate) mod lock;
 mod metrics;
 mod pool_state;
+mod profile;
 mod recover;
 mod sandboxes;
 mod snapshots;
@@ -29,6 +31,7 @@ mod templates;
 mod timeouts;
 mod tokens;
 mod vms;
+mod warm_up;
 
 pub(crate) use exec_control::MAX_STDIN_WRITE;
 pub(crate) use sandboxes::check_env;
@@ -130,6 +133,8 @@ pub(crate) struct Inner {
     spool_dir: PathBuf,
     /// Template snapshots pools refill from.
     snapshots: snapshots::Snapshots,
+    /// Foreground requests in flight (pool refills yield to them).
+    foreground: Arc<foreground::Foreground>,
     _lock: StateLock,
 }
 
@@ -247,6 +252,7 @@ impl Core {
             vm_dir,
             spool_dir,
             snapshots: snapshots::Snapshots::default(),
+            foreground: Arc::default(),
             _lock: lock,
             config,
         };

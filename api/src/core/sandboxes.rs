@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use sha2::{Digest, Sha256};
 use tracing::Instrument;
 
+use super::profile::Phases;
 use super::store::{Reservation, VmPhase};
 use super::timeouts::Clock;
 use super::tokens::{check_token, CheckedToken};
@@ -185,6 +186,7 @@ impl Core {
         key: Option<String>,
         caller: &Actor,
     ) -> Result<Created> {
+        let mut phases = Phases::start("create");
         self.refuse_if_draining()?;
         let template_name = spec
             .template
@@ -199,6 +201,7 @@ impl Core {
             token,
         } = check_create(&spec, &self.config().timeouts)?;
         let egress = self.egress_of(&template_name, spec.egress.as_ref())?;
+        phases.mark("checks");
         let scope = "create";
         if let Some(key) = &key {
             match self
@@ -247,8 +250,9 @@ impl Core {
                 idle,
                 wait,
                 caller.uid(),
+                &mut phases,
             )
-            .instrument(span)
+            .instrument(span.clone())
             .await;
         if let Some(key) = &key {
             let recorded = match &result {
@@ -278,6 +282,8 @@ impl Core {
             },
             AuditResult::of(&result),
         );
+        phases.mark("audit");
+        span.in_scope(|| phases.log());
         Ok(Created {
             sandbox: result?,
             replayed: false,
@@ -297,6 +303,7 @@ impl Core {
         idle: u64,
         wait: Option<Duration>,
         caller: Option<u32>,
+        phases: &mut Phases,
     ) -> Result<SandboxInfo> {
         let started = Instant::now();
         let created_at_ms = now_ms();
@@ -308,8 +315,14 @@ impl Core {
             None,
             None,
         );
+        phases.mark("event_created");
         let (vm, launch) = self.obtain_vm(template, spec.on_empty, wait).await?;
+        // Foreground from the claim on: a create still waiting for a VM
+        // (or cold-booting one) must not hold back the refills it needs.
+        let _busy = self.inner.foreground.begin();
+        phases.mark("claim");
         self.set_phase(&vm, VmPhase::Claimed, Some(id));
+        phases.mark("vm_row");
         // Late binding: what the agent can apply to any pooled VM.
         for (path, mode, data) in files {
             let upload = vm
@@ -342,6 +355,7 @@ impl Core {
                 }
             },
         };
+        phases.mark("files_egress");
         let ready_at_ms = now_ms();
         let mut info = SandboxInfo {
             id: id.to_string(),
@@ -370,6 +384,7 @@ impl Core {
             return Err(Error::Draining);
         }
         self.inner.store.put_sandbox(&info)?;
+        phases.mark("sandbox_row");
         self.state().sandboxes.insert(
             id.to_string(),
             Sandbox {
@@ -400,6 +415,7 @@ impl Core {
             None,
             None,
         );
+        phases.mark("event_ready");
         tracing::info!(launch = launch.as_str(), took = ?started.elapsed(), "sandbox ready");
         self.inner.expiry.notify_one();
         Ok(info)

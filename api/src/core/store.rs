@@ -189,10 +189,8 @@ impl Store {
     pub fn put_vm(&self, row: &VmRow) -> Result<()> {
         let json = to_json(row)?;
         self.with(|c| {
-            c.execute(
-                "INSERT OR REPLACE INTO vms (id, row) VALUES (?1, ?2)",
-                params![row.id, json],
-            )?;
+            c.prepare_cached("INSERT OR REPLACE INTO vms (id, row) VALUES (?1, ?2)")?
+                .execute(params![row.id, json])?;
             Ok(())
         })
     }
@@ -200,7 +198,8 @@ impl Store {
     /// Forgets a VM.
     pub fn delete_vm(&self, id: &str) -> Result<()> {
         self.with(|c| {
-            c.execute("DELETE FROM vms WHERE id = ?1", params![id])?;
+            c.prepare_cached("DELETE FROM vms WHERE id = ?1")?
+                .execute(params![id])?;
             Ok(())
         })
     }
@@ -222,9 +221,7 @@ impl Store {
             .ended_at_ms
             .map(|t| i64::try_from(t).unwrap_or(i64::MAX));
         self.with(|c| {
-            c.execute(
-                "INSERT OR REPLACE INTO sandboxes (id, info, ended, ended_at_ms) VALUES (?1, ?2, ?3, ?4)",
-                params![info.id, json, ended, ended_at],
+            c.prepare_cached("INSERT OR REPLACE INTO sandboxes (id, info, ended, ended_at_ms) VALUES (?1, ?2, ?3, ?4)")?.execute(params![info.id, json, ended, ended_at],
             )?;
             Ok(())
         })
@@ -266,10 +263,10 @@ impl Store {
                     params![before],
                 )?;
             }
-            Ok(c.execute(
-                "DELETE FROM sandboxes WHERE ended = 1 AND ended_at_ms < ?1",
-                params![before],
-            )?)
+            Ok(
+                c.prepare_cached("DELETE FROM sandboxes WHERE ended = 1 AND ended_at_ms < ?1")?
+                    .execute(params![before])?,
+            )
         })
     }
 
@@ -278,11 +275,11 @@ impl Store {
     pub fn set_egress_used(&self, id: &str, bytes: u64) -> Result<()> {
         let bytes = i64::try_from(bytes).unwrap_or(i64::MAX);
         self.with(|c| {
-            c.execute(
+            c.prepare_cached(
                 "INSERT INTO egress_usage (sandbox_id, bytes) VALUES (?1, ?2)
                  ON CONFLICT (sandbox_id) DO UPDATE SET bytes = max(bytes, excluded.bytes)",
-                params![id, bytes],
-            )?;
+            )?
+            .execute(params![id, bytes])?;
             Ok(())
         })
     }
@@ -304,10 +301,8 @@ impl Store {
     /// Sets a pool's target.
     pub fn set_pool_target(&self, template: &str, target: u32) -> Result<()> {
         self.with(|c| {
-            c.execute(
-                "INSERT OR REPLACE INTO pools (template, target) VALUES (?1, ?2)",
-                params![template, target],
-            )?;
+            c.prepare_cached("INSERT OR REPLACE INTO pools (template, target) VALUES (?1, ?2)")?
+                .execute(params![template, target])?;
             Ok(())
         })
     }
@@ -326,11 +321,11 @@ impl Store {
     pub fn put_exec(&self, e: &ExecRecord) -> Result<()> {
         let json = to_json(e)?;
         self.with(|c| {
-            c.execute(
+            c.prepare_cached(
                 "INSERT INTO execs (id, sandbox_id, record) VALUES (?1, ?2, ?3)
                  ON CONFLICT (id) DO UPDATE SET record = excluded.record",
-                params![e.id, e.sandbox_id, json],
-            )?;
+            )?
+            .execute(params![e.id, e.sandbox_id, json])?;
             Ok(())
         })
     }
@@ -386,10 +381,8 @@ impl Store {
             }
             record.gone = result.is_none();
             record.result = result;
-            c.execute(
-                "UPDATE execs SET record = ?2 WHERE id = ?1",
-                params![id, to_json(&record)?],
-            )?;
+            c.prepare_cached("UPDATE execs SET record = ?2 WHERE id = ?1")?
+                .execute(params![id, to_json(&record)?])?;
             Ok(Some((record, true)))
         })
     }
@@ -419,9 +412,7 @@ impl Store {
                 .optional()?;
             Ok(match found {
                 None => {
-                    c.execute(
-                        "INSERT INTO idempotency (scope, key, body_hash, created_at_ms) VALUES (?1, ?2, ?3, ?4)",
-                        params![scope, key, hash, i64::try_from(now_ms).unwrap_or(i64::MAX)],
+                    c.prepare_cached("INSERT INTO idempotency (scope, key, body_hash, created_at_ms) VALUES (?1, ?2, ?3, ?4)")?.execute(params![scope, key, hash, i64::try_from(now_ms).unwrap_or(i64::MAX)],
                     )?;
                     Reservation::New
                 }
@@ -435,10 +426,10 @@ impl Store {
     /// Records the resource a reserved key produced.
     pub fn complete(&self, scope: &str, key: &str, resource_id: &str) -> Result<()> {
         self.with(|c| {
-            c.execute(
+            c.prepare_cached(
                 "UPDATE idempotency SET resource_id = ?3 WHERE scope = ?1 AND key = ?2",
-                params![scope, key, resource_id],
-            )?;
+            )?
+            .execute(params![scope, key, resource_id])?;
             Ok(())
         })
     }
@@ -446,10 +437,10 @@ impl Store {
     /// Frees a reserved key whose request failed (a retry may use it).
     pub fn release(&self, scope: &str, key: &str) -> Result<()> {
         self.with(|c| {
-            c.execute(
+            c.prepare_cached(
                 "DELETE FROM idempotency WHERE scope = ?1 AND key = ?2 AND resource_id IS NULL",
-                params![scope, key],
-            )?;
+            )?
+            .execute(params![scope, key])?;
             Ok(())
         })
     }
@@ -459,10 +450,10 @@ impl Store {
     pub fn purge_keys(&self, before_ms: u64, in_flight_too: bool) -> Result<()> {
         let before = i64::try_from(before_ms).unwrap_or(i64::MAX);
         self.with(|c| {
-            c.execute(
+            c.prepare_cached(
                 "DELETE FROM idempotency WHERE created_at_ms < ?1 OR (?2 AND resource_id IS NULL)",
-                params![before, in_flight_too],
-            )?;
+            )?
+            .execute(params![before, in_flight_too])?;
             Ok(())
         })
     }
@@ -471,17 +462,14 @@ impl Store {
     pub fn append_event(&self, mut event: Event) -> Result<Event> {
         self.with(|c| {
             let tx = c.unchecked_transaction()?;
-            tx.execute("INSERT INTO events (event) VALUES ('')", [])?;
+            tx.prepare_cached("INSERT INTO events (event) VALUES ('')")?
+                .execute([])?;
             let seq = tx.last_insert_rowid();
             event.seq = u64::try_from(seq).unwrap_or_default();
-            tx.execute(
-                "UPDATE events SET event = ?2 WHERE seq = ?1",
-                params![seq, to_json(&event)?],
-            )?;
-            tx.execute(
-                "DELETE FROM events WHERE seq <= ?1",
-                params![seq - EVENTS_KEPT],
-            )?;
+            tx.prepare_cached("UPDATE events SET event = ?2 WHERE seq = ?1")?
+                .execute(params![seq, to_json(&event)?])?;
+            tx.prepare_cached("DELETE FROM events WHERE seq <= ?1")?
+                .execute(params![seq - EVENTS_KEPT])?;
             tx.commit()?;
             Ok(event)
         })

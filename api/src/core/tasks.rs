@@ -8,10 +8,12 @@ use std::time::{Duration, Instant};
 
 use tracing::Instrument;
 
+use super::foreground::REFILL_YIELD;
 use super::sandboxes::clock_of;
 use super::store::VmPhase;
-use super::vms::BootFailure;
-use super::Core;
+use super::vms::{BootFailure, Vm};
+use super::warm_up::warm_up;
+use super::{metrics, Core};
 use crate::auth::Actor;
 use crate::error::EndReason;
 use crate::model::{now_ms, EventKind};
@@ -102,10 +104,51 @@ impl Core {
         }
     }
 
+    /// Runs the warm-up exec in a VM bound for the pool; a VM whose agent
+    /// does not run it is retired and the boot counts as failed.
+    async fn warm_up_for_pool(&self, vm: Arc<Vm>) -> Result<Arc<Vm>, BootFailure> {
+        let warmed = tokio::select! {
+            r = warm_up(&vm) => r,
+            () = self.inner.stop.cancelled() => return Ok(vm),
+        };
+        match warmed {
+            Ok(how) => {
+                self.inner
+                    .metrics
+                    .warm_ups
+                    .get_or_create(&metrics::WarmUp {
+                        template: vm.template.clone(),
+                        result: how.as_str().into(),
+                    })
+                    .inc();
+                Ok(vm)
+            }
+            Err(e) => {
+                tracing::warn!(vm_id = %vm.id, error = %e, "a VM failed its warm-up; retiring it");
+                self.forget_vm(&vm.id);
+                self.retire(vm).await;
+                Err(BootFailure {
+                    error: crate::Error::BootTimeout(e.to_string()),
+                    stage: "warm_up",
+                    guest_fault: true,
+                })
+            }
+        }
+    }
+
     async fn boot_for_pool(&self, template: crate::template::Template) {
+        // Creates and foreground execs first (see `foreground.rs`).
+        tokio::select! {
+            () = self.inner.foreground.quiet(REFILL_YIELD) => {}
+            () = self.inner.stop.cancelled() => return,
+        }
         let result = tokio::select! {
             r = self.boot_vm(&template) => r,
             () = self.inner.stop.cancelled() => return,
+        };
+        let result = match result {
+            Ok(vm) => self.warm_up_for_pool(vm).await,
+            Err(f) => Err(f),
         };
         let now = Instant::now();
         match result {

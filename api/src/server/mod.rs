@@ -147,7 +147,17 @@ async fn trace_request(ConnectInfo(peer): ConnectInfo<Peer>, req: Request, next:
         peer_pid = ?peer.pid,
         peer_addr = ?peer.tcp,
     );
-    next.run(req).instrument(span).await.into_response()
+    let start = std::time::Instant::now();
+    let response = next.run(req).instrument(span.clone()).await.into_response();
+    // The head: a streamed body (exec output) goes on after this.
+    span.in_scope(|| {
+        tracing::debug!(
+            status = response.status().as_u16(),
+            took_us = start.elapsed().as_micros() as u64,
+            "response head"
+        );
+    });
+    response
 }
 
 /// The whole app over `core`.

@@ -3,7 +3,8 @@
 use std::io;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::mpsc::{self, SendError, SyncSender};
+use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -30,6 +31,10 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Write timeout for the `Busy` reply sent from the accept loop.
 const BUSY_WRITE_TIMEOUT: Duration = Duration::from_millis(100);
+/// Connection threads kept waiting for the next connection once theirs
+/// ended: a new connection then costs no thread, whose stack would be
+/// fresh pages (each a nested-paging fault in a restored clone).
+const IDLE_WORKERS: usize = 4;
 
 /// What `Shutdown` does.
 #[derive(Debug, Clone)]
@@ -53,6 +58,8 @@ pub struct Server {
     /// Every process the agent runs (`Start` and `Exec` alike).
     pub table: Arc<Table>,
     active: AtomicUsize,
+    /// Idle connection threads, each waiting on its channel.
+    idle: Mutex<Vec<SyncSender<Conn>>>,
 }
 
 impl Server {
@@ -71,6 +78,7 @@ impl Server {
             files,
             table,
             active: AtomicUsize::new(0),
+            idle: Mutex::new(Vec::new()),
         })
     }
 
@@ -102,15 +110,45 @@ impl Server {
             );
             return;
         }
+        loop {
+            let idle = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
+            let Some(worker) = idle else { break };
+            match worker.send(conn) {
+                Ok(()) => return,
+                // That thread is gone: try the next.
+                Err(SendError(back)) => conn = back,
+            }
+        }
         let server = Arc::clone(self);
-        let spawned = thread::Builder::new().name("conn".into()).spawn(move || {
-            server.handle(&mut conn);
-            conn.shutdown();
-            server.active.fetch_sub(1, Ordering::SeqCst);
-        });
+        let spawned = thread::Builder::new()
+            .name("conn".into())
+            .spawn(move || server.work(conn));
         if let Err(e) = spawned {
             self.active.fetch_sub(1, Ordering::SeqCst);
             klog!("cannot start connection thread: {e}");
+        }
+    }
+
+    /// A connection thread: serves `conn`, then waits for another one while
+    /// fewer than [`IDLE_WORKERS`] threads wait.
+    fn work(&self, mut conn: Conn) {
+        loop {
+            self.handle(&mut conn);
+            conn.shutdown();
+            drop(conn);
+            self.active.fetch_sub(1, Ordering::SeqCst);
+            let (worker, next) = mpsc::sync_channel(1);
+            {
+                let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+                if idle.len() >= IDLE_WORKERS {
+                    return;
+                }
+                idle.push(worker);
+            }
+            conn = match next.recv() {
+                Ok(c) => c,
+                Err(_) => return,
+            };
         }
     }
 

@@ -8,8 +8,9 @@
 //! - killed but no exit after `KILL_GRACE` (stuck in the kernel): end
 //!   without code or signal.
 //!
-//! Then the exec's cgroup is killed and removed (its OOM count read first)
-//! and the table publishes the status.
+//! Then the exec's cgroup is killed and waited empty (its OOM count read
+//! first) and the table publishes the status; only then is the cgroup
+//! removed and the next exec's made, off the path of the exit.
 //!
 //! Output past `max_output` bytes (stdout + stderr together) is still read,
 //! so the program never blocks on a full pipe, but dropped; the status then
@@ -113,8 +114,11 @@ impl Supervisor {
         p.close_stdin();
         let cgroup = p.take_cgroup();
         let oom_killed = cgroup.as_ref().is_some_and(ExecCgroup::oom_killed);
-        // Kills whatever is left in the cgroup and removes it.
-        drop(cgroup);
+        if let Some(cg) = &cgroup {
+            // Nothing of the exec outlives its published end.
+            cg.kill();
+            cg.wait_empty();
+        }
         let status = ExitStatus {
             code: match status {
                 WaitStatus::Exited(c) if known => Some(c),
@@ -130,6 +134,9 @@ impl Supervisor {
             oom_killed,
         };
         (self.on_finish)(&p, status);
+        if let Some(cg) = cgroup {
+            cg.remove_and_make_next();
+        }
     }
 
     fn outputs_closed(&self) -> bool {

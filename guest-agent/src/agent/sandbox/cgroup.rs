@@ -3,15 +3,21 @@
 //! (`sandbox/exec-<n>`) so an exec can be killed as a whole, including
 //! processes that left its process group with `setsid`.
 //!
+//! An exec's cgroup is made ahead: one at setup (so it is in a template's
+//! snapshot and its clones), then the next one when an exec's cgroup is
+//! removed after its end went out. Starting a program then only opens
+//! nothing and writes its pid.
+//!
 //! Only used as PID 1 in the guest: the agent never touches the host's
 //! cgroups.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use thiserror::Error;
@@ -57,8 +63,70 @@ pub enum CgroupError {
 /// The parent cgroup of all execs, with the sandbox-wide limits.
 #[derive(Debug)]
 pub struct SandboxCgroup {
+    execs: Arc<ExecCgroups>,
+}
+
+/// Where exec cgroups are made, and the one made ahead.
+#[derive(Debug)]
+struct ExecCgroups {
     dir: PathBuf,
     next: AtomicU64,
+    spare: Mutex<Option<Made>>,
+}
+
+/// A made exec cgroup: its directory and its open `cgroup.procs`.
+#[derive(Debug)]
+struct Made {
+    dir: PathBuf,
+    procs: File,
+}
+
+impl ExecCgroups {
+    /// Makes `<sandbox>/exec-<n>`, with an OOM kill taking the whole exec.
+    fn make(&self) -> Result<Made, CgroupError> {
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        let dir = exec_dir(&self.dir, n);
+        fs::create_dir(&dir).map_err(|e| CgroupError::Create(dir.clone(), e))?;
+        // An OOM kill takes the whole exec, not one random process of it.
+        // Older kernels lack the file: not fatal.
+        if let Err(e) = write_file(&dir.join("memory.oom.group"), "1") {
+            klog!("sandbox: {}", chain(&e));
+        }
+        let procs_path = dir.join("cgroup.procs");
+        match OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_CLOEXEC)
+            .open(&procs_path)
+        {
+            Ok(procs) => Ok(Made { dir, procs }),
+            Err(e) => {
+                let _ = fs::remove_dir(&dir);
+                Err(CgroupError::Open(procs_path, e))
+            }
+        }
+    }
+
+    /// The spare when there is one, else a new one.
+    fn take(&self) -> Result<Made, CgroupError> {
+        let spare = self.spare.lock().unwrap_or_else(|e| e.into_inner()).take();
+        match spare {
+            Some(made) => Ok(made),
+            None => self.make(),
+        }
+    }
+
+    /// Makes the spare if there is none (a failure is logged: the next
+    /// exec then makes its own and reports it).
+    fn make_spare(&self) {
+        let mut spare = self.spare.lock().unwrap_or_else(|e| e.into_inner());
+        if spare.is_some() {
+            return;
+        }
+        match self.make() {
+            Ok(made) => *spare = Some(made),
+            Err(e) => klog!("sandbox: {}", chain(&e)),
+        }
+    }
 }
 
 impl SandboxCgroup {
@@ -81,41 +149,30 @@ impl SandboxCgroup {
         }
         write_file(&dir.join("pids.max"), &pids_max.to_string())?;
         write_file(&dir.join("cgroup.subtree_control"), CONTROLLERS)?;
-        Ok(Self {
+        let execs = Arc::new(ExecCgroups {
             dir,
             next: AtomicU64::new(1),
-        })
+            spare: Mutex::new(None),
+        });
+        execs.make_spare();
+        Ok(Self { execs })
     }
 
     /// Path of the sandbox cgroup.
     pub fn dir(&self) -> &Path {
-        &self.dir
+        &self.execs.dir
     }
 
-    /// Creates the cgroup of a new exec. The program joins it from its
-    /// `pre_exec` hook through [`ExecCgroup::procs_fd`].
+    /// The cgroup of a new exec (the one made ahead, when there is one).
+    /// The program joins it from its `pre_exec` hook through
+    /// [`ExecCgroup::procs_fd`].
     pub fn new_exec(&self) -> Result<ExecCgroup, CgroupError> {
-        let n = self.next.fetch_add(1, Ordering::Relaxed);
-        let dir = exec_dir(&self.dir, n);
-        fs::create_dir(&dir).map_err(|e| CgroupError::Create(dir.clone(), e))?;
-        // Dropping it on the error paths below removes the directory.
-        let mut cg = ExecCgroup {
-            procs: None,
-            dir: dir.clone(),
-        };
-        // An OOM kill takes the whole exec, not one random process of it.
-        // Older kernels lack the file: not fatal.
-        if let Err(e) = write_file(&dir.join("memory.oom.group"), "1") {
-            klog!("sandbox: {}", chain(&e));
-        }
-        let procs_path = dir.join("cgroup.procs");
-        let procs = OpenOptions::new()
-            .write(true)
-            .custom_flags(libc::O_CLOEXEC)
-            .open(&procs_path)
-            .map_err(|e| CgroupError::Open(procs_path, e))?;
-        cg.procs = Some(procs);
-        Ok(cg)
+        let Made { dir, procs } = self.execs.take()?;
+        Ok(ExecCgroup {
+            dir,
+            procs: Some(procs),
+            execs: Arc::clone(&self.execs),
+        })
     }
 }
 
@@ -130,6 +187,7 @@ fn exec_dir(parent: &Path, n: u64) -> PathBuf {
 pub struct ExecCgroup {
     dir: PathBuf,
     procs: Option<File>,
+    execs: Arc<ExecCgroups>,
 }
 
 impl ExecCgroup {
@@ -166,11 +224,52 @@ impl ExecCgroup {
             .is_some_and(|n| n > 0)
     }
 
-    fn populated(&self) -> bool {
-        read_small(&self.dir.join("cgroup.events"))
-            .ok()
-            .and_then(|t| event_count(&t, "populated"))
-            .map_or(true, |n| n > 0)
+    /// Waits up to [`EMPTY_WAIT`] for the cgroup to hold no process:
+    /// `cgroup.events` says `populated 0`. The kernel signals each change
+    /// of that file with `POLLPRI`, so this sleeps in `poll(2)`.
+    pub fn wait_empty(&self) {
+        let path = self.dir.join("cgroup.events");
+        let Ok(mut file) = File::open(&path) else {
+            return;
+        };
+        let deadline = Instant::now() + EMPTY_WAIT;
+        loop {
+            let mut text = String::new();
+            let populated = file
+                .seek(SeekFrom::Start(0))
+                .and_then(|_| (&file).take(MAX_FILE).read_to_string(&mut text))
+                .ok()
+                .and_then(|_| event_count(&text, "populated"));
+            let left = deadline.saturating_duration_since(Instant::now());
+            if populated == Some(0) || left.is_zero() {
+                return;
+            }
+            if populated.is_none() {
+                // Unreadable: no notification to wait for either.
+                std::thread::sleep(Duration::from_millis(10));
+                continue;
+            }
+            let mut fds = [libc::pollfd {
+                fd: file.as_raw_fd(),
+                events: libc::POLLPRI,
+                revents: 0,
+            }];
+            let ms = libc::c_int::try_from(left.as_millis().saturating_add(1)).unwrap_or(i32::MAX);
+            // SAFETY: `fds` is a valid array of one pollfd that outlives
+            // the call.
+            if unsafe { libc::poll(fds.as_mut_ptr(), 1, ms) } < 0 {
+                // EINTR, or no poll support: do not spin.
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+    }
+
+    /// Removes the cgroup (killing what is left) and makes the next
+    /// exec's: the work an exec's end leaves, done after its end went out.
+    pub fn remove_and_make_next(self) {
+        let execs = Arc::clone(&self.execs);
+        drop(self);
+        execs.make_spare();
     }
 }
 
@@ -178,10 +277,7 @@ impl Drop for ExecCgroup {
     fn drop(&mut self) {
         self.procs = None;
         self.kill();
-        let deadline = Instant::now() + EMPTY_WAIT;
-        while self.populated() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        self.wait_empty();
         if let Err(e) = fs::remove_dir(&self.dir) {
             klog!("sandbox: cannot remove {}: {e}", self.dir.display());
         }
@@ -238,7 +334,6 @@ fn write_file(path: &Path, value: &str) -> Result<(), CgroupError> {
 }
 
 fn read_small(path: &Path) -> io::Result<String> {
-    use std::io::Read;
     let mut text = String::new();
     File::open(path)?.take(MAX_FILE).read_to_string(&mut text)?;
     Ok(text)
@@ -290,6 +385,43 @@ mod tests {
     fn pid_lists_skip_junk_and_init() {
         assert_eq!(parse_pids("12\n0\n1\n-1\nx\n 34 \n"), vec![12, 34]);
         assert!(parse_pids("").is_empty());
+    }
+
+    /// An exec cgroup over a plain directory (no cgroupfs on the host).
+    fn plain(dir: &Path) -> ExecCgroup {
+        ExecCgroup {
+            dir: dir.to_owned(),
+            procs: None,
+            execs: Arc::new(ExecCgroups {
+                dir: dir.parent().expect("parent").to_owned(),
+                next: AtomicU64::new(1),
+                spare: Mutex::new(None),
+            }),
+        }
+    }
+
+    #[test]
+    fn an_empty_cgroup_is_not_waited_for() {
+        let dir = std::env::temp_dir().join(format!("kiln-cg-empty-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).expect("dir");
+        let cg = plain(&dir);
+        let start = Instant::now();
+        cg.wait_empty();
+        assert!(start.elapsed() < EMPTY_WAIT, "no events file: no wait");
+        fs::write(dir.join("cgroup.events"), "populated 0\nfrozen 0\n").expect("events");
+        let start = Instant::now();
+        cg.wait_empty();
+        assert!(start.elapsed() < EMPTY_WAIT, "populated 0: no wait");
+        fs::write(dir.join("cgroup.events"), "populated 1\nfrozen 0\n").expect("events");
+        let start = Instant::now();
+        cg.wait_empty();
+        assert!(
+            start.elapsed() >= EMPTY_WAIT,
+            "populated 1: waits to the bound"
+        );
+        std::mem::forget(cg);
+        let _ = fs::remove_dir_all(&dir);
     }
 
     #[test]
