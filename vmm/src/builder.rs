@@ -158,6 +158,7 @@ pub fn build(config: &VmConfig, vmm_start: Instant) -> Result<BuiltVm, BuildErro
         Some(dir) => {
             let (snapshot, mem) = snapshot::load(dir)?;
             snapshot.check_fits(config.vcpus, config.mem_bytes())?;
+            tracing::debug!("step: snapshot read, checked and mapped");
             Some((snapshot, mem))
         }
         None => None,
@@ -165,6 +166,7 @@ pub fn build(config: &VmConfig, vmm_start: Instant) -> Result<BuiltVm, BuildErro
     let hv = hypervisor::open_default()?;
     let vm: Arc<dyn Vm> = Arc::from(hv.create_vm()?);
     vm.create_irq_controller()?;
+    tracing::debug!("step: kvm vm and irqchip created");
     let (snapshot, mem) = match restore {
         Some((snapshot, mem)) => (Some(snapshot), mem),
         None => (None, memory::create(config.mem_bytes())?),
@@ -173,6 +175,7 @@ pub fn build(config: &VmConfig, vmm_start: Instant) -> Result<BuiltVm, BuildErro
     // dropped on error after `vm`, which is declared before it is used by
     // any vCPU); the handle drops the VM before the memory.
     unsafe { memory::register(vm.as_ref(), &mem)? };
+    tracing::debug!("step: guest memory registered");
 
     let exit = Arc::new(ExitState::new());
     let clock = Arc::new(BootClock::new(vmm_start));
@@ -214,6 +217,7 @@ pub fn build(config: &VmConfig, vmm_start: Instant) -> Result<BuiltVm, BuildErro
         None => None,
     };
 
+    tracing::debug!("step: devices attached");
     let (pio, mmio) = (Arc::new(pio), Arc::new(mmio));
     let pause = Arc::new(PauseCtl::new(config.vcpus));
     let shared = Shared {
@@ -225,9 +229,11 @@ pub fn build(config: &VmConfig, vmm_start: Instant) -> Result<BuiltVm, BuildErro
         test_seccomp_violation: config.jail.test_seccomp_violation,
     };
     let mut contexts = create_vcpus(vm.as_ref(), config.vcpus, &shared)?;
+    tracing::debug!("step: vcpus created");
     let cmdline = match &snapshot {
         Some(snapshot) => {
             restore_state(snapshot, vm.as_ref(), &virtio, &mut contexts)?;
+            tracing::debug!("step: state restored (devices, vm, vcpus)");
             snapshot.cmdline.clone()
         }
         None => {
@@ -324,6 +330,7 @@ impl BuiltVm {
     pub fn start(self, filters: Option<Arc<ThreadFilters>>) -> Result<MicroVm, BuildError> {
         let transports = self.virtio.transports().to_vec();
         let event_loop = self.virtio.spawn(filters.clone())?;
+        tracing::debug!("step: device event loop started");
         self.clock.mark_built();
         let vcpus = Arc::new(VcpuThreads::default());
         let snapshotter = Arc::new(Snapshotter {
@@ -380,6 +387,7 @@ impl BuiltVm {
             .vcpus
             .spawn(self.contexts, filters)
             .map_err(BuildError::Threads)?;
+        tracing::debug!("step: vcpu threads started");
         Ok(handle)
     }
 }

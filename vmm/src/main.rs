@@ -120,7 +120,13 @@ fn main() {
     let start_wall = std::time::SystemTime::now();
     let matches = Args::command().get_matches();
     let args = Args::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    let parsed = start.elapsed();
     init_logging();
+    tracing::debug!(
+        "step: main entered, {} us after process start (arguments parsed at {} us)",
+        start.elapsed().as_micros(),
+        parsed.as_micros()
+    );
     // Blocked before any thread exists, so every thread inherits the mask;
     // the signal thread (or the supervisor) takes them with sigwait.
     if let Err(e) = block_signals() {
@@ -147,6 +153,7 @@ fn main() {
                 )
             })
     });
+    tracing::debug!("step: config read");
     let jailed = if config.jail.enabled {
         match jail::enter(&mut config) {
             Ok(Role::Supervisor(supervisor)) => supervisor.run(),
@@ -159,6 +166,7 @@ fn main() {
         );
         Jailed::none()
     };
+    tracing::debug!("step: jail entered");
     let built = match builder::build(&config, start) {
         Ok(built) => built,
         Err(e) => fail(kiln_vmm::EXIT_SETUP_FAILED, &error_chain(&e)),
@@ -166,6 +174,7 @@ fn main() {
     if let Err(e) = jailed.finish() {
         fail(kiln_vmm::EXIT_SETUP_FAILED, &error_chain(&e));
     }
+    tracing::debug!("step: privileges dropped");
     let filters = if !config.jail.seccomp_on() {
         if config.jail.enabled {
             tracing::warn!("seccomp off (--no-seccomp): every thread may make any syscall");
@@ -180,10 +189,12 @@ fn main() {
             Err(e) => fail(kiln_vmm::EXIT_SETUP_FAILED, &error_chain(&e)),
         }
     };
+    tracing::debug!("step: seccomp filters ready");
     let vm = match built.start(filters.clone()) {
         Ok(vm) => vm,
         Err(e) => fail(kiln_vmm::EXIT_SETUP_FAILED, &error_chain(&e)),
     };
+    tracing::debug!("step: vm started");
     let handles = Arc::new(OnceLock::<(StopHandle, DumpTrigger)>::new());
     let _ = handles.set((vm.stop_handle(), vm.dump_trigger()));
     if let Err(e) = spawn_signal_thread(handles, filters.clone()) {
@@ -336,10 +347,29 @@ fn init_logging() {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_timer(WallAndMonotonic)
         .with_writer(std::io::stderr)
         // The log usually lands in a file that error messages quote.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+}
+
+/// Log time stamps: wall-clock time, then the host's monotonic clock (the
+/// one `Instant` reads) as `m<seconds>.<micros>`, so the debug lines of the
+/// supervisor, the VMM and their caller line up step by step.
+struct WallAndMonotonic;
+
+impl tracing_subscriber::fmt::time::FormatTime for WallAndMonotonic {
+    fn format_time(&self, w: &mut tracing_subscriber::fmt::format::Writer<'_>) -> std::fmt::Result {
+        tracing_subscriber::fmt::time::SystemTime.format_time(w)?;
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: `ts` is a valid timespec for the call to fill.
+        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+        write!(w, " m{}.{:06}", ts.tv_sec, ts.tv_nsec / 1000)
+    }
 }
 
 /// The signals this process takes with sigwait: the three the VM acts on,

@@ -460,38 +460,67 @@ impl VmProcess {
     }
 
     /// Waits until the guest agent answers a ping; returns its pong. A VM
-    /// restored from a snapshot is then resumed (fresh RNG seed, host
-    /// time) before this returns. Fails at once when the process ends first.
+    /// restored from a snapshot is also resumed (fresh RNG seed, host
+    /// time) before this returns: the resume goes out with each ping
+    /// rather than after it, as the restored agent usually answers the
+    /// first of each. Fails at once when the process ends first.
     pub async fn wait_ready(&self, timeout: Duration) -> Result<Pong, VmProcessError> {
         let deadline = tokio::time::Instant::now() + timeout;
+        let left = || {
+            deadline
+                .saturating_duration_since(tokio::time::Instant::now())
+                .max(Duration::from_millis(1))
+        };
         let attempts = async {
+            let mut socket_seen = false;
             loop {
                 if self.agent.socket_exists() {
-                    let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-                    if let Ok(pong) = self.agent.ping(left.max(Duration::from_millis(1))).await {
-                        return pong;
+                    if !socket_seen {
+                        socket_seen = true;
+                        self.step("vsock socket found");
+                    }
+                    if !self.restored {
+                        if let Ok(pong) = self.agent.ping(left()).await {
+                            self.step("agent answered a ping");
+                            return Ok(pong);
+                        }
+                    } else {
+                        let (pong, resumed) =
+                            tokio::join!(self.agent.ping(left()), self.resume_guest(left()));
+                        if let Ok(pong) = pong {
+                            self.step("agent answered a ping");
+                            if resumed.is_err() {
+                                // The agent is up: a resume sent with the
+                                // ping may have beaten its listener. Once
+                                // more, alone, and its error is the answer.
+                                self.resume_guest(left()).await?;
+                            }
+                            self.step("guest resumed");
+                            return Ok(pong);
+                        }
                     }
                 }
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
         };
-        let ready = async {
-            let pong = attempts.await;
-            if self.restored {
-                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-                self.resume_guest(left.max(Duration::from_millis(1)))
-                    .await?;
-            }
-            Ok(pong)
-        };
         tokio::select! {
-            pong = ready => pong,
+            pong = attempts => pong,
             ended = self.process.wait() => Err(VmProcessError::EarlyExit {
                 ended,
                 detail: last_line(&self.log),
             }),
             () = tokio::time::sleep_until(deadline) => Err(VmProcessError::NotReady(timeout)),
         }
+    }
+
+    /// Logs a start-up step at debug level with the time since the spawn
+    /// (`kiln-vmm`'s own steps are in its log, `KILN_LOG=debug`).
+    fn step(&self, what: &str) {
+        tracing::debug!(
+            pid = self.pid(),
+            "step: {what}, {} us after the spawn",
+            self.spawned_at.elapsed().as_micros()
+        );
     }
 
     /// Pings the agent.

@@ -6,7 +6,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use crate::config::VmConfig;
@@ -171,6 +171,8 @@ pub struct VmCgroup {
     pub path: PathBuf,
     name: String,
     parent: OwnedFd,
+    /// The cgroup's directory, for `clone3(CLONE_INTO_CGROUP)`.
+    dir: OwnedFd,
     procs: File,
 }
 
@@ -194,6 +196,7 @@ impl VmCgroup {
         fs::create_dir(&path).map_err(io_err(&path))?;
         let made = VmCgroup {
             parent: File::open(&dir).map_err(io_err(&dir))?.into(),
+            dir: File::open(&path).map_err(io_err(&path))?.into(),
             procs: OpenOptions::new()
                 .write(true)
                 .open(path.join("cgroup.procs"))
@@ -206,6 +209,11 @@ impl VmCgroup {
             fs::write(&p, &value).map_err(io_err(&p))?;
         }
         Ok(made)
+    }
+
+    /// The cgroup's directory, to fork a process straight into it.
+    pub fn dir_fd(&self) -> BorrowedFd<'_> {
+        self.dir.as_fd()
     }
 
     /// Moves process `pid` (0: the caller) into the cgroup.

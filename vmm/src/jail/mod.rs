@@ -14,7 +14,8 @@
 //! 3. a private root (`mounts.rs`) holding only what the VM needs
 //!    (`paths.rs`: `/dev/kvm`, kernel, initramfs and read-only drives bound
 //!    read-only, read-write drives, the serial log, the vsock socket's
-//!    directory), at the same absolute paths as on the host;
+//!    directory; a restore binds its snapshot instead of the kernel and
+//!    initramfs), at the same absolute paths as on the host;
 //! 4. rlimits (`privileges.rs`).
 //!
 //! The VMM then builds the VM (opening every file while it still may), and
@@ -165,6 +166,7 @@ pub fn enter(config: &mut VmConfig) -> Result<Role, JailError> {
             None
         }
     };
+    tracing::debug!("step: jail: cgroup created");
     let socket = config
         .vsock
         .as_ref()
@@ -192,23 +194,31 @@ pub fn enter(config: &mut VmConfig) -> Result<Role, JailError> {
             }
         };
 
+    tracing::debug!("step: jail: user and pid namespaces");
     let mut sync = None;
     if pid_ns {
-        match supervisor::fork().map_err(setup("forking the VMM"))? {
-            Forked::Parent { child, mut sync } => {
+        let cgroup_dir = vm_cgroup.as_ref().map(cgroup::VmCgroup::dir_fd);
+        match supervisor::fork(cgroup_dir).map_err(setup("forking the VMM"))? {
+            Forked::Parent {
+                child,
+                mut sync,
+                in_cgroup,
+            } => {
                 // No answer: the VMM failed its own setup and says why on
                 // stderr; the supervisor only waits for it and ends alike.
                 if let Some(answer) = sync.recv(SYNC_TIMEOUT) {
                     if answer == NEEDS_MAPS {
                         namespaces::map_child(child, config.jail.uid, config.jail.gid)
                             .map_err(setup("writing the vmm's id maps"))?;
+                        tracing::debug!("step: jail: supervisor wrote the id maps");
                     }
-                    if let Some(cg) = &mut vm_cgroup {
+                    if let Some(cg) = vm_cgroup.as_mut().filter(|_| !in_cgroup) {
                         if let Err(e) = cg.add(child) {
                             tracing::warn!("jail: no cgroup limits: {e}");
                         }
                     }
                     sync.send(GO).map_err(setup("starting the vmm"))?;
+                    tracing::debug!("step: jail: supervisor moved the vmm into its cgroup");
                 }
                 if let Err(e) = privileges::set_rlimits() {
                     tracing::warn!("jail: supervisor rlimits: {e}");
@@ -240,6 +250,7 @@ pub fn enter(config: &mut VmConfig) -> Result<Role, JailError> {
                 .map_err(setup("unsharing mount, ipc, uts and net namespaces"))?;
         }
     }
+    tracing::debug!("step: jail: vmm forked, view namespaces unshared");
     if let Some(sync) = &mut sync {
         sync.send(if needs_maps { NEEDS_MAPS } else { NO_MAPS })
             .map_err(setup("answering the supervisor"))?;
@@ -253,6 +264,7 @@ pub fn enter(config: &mut VmConfig) -> Result<Role, JailError> {
             tracing::warn!("jail: no cgroup limits: {e}");
         }
     }
+    tracing::debug!("step: jail: supervisor said go");
     if namespaces {
         match mounts::enter_root(&paths)? {
             RootSwitch::PivotRoot => {}
@@ -262,6 +274,7 @@ pub fn enter(config: &mut VmConfig) -> Result<Role, JailError> {
         }
         let _ = rustix::system::sethostname(b"kiln");
     }
+    tracing::debug!("step: jail: private root entered");
     privileges::set_rlimits().map_err(setup("rlimits"))?;
     Ok(Role::Vmm(Jailed {
         enabled: true,

@@ -61,17 +61,24 @@ pub fn plan(config: &mut VmConfig) -> Vec<JailPath> {
         path: PathBuf::from(KVM_PATH),
         access: Access::Device,
     }];
+    // A restore never reads the kernel or initramfs: the snapshot holds
+    // the booted guest. Left out, they cost no mounts and are not in reach.
+    let boots = config.restore.is_none();
     config.kernel = resolve(&config.kernel);
-    paths.push(JailPath {
-        path: config.kernel.clone(),
-        access: Access::ReadOnly,
-    });
-    if let Some(initramfs) = &mut config.initramfs {
-        *initramfs = resolve(initramfs);
+    if boots {
         paths.push(JailPath {
-            path: initramfs.clone(),
+            path: config.kernel.clone(),
             access: Access::ReadOnly,
         });
+    }
+    if let Some(initramfs) = &mut config.initramfs {
+        *initramfs = resolve(initramfs);
+        if boots {
+            paths.push(JailPath {
+                path: initramfs.clone(),
+                access: Access::ReadOnly,
+            });
+        }
     }
     for drive in &mut config.drives {
         drive.path = resolve(&drive.path);
@@ -204,6 +211,30 @@ mod tests {
             .filter(|(p, _)| p.exists())
             .collect::<Vec<_>>()
         );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_restore_binds_its_snapshot_but_no_kernel() {
+        let dir = std::env::temp_dir().join(format!("kiln-jail-restore-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("snapshot")).unwrap();
+        std::fs::write(dir.join("vmlinux"), b"k").unwrap();
+        std::fs::write(dir.join("initramfs.cpio"), b"i").unwrap();
+        let mut config = VmConfig::new(dir.join("vmlinux"));
+        config.initramfs = Some(dir.join("initramfs.cpio"));
+        config.restore = Some(dir.join("snapshot"));
+        let canon = std::fs::canonicalize(&dir).unwrap();
+        let got: Vec<(PathBuf, Access)> = plan(&mut config)
+            .into_iter()
+            .map(|p| (p.path, p.access))
+            .collect();
+        let mut expected = vec![(canon.join("snapshot"), Access::ReadOnly)];
+        if Path::new(KVM_PATH).exists() {
+            expected.insert(0, (PathBuf::from(KVM_PATH), Access::Device));
+        }
+        assert_eq!(got, expected);
+        assert_eq!(config.kernel, canon.join("vmlinux"), "still resolved");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -8,7 +8,7 @@
 //! ends everything.
 
 use std::io::{self, Read, Write};
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -104,6 +104,8 @@ pub enum Forked {
         child: i32,
         /// The handshake with it.
         sync: Sync,
+        /// Whether the child started in the cgroup `fork` was given.
+        in_cgroup: bool,
     },
     /// The new process: pid 1 of the new pid namespace, the VMM to be.
     Child(Sync),
@@ -114,14 +116,83 @@ fn pipe() -> io::Result<(std::fs::File, std::fs::File)> {
     Ok((r.into(), w.into()))
 }
 
-/// Forks the VMM. The calling process must be single-threaded (it is:
+/// `CLONE_INTO_CGROUP` (linux/sched.h, Linux 5.7).
+const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+
+/// `struct clone_args` (linux/sched.h) up to `cgroup`: `CLONE_ARGS_SIZE_VER2`.
+#[repr(C)]
+#[derive(Default)]
+struct CloneArgs {
+    flags: u64,
+    pidfd: u64,
+    child_tid: u64,
+    parent_tid: u64,
+    exit_signal: u64,
+    stack: u64,
+    stack_size: u64,
+    tls: u64,
+    set_tid: u64,
+    set_tid_size: u64,
+    cgroup: u64,
+}
+
+/// Forks with `clone3(CLONE_INTO_CGROUP)`: the child starts in `cgroup`
+/// (a cgroup directory), which spares the move through `cgroup.procs`,
+/// whose write waits for an RCU grace period (the threadgroup rwsem),
+/// the slowest step of a jailed start on a busy or emulated host. Returns
+/// like `fork(2)`.
+fn fork_into(cgroup: BorrowedFd<'_>) -> io::Result<libc::pid_t> {
+    let args = CloneArgs {
+        flags: CLONE_INTO_CGROUP,
+        exit_signal: libc::SIGCHLD as u64,
+        cgroup: u64::try_from(cgroup.as_raw_fd()).map_err(|_| io::ErrorKind::InvalidInput)?,
+        ..CloneArgs::default()
+    };
+    // SAFETY: `args` is a valid clone_args of the size passed, read by the
+    // kernel during the call. Without CLONE_VM or a new stack the child is
+    // a copy of this single-threaded process that returns here, as after
+    // fork(2). Unlike glibc's fork, this one leaves glibc's cached thread
+    // id of the child's main thread at the parent's: only robust or
+    // priority-inheriting pthread mutexes and pthread_kill of the main
+    // thread read it, and the VMM uses neither (std's locks are futexes,
+    // and signals go to the vCPU threads it spawns, or by sigwait).
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_clone3,
+            &args as *const CloneArgs,
+            std::mem::size_of::<CloneArgs>(),
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    libc::pid_t::try_from(rc).map_err(|_| io::ErrorKind::InvalidData.into())
+}
+
+/// Forks the VMM, straight into `cgroup` when given and the kernel allows
+/// it (Linux 5.7, and the caller may write the cgroup's `cgroup.procs`);
+/// otherwise with a plain fork, and [`Forked::Parent`] says the child still
+/// has to be moved. The calling process must be single-threaded (it is:
 /// nothing has spawned a thread yet), so the child may run normal code.
-pub fn fork() -> io::Result<Forked> {
+pub fn fork(cgroup: Option<BorrowedFd<'_>>) -> io::Result<Forked> {
     let (down_rx, down_tx) = pipe()?;
     let (up_rx, up_tx) = pipe()?;
-    // SAFETY: the process is single-threaded, so the child is a complete
-    // copy that may allocate and lock as usual.
-    let pid = unsafe { libc::fork() };
+    let mut in_cgroup = false;
+    let mut pid = -1;
+    if let Some(cgroup) = cgroup {
+        match fork_into(cgroup) {
+            Ok(p) => {
+                pid = p;
+                in_cgroup = true;
+            }
+            Err(e) => tracing::debug!("clone3 into the vm cgroup: {e}; forking, then moving"),
+        }
+    }
+    if !in_cgroup {
+        // SAFETY: the process is single-threaded, so the child is a
+        // complete copy that may allocate and lock as usual.
+        pid = unsafe { libc::fork() };
+    }
     match pid {
         -1 => Err(io::Error::last_os_error()),
         0 => {
@@ -140,6 +211,7 @@ pub fn fork() -> io::Result<Forked> {
                     rx: up_rx,
                     tx: Some(down_tx),
                 },
+                in_cgroup,
             })
         }
     }
@@ -173,15 +245,19 @@ impl Supervisor {
             tracing::warn!("jail: the supervisor keeps its capabilities: {e}");
         }
         if self.seccomp && crate::seccomp::kernel_supports_seccomp() {
-            let filters = ThreadFilters::compile(&Runtime {
-                pid: u64::from(std::process::id()),
-                kick_signal: 0,
-                child: u64::try_from(self.child).ok(),
-            });
+            let filters = ThreadFilters::compile_kinds(
+                &Runtime {
+                    pid: u64::from(std::process::id()),
+                    kick_signal: 0,
+                    child: u64::try_from(self.child).ok(),
+                },
+                &[ThreadKind::Supervisor],
+            );
             if let Err(e) = filters.and_then(|f| f.install(ThreadKind::Supervisor)) {
                 tracing::warn!("jail: the supervisor runs without seccomp: {e}");
             }
         }
+        tracing::debug!("step: supervisor filter installed");
         let ended = self.wait();
         self.clean_up();
         mirror(ended)
@@ -270,6 +346,8 @@ fn mirror(ended: Ended) -> ! {
 #[cfg(test)]
 #[allow(clippy::unwrap_used)] // in tests a failed unwrap is a failed test
 mod tests {
+    use std::os::fd::AsFd;
+
     use super::*;
 
     #[test]
@@ -293,6 +371,99 @@ mod tests {
         assert_eq!(a.recv(SYNC_TIMEOUT), None);
         a.close_tx();
         assert!(a.send(1).is_err());
+    }
+
+    /// Whether this (forked, so allocation-free) process's cgroup v2 line
+    /// ends with `name`: raw reads into a stack buffer.
+    fn own_cgroup_ends_with(name: &[u8]) -> bool {
+        let mut buf = [0u8; 4096];
+        // SAFETY: a constant C path; `buf` outlives the read into it.
+        let n = unsafe {
+            let fd = libc::open(c"/proc/self/cgroup".as_ptr(), libc::O_RDONLY);
+            if fd < 0 {
+                return false;
+            }
+            let n = libc::read(fd, buf.as_mut_ptr().cast(), buf.len());
+            libc::close(fd);
+            n
+        };
+        let Ok(n) = usize::try_from(n) else {
+            return false;
+        };
+        buf[..n]
+            .split(|&b| b == b'\n')
+            .any(|line| line.starts_with(b"0::/") && line.ends_with(name))
+    }
+
+    /// Set in the re-run of this test binary that forks for real.
+    const FORK_ALONE_ENV: &str = "KILN_TEST_FORK_INTO_CGROUP";
+
+    #[test]
+    fn fork_starts_the_child_in_the_given_cgroup() {
+        // A fork inside the multi-threaded harness would hand the child the
+        // pipe ends of the tests running beside it (the handshake test sees
+        // its peer alive): the fork runs alone, in a re-run of this binary.
+        if std::env::var_os(FORK_ALONE_ENV).is_none() {
+            let out = std::process::Command::new(std::env::current_exe().unwrap())
+                .args([
+                    "--exact",
+                    "jail::supervisor::tests::fork_starts_the_child_in_the_given_cgroup",
+                    "--test-threads=1",
+                    "--nocapture",
+                ])
+                .env(FORK_ALONE_ENV, "1")
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert!(
+                String::from_utf8_lossy(&out.stdout).contains("1 passed"),
+                "the re-run did not run the test"
+            );
+            return;
+        }
+        // Needs a writable cgroup v2 hierarchy (root, or a delegated one).
+        let Ok(mount) = crate::jail::cgroup2_mount() else {
+            eprintln!("no cgroup v2 hierarchy here: nothing to fork into");
+            return;
+        };
+        let name = format!("kiln-fork-into-{}", std::process::id());
+        let dir = mount.join(&name);
+        if let Err(e) = std::fs::create_dir(&dir) {
+            eprintln!("cannot create a cgroup here ({e}): nothing to fork into");
+            return;
+        }
+        let dir_fd = std::fs::File::open(&dir).unwrap();
+        let forked = fork(Some(dir_fd.as_fd()));
+        match forked {
+            Ok(Forked::Child(_)) => {
+                let ok = own_cgroup_ends_with(name.as_bytes());
+                // SAFETY: leaving the forked child without running the
+                // test harness's destructors.
+                unsafe { libc::_exit(if ok { 0 } else { 1 }) };
+            }
+            Ok(Forked::Parent {
+                child, in_cgroup, ..
+            }) => {
+                let mut status = 0;
+                // SAFETY: `status` outlives the call; `child` is ours.
+                assert_eq!(unsafe { libc::waitpid(child, &mut status, 0) }, child);
+                std::fs::remove_dir(&dir).unwrap();
+                assert!(in_cgroup, "clone3 into the cgroup was refused");
+                assert!(
+                    libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+                    "the child did not start in {name}: status {status:#x}"
+                );
+            }
+            Err(e) => {
+                let _ = std::fs::remove_dir(&dir);
+                panic!("fork: {e}");
+            }
+        }
     }
 
     #[test]

@@ -139,6 +139,12 @@ fn rule_map(
 impl ThreadFilters {
     /// Compiles every kind's filter for these run-time values.
     pub fn compile(rt: &Runtime) -> Result<Self, SeccompError> {
+        Self::compile_kinds(rt, &ThreadKind::ALL)
+    }
+
+    /// Compiles the filters of `kinds` only (a process never installs the
+    /// others: the supervisor has one thread kind, the VMM the rest).
+    pub fn compile_kinds(rt: &Runtime, kinds: &[ThreadKind]) -> Result<Self, SeccompError> {
         let arch = seccompiler::TargetArch::try_from(std::env::consts::ARCH).map_err(|source| {
             SeccompError::Build {
                 kind: "any",
@@ -146,7 +152,7 @@ impl ThreadFilters {
             }
         })?;
         let mut programs = BTreeMap::new();
-        for kind in ThreadKind::ALL {
+        for &kind in kinds {
             let build = |source| SeccompError::Build {
                 kind: kind.name(),
                 source,
@@ -171,13 +177,21 @@ impl ThreadFilters {
         Ok(ThreadFilters { programs })
     }
 
-    /// The filters of this VMM process: its pid and vCPU kick signal.
+    /// The filters of this VMM process's threads: its pid and vCPU kick
+    /// signal.
     pub fn for_vmm() -> Result<Self, SeccompError> {
-        Self::compile(&Runtime {
-            pid: u64::from(std::process::id()),
-            kick_signal: crate::vcpu::kick::kick_signal() as u64,
-            child: None,
-        })
+        let kinds: Vec<ThreadKind> = ThreadKind::ALL
+            .into_iter()
+            .filter(|k| *k != ThreadKind::Supervisor)
+            .collect();
+        Self::compile_kinds(
+            &Runtime {
+                pid: u64::from(std::process::id()),
+                kick_signal: crate::vcpu::kick::kick_signal() as u64,
+                child: None,
+            },
+            &kinds,
+        )
     }
 
     /// Number of BPF instructions in `kind`'s filters.

@@ -106,6 +106,7 @@ pub fn decode(bytes: &[u8]) -> Result<VmSnapshot, SnapshotError> {
     if hex(&Sha256::digest(body)) != header.body_sha256 {
         return Err(SnapshotError::Corrupt("checksum mismatch"));
     }
+    tracing::debug!("step: snapshot state checksum verified");
     serde_json::from_slice(body).map_err(SnapshotError::Decode)
 }
 
@@ -135,7 +136,9 @@ pub fn read(path: &Path) -> Result<VmSnapshot, SnapshotError> {
             "state file larger than any snapshot",
         ));
     }
-    decode(&std::fs::read(path).map_err(io)?)
+    let bytes = std::fs::read(path).map_err(io)?;
+    tracing::debug!("step: snapshot state file read ({} bytes)", bytes.len());
+    decode(&bytes)
 }
 
 #[cfg(test)]

@@ -169,6 +169,7 @@ impl VmSnapshot {
 /// of it runs yet.
 pub fn load(dir: &Path) -> Result<(VmSnapshot, GuestMemoryMmap), SnapshotError> {
     let snapshot = format::read(&dir.join(STATE_FILE))?;
+    tracing::debug!("step: snapshot state read and checked");
     let mem = memory_file::map(&dir.join(MEMORY_FILE), &snapshot.memory)?;
     Ok((snapshot, mem))
 }
