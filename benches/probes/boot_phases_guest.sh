@@ -47,6 +47,7 @@ wait_mark() {
 
 boot_kiln() {
     n="$1"
+    shift
     log="$scratch/kiln-$n.log"
     rm -f "$log" "$scratch/kiln-$n.sock"
     start="$(cut -d' ' -f1 /proc/uptime)"
