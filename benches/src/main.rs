@@ -386,6 +386,10 @@ struct BootArgs {
     /// the jail costs.
     #[arg(long)]
     jail_compare: bool,
+    /// Another kiln-vmm build (say, main's) booted interleaved as
+    /// `kiln-baseline`: a change's before and after in one run.
+    #[arg(long, value_name = "PATH")]
+    baseline_kiln_vmm: Option<PathBuf>,
     #[command(flatten)]
     vms: VmArgs,
 }
@@ -417,21 +421,25 @@ fn boot(args: BootArgs) -> Result<()> {
     let scratch = std::env::temp_dir().join(format!("kiln-bench-{}", std::process::id()));
     std::fs::create_dir_all(&scratch).with_context(|| format!("creating {}", scratch.display()))?;
     let vms = &args.vms;
+    let kiln = |vmm: &PathBuf, no_jail, baseline| KilnVmm {
+        vmm: vmm.clone(),
+        kernel: vms.kernel.clone(),
+        initramfs: vms.initramfs.clone(),
+        vcpus: args.vcpus,
+        mem_mib: vms.mem_mib,
+        scratch: scratch.clone(),
+        no_jail,
+        baseline,
+    };
     if let Some(vmm) = &vms.kiln_vmm {
-        let kiln = |no_jail| KilnVmm {
-            vmm: vmm.clone(),
-            kernel: vms.kernel.clone(),
-            initramfs: vms.initramfs.clone(),
-            vcpus: args.vcpus,
-            mem_mib: vms.mem_mib,
-            scratch: scratch.clone(),
-            no_jail,
-        };
-        peers.push(Box::new(kiln(false)));
+        peers.push(Box::new(kiln(vmm, false, false)));
         if args.jail_compare {
             testbed_cgroup2()?;
-            peers.push(Box::new(kiln(true)));
+            peers.push(Box::new(kiln(vmm, true, false)));
         }
+    }
+    if let Some(vmm) = &args.baseline_kiln_vmm {
+        peers.push(Box::new(kiln(vmm, false, true)));
     }
     if let Some(qemu) = vms.qemu_microvm(args.vcpus) {
         peers.push(Box::new(qemu));

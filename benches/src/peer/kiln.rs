@@ -27,6 +27,8 @@ pub struct KilnVmm {
     pub scratch: PathBuf,
     /// Run with `--no-jail` (to measure what the jail costs).
     pub no_jail: bool,
+    /// Another build booted for comparison (named `kiln-baseline`).
+    pub baseline: bool,
 }
 
 fn unix_us(t: SystemTime) -> u64 {
@@ -53,10 +55,11 @@ fn from_timings(path: &Path, spawn_us: u64) -> Result<(Duration, Option<Duration
 
 impl Peer for KilnVmm {
     fn name(&self) -> String {
-        if self.no_jail {
-            "kiln-nojail".into()
-        } else {
-            "kiln".into()
+        match (self.baseline, self.no_jail) {
+            (true, false) => "kiln-baseline".into(),
+            (true, true) => "kiln-baseline-nojail".into(),
+            (false, true) => "kiln-nojail".into(),
+            (false, false) => "kiln".into(),
         }
     }
 

@@ -104,14 +104,98 @@ const CONSOLE_MARK_FLAG: &str = "kiln.console_mark";
 /// The line written to `/dev/console` when the flag is present.
 pub const CONSOLE_MARK_LINE: &str = "kiln-agent: userspace started\n";
 
+/// Kernel command-line flag asking for the kernel log, copied to the console
+/// once userspace has started: a boot profile (printk times, initcall_debug)
+/// without a console slowing the boot it measures.
+const BOOT_LOG_FLAG: &str = "kiln.boot_log";
+/// The line that ends the copied kernel log.
+pub const BOOT_LOG_END_LINE: &str = "kiln-agent: boot log end\n";
+/// Most kernel log records copied (the ring buffer holds fewer in practice).
+const BOOT_LOG_MAX_RECORDS: usize = 20_000;
+
 /// Writes [`CONSOLE_MARK_LINE`] to the console when the kernel command line
-/// holds `kiln.console_mark`; returns whether it did.
+/// holds `kiln.console_mark`, then the kernel log when it holds
+/// `kiln.boot_log`; returns whether it wrote the mark.
 pub fn mark_on_console_if_asked() -> io::Result<bool> {
     let cmdline = std::fs::read_to_string("/proc/cmdline")?;
-    if !cmdline.split_whitespace().any(|w| w == CONSOLE_MARK_FLAG) {
+    let has = |flag: &str| cmdline.split_whitespace().any(|w| w == flag);
+    if !has(CONSOLE_MARK_FLAG) {
         return Ok(false);
     }
     let mut console = OpenOptions::new().write(true).open("/dev/console")?;
     io::Write::write_all(&mut console, CONSOLE_MARK_LINE.as_bytes())?;
+    if has(BOOT_LOG_FLAG) {
+        copy_kernel_log(&mut console)?;
+        // The CPU features the guest was shown, to compare VMMs' CPUID.
+        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        for line in cpuinfo.lines().take_while(|l| !l.is_empty()) {
+            if line.starts_with("flags") || line.starts_with("model name") {
+                io::Write::write_all(&mut console, format!("cpuinfo: {line}\n").as_bytes())?;
+            }
+        }
+        io::Write::write_all(&mut console, BOOT_LOG_END_LINE.as_bytes())?;
+    }
     Ok(true)
+}
+
+/// Copies every record in the kernel log to `out` as `[secs.micros] text`
+/// lines, the console's printk-time format.
+fn copy_kernel_log(out: &mut impl io::Write) -> io::Result<()> {
+    let mut kmsg = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open("/dev/kmsg")?;
+    // One record per read; records longer than this are cut by the kernel
+    // (EINVAL), which ends the copy rather than losing the rest silently.
+    let mut buf = vec![0u8; 8192];
+    for _ in 0..BOOT_LOG_MAX_RECORDS {
+        let n = match io::Read::read(&mut kmsg, &mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            // Records overwritten while we read: go on with the next one.
+            Err(e) if e.raw_os_error() == Some(libc::EPIPE) => continue,
+            Err(e) => return Err(e),
+        };
+        if let Some(line) = format_kmsg_record(&buf[..n]) {
+            out.write_all(line.as_bytes())?;
+        }
+    }
+    Ok(())
+}
+
+/// Turns one `/dev/kmsg` record (`prio,seq,usecs,flags;text\n` plus
+/// continuation lines) into a console-style line; `None` for a malformed one.
+fn format_kmsg_record(record: &[u8]) -> Option<String> {
+    let record = String::from_utf8_lossy(record);
+    let (header, rest) = record.split_once(';')?;
+    let usecs: u64 = header.split(',').nth(2)?.parse().ok()?;
+    let text = rest.lines().next().unwrap_or("");
+    Some(format!(
+        "[{:5}.{:06}] {text}\n",
+        usecs / 1_000_000,
+        usecs % 1_000_000
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::format_kmsg_record;
+
+    #[test]
+    fn kmsg_record_becomes_a_console_line() {
+        let line =
+            format_kmsg_record(b"6,339,5140900,-;NET: Registered PF_VSOCK\n SUBSYSTEM=net\n");
+        assert_eq!(
+            line.as_deref(),
+            Some("[    5.140900] NET: Registered PF_VSOCK\n")
+        );
+    }
+
+    #[test]
+    fn malformed_kmsg_records_are_skipped() {
+        assert_eq!(format_kmsg_record(b"no header here"), None);
+        assert_eq!(format_kmsg_record(b"6,339,notanumber,-;text"), None);
+        assert_eq!(format_kmsg_record(b"6,339;text"), None);
+    }
 }
