@@ -26,6 +26,7 @@ MARKERS = [
     ("last initcall done", r"initcall .* returned"),
     ("free init memory", r"Freeing unused kernel image"),
     ("run /init", r"Run /init as init process"),
+    ("agent serving (vsock listening)", r"kiln-agent: serving on"),
 ]
 LINE = re.compile(r"^\[\s*(\d+\.\d+)\] (.*)$")
 INITCALL = re.compile(r"initcall (\S+?)\+0x\S+ returned \S+ after (\d+) usecs")

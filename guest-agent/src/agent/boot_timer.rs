@@ -113,9 +113,13 @@ pub const BOOT_LOG_END_LINE: &str = "kiln-agent: boot log end\n";
 /// Most kernel log records copied (the ring buffer holds fewer in practice).
 const BOOT_LOG_MAX_RECORDS: usize = 20_000;
 
+/// How long after the mark the kernel log is copied: long enough for the
+/// agent's own "serving" line to be in it.
+const BOOT_LOG_DELAY: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Writes [`CONSOLE_MARK_LINE`] to the console when the kernel command line
-/// holds `kiln.console_mark`, then the kernel log when it holds
-/// `kiln.boot_log`; returns whether it wrote the mark.
+/// holds `kiln.console_mark`; with `kiln.boot_log` as well, a thread copies
+/// the kernel log there a moment later. Returns whether it wrote the mark.
 pub fn mark_on_console_if_asked() -> io::Result<bool> {
     let cmdline = std::fs::read_to_string("/proc/cmdline")?;
     let has = |flag: &str| cmdline.split_whitespace().any(|w| w == flag);
@@ -125,17 +129,29 @@ pub fn mark_on_console_if_asked() -> io::Result<bool> {
     let mut console = OpenOptions::new().write(true).open("/dev/console")?;
     io::Write::write_all(&mut console, CONSOLE_MARK_LINE.as_bytes())?;
     if has(BOOT_LOG_FLAG) {
-        copy_kernel_log(&mut console)?;
-        // The CPU features the guest was shown, to compare VMMs' CPUID.
-        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-        for line in cpuinfo.lines().take_while(|l| !l.is_empty()) {
-            if line.starts_with("flags") || line.starts_with("model name") {
-                io::Write::write_all(&mut console, format!("cpuinfo: {line}\n").as_bytes())?;
+        // Off the agent's start-up path: the copy must not delay what the
+        // profile measures.
+        std::thread::spawn(move || {
+            std::thread::sleep(BOOT_LOG_DELAY);
+            if let Err(e) = write_boot_log(&mut console) {
+                crate::agent::klog::klog!("boot log: {e}");
             }
-        }
-        io::Write::write_all(&mut console, BOOT_LOG_END_LINE.as_bytes())?;
+        });
     }
     Ok(true)
+}
+
+/// The kernel log, the CPU features the guest was shown (to compare VMMs'
+/// CPUID) and [`BOOT_LOG_END_LINE`].
+fn write_boot_log(console: &mut std::fs::File) -> io::Result<()> {
+    copy_kernel_log(console)?;
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    for line in cpuinfo.lines().take_while(|l| !l.is_empty()) {
+        if line.starts_with("flags") || line.starts_with("model name") {
+            io::Write::write_all(console, format!("cpuinfo: {line}\n").as_bytes())?;
+        }
+    }
+    io::Write::write_all(console, BOOT_LOG_END_LINE.as_bytes())
 }
 
 /// Copies every record in the kernel log to `out` as `[secs.micros] text`

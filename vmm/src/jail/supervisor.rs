@@ -426,16 +426,17 @@ mod tests {
             );
             return;
         }
-        // Needs a writable cgroup v2 hierarchy (root, or a delegated one).
-        let Ok(mount) = crate::jail::cgroup2_mount() else {
-            eprintln!("no cgroup v2 hierarchy here: nothing to fork into");
-            return;
-        };
+        // Needs a writable cgroup v2 hierarchy (root, or a delegated one):
+        // without one the test cannot run, and says so by failing.
+        let mount = crate::jail::cgroup2_mount()
+            .unwrap_or_else(|e| panic!("no cgroup v2 hierarchy to fork into: {e}"));
         let name = format!("kiln-fork-into-{}", std::process::id());
         let dir = mount.join(&name);
         if let Err(e) = std::fs::create_dir(&dir) {
-            eprintln!("cannot create a cgroup here ({e}): nothing to fork into");
-            return;
+            panic!(
+                "cannot create a cgroup in {} to fork into: {e}",
+                mount.display()
+            );
         }
         let dir_fd = std::fs::File::open(&dir).unwrap();
         let forked = fork(Some(dir_fd.as_fd()));
