@@ -4,9 +4,9 @@
 use std::fs::File;
 use std::path::Path;
 
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::GuestMemoryMmap;
 
-use super::BootError;
+use super::{file_map, BootError};
 
 const PAGE: u64 = 4096;
 
@@ -39,10 +39,11 @@ pub fn load(
     let mut file = File::open(path).map_err(open_err)?;
     let size = file.metadata().map_err(open_err)?.len();
     let addr = place(size, kernel_end, limit)?;
-    let len =
-        usize::try_from(size).map_err(|_| BootError::InitramfsTooBig { size, available: 0 })?;
-    mem.read_exact_volatile_from(GuestAddress(addr), &mut file, len)
-        .map_err(|_| BootError::InitramfsRead(path.to_owned()))?;
+    // Mapped, not copied: see file_map.rs.
+    file_map::place(mem, &mut file, 0, addr, size).map_err(|source| BootError::InitramfsRead {
+        path: path.to_owned(),
+        source,
+    })?;
     Ok((addr, size))
 }
 

@@ -9,7 +9,7 @@ use linux_loader::loader::{self, KernelLoader, PvhBootCapability};
 use vm_memory::{GuestAddress, GuestMemoryMmap};
 
 use super::layout::HIMEM_START;
-use super::BootError;
+use super::{elf_map, BootError};
 
 /// Offset of the bzImage setup header in the file.
 const SETUP_HEADER_OFFSET: usize = 0x1f1;
@@ -142,6 +142,27 @@ pub fn load(mem: &GuestMemoryMmap, path: &Path, ram_end: u64) -> Result<LoadedKe
                     have: ram_end,
                 });
             }
+            if let Some((entry, loads)) = elf_map::plan(&file)
+                .filter(|(_, loads)| loads.iter().all(|p| p.p_paddr >= HIMEM_START))
+            {
+                let placed = elf_map::place(mem, &mut file, entry, &loads).map_err(|source| {
+                    BootError::KernelMap {
+                        path: path.to_owned(),
+                        source,
+                    }
+                })?;
+                tracing::debug!(
+                    "kernel: {} bytes mapped from {}, the rest copied",
+                    placed.mapped,
+                    path.display()
+                );
+                return Ok(LoadedKernel {
+                    entry: KernelEntry::Pvh(placed.entry),
+                    end: extent,
+                    setup_header: None,
+                });
+            }
+            file.seek(SeekFrom::Start(0)).map_err(open_err)?;
             let result = loader::Elf::load(mem, None, &mut file, Some(GuestAddress(HIMEM_START)))
                 .map_err(load_err)?;
             let entry = match result.pvh_boot_cap {

@@ -2,6 +2,8 @@
 //! initramfs, memory map and MP tables, and the vCPU 0 entry state.
 
 pub mod cmdline;
+pub mod elf_map;
+pub mod file_map;
 pub mod initrd;
 pub mod kernel;
 pub mod layout;
@@ -30,6 +32,15 @@ pub enum BootError {
         /// Underlying error.
         #[source]
         source: std::io::Error,
+    },
+    /// A PVH kernel's segments could not be mapped into guest memory.
+    #[error("cannot map kernel {path} into guest memory: {source}")]
+    KernelMap {
+        /// Kernel path.
+        path: PathBuf,
+        /// Underlying error.
+        #[source]
+        source: elf_map::ElfMapError,
     },
     /// The kernel is neither an ELF nor a bzImage.
     #[error("kernel {0} is neither an ELF vmlinux nor a bzImage")]
@@ -60,9 +71,15 @@ pub enum BootError {
         #[source]
         source: std::io::Error,
     },
-    /// The initramfs could not be copied into guest memory.
-    #[error("cannot read initramfs {0} into guest memory")]
-    InitramfsRead(PathBuf),
+    /// The initramfs could not be placed in guest memory.
+    #[error("cannot place initramfs {path} in guest memory: {source}")]
+    InitramfsRead {
+        /// Initramfs path.
+        path: PathBuf,
+        /// Underlying error.
+        #[source]
+        source: file_map::FileMapError,
+    },
     /// The initramfs does not fit between the kernel and the end of RAM.
     #[error("initramfs of {size} bytes does not fit in the {available} bytes of guest RAM above the kernel; give the VM more memory")]
     InitramfsTooBig {
