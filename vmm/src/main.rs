@@ -362,7 +362,16 @@ struct WallAndMonotonic;
 impl tracing_subscriber::fmt::time::FormatTime for WallAndMonotonic {
     fn format_time(&self, w: &mut tracing_subscriber::fmt::format::Writer<'_>) -> std::fmt::Result {
         tracing_subscriber::fmt::time::SystemTime.format_time(w)?;
-        let ts = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+        // libc's clock_gettime, not rustix's: rustix finds the vDSO lazily
+        // through prctl(PR_GET_AUXV) on its first call, which the seccomp
+        // filters of the device and vCPU threads (rightly) forbid, and a
+        // log line may come first from one of them.
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: `ts` is a valid timespec for the call to fill.
+        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
         write!(w, " m{}.{:06}", ts.tv_sec, ts.tv_nsec / 1000)
     }
 }

@@ -58,7 +58,9 @@ pub fn plan(file: &File) -> Option<(u64, Vec<elf::segment::ProgramHeader>)> {
     let sound = |p: &elf::segment::ProgramHeader| {
         p.p_filesz <= p.p_memsz
             && file_map::mappable(p.p_offset, p.p_paddr)
-            && p.p_offset.checked_add(p.p_filesz).is_some_and(|end| end <= size)
+            && p.p_offset
+                .checked_add(p.p_filesz)
+                .is_some_and(|end| end <= size)
             && p.p_paddr.checked_add(p.p_memsz).is_some()
     };
     if loads.is_empty() || !loads.iter().all(sound) {

@@ -35,34 +35,45 @@ struct SigsysInfo {
     arch: u32,
 }
 
-/// The report line for `syscall` in a thread of `kind`, written into `buf`
-/// without allocating; returns its length.
-pub(super) fn format_report(buf: &mut [u8; 160], syscall: i64, kind: Option<ThreadKind>) -> usize {
+/// The report line for `syscall` (first argument `arg0`, which tells
+/// prctl's or ioctl's operations apart) in a thread of `kind`, written into
+/// `buf` without allocating; returns its length.
+pub(super) fn format_report(
+    buf: &mut [u8; 160],
+    syscall: i64,
+    arg0: i64,
+    kind: Option<ThreadKind>,
+) -> usize {
     let mut len = 0;
     let mut put = |bytes: &[u8]| {
         let n = bytes.len().min(buf.len() - len);
         buf[len..len + n].copy_from_slice(&bytes[..n]);
         len += n;
     };
-    put(b"kiln-vmm: seccomp violation: syscall ");
-    let mut digits = [0u8; 20];
-    let mut at = digits.len();
-    let mut n = syscall.unsigned_abs();
-    loop {
-        at -= 1;
-        digits[at] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
+    let decimal = |value: i64, put: &mut dyn FnMut(&[u8])| {
+        let mut digits = [0u8; 20];
+        let mut at = digits.len();
+        let mut n = value.unsigned_abs();
+        loop {
+            at -= 1;
+            digits[at] = b'0' + (n % 10) as u8;
+            n /= 10;
+            if n == 0 {
+                break;
+            }
         }
-    }
-    if syscall < 0 {
-        put(b"-");
-    }
-    put(&digits[at..]);
+        if value < 0 {
+            put(b"-");
+        }
+        put(&digits[at..]);
+    };
+    put(b"kiln-vmm: seccomp violation: syscall ");
+    decimal(syscall, &mut put);
     put(b" in the ");
     put(kind.map_or("unfiltered", ThreadKind::name).as_bytes());
-    put(b" thread; the jail killed the vmm\n");
+    put(b" thread (first argument ");
+    decimal(arg0, &mut put);
+    put(b"); the jail killed the vmm\n");
     len
 }
 
@@ -70,15 +81,15 @@ extern "C" fn on_sigsys(_sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut
     // SAFETY: the kernel passes a valid siginfo for SIGSYS, whose union
     // holds `_sigsys` (SigsysInfo's layout) when si_code is SYS_SECCOMP.
     let syscall = i64::from(unsafe { (*info.cast::<SigsysInfo>()).syscall });
-    let kind = KIND.with(Cell::get);
-    let mut line = [0u8; 160];
-    let len = format_report(&mut line, syscall, kind);
-    // SAFETY: write(2) is async-signal-safe and `line` holds `len` bytes.
-    unsafe { libc::write(libc::STDERR_FILENO, line.as_ptr().cast(), len) };
     // SAFETY: SA_SIGINFO handlers get a ucontext_t; its general registers
     // hold the trapped call's arguments (rdi, rsi, rdx, r10, r8, r9).
     let regs = unsafe { (*ctx.cast::<libc::ucontext_t>()).uc_mcontext.gregs };
     let arg = |r: libc::c_int| regs[r as usize];
+    let kind = KIND.with(Cell::get);
+    let mut line = [0u8; 160];
+    let len = format_report(&mut line, syscall, arg(libc::REG_RDI), kind);
+    // SAFETY: write(2) is async-signal-safe and `line` holds `len` bytes.
+    unsafe { libc::write(libc::STDERR_FILENO, line.as_ptr().cast(), len) };
     // SAFETY: the same call with the same arguments meets the same filter
     // verdict, so it traps again and never runs; with SIGSYS blocked in
     // this handler the kernel delivers it with the default action (death).
@@ -123,12 +134,12 @@ mod tests {
     #[test]
     fn report_names_the_syscall_and_thread() {
         let mut buf = [0u8; 160];
-        let n = format_report(&mut buf, 41, Some(ThreadKind::Vcpu));
+        let n = format_report(&mut buf, 41, -2, Some(ThreadKind::Vcpu));
         assert_eq!(
             std::str::from_utf8(&buf[..n]).unwrap_or(""),
-            "kiln-vmm: seccomp violation: syscall 41 in the vcpu thread; the jail killed the vmm\n"
+            "kiln-vmm: seccomp violation: syscall 41 in the vcpu thread (first argument -2); the jail killed the vmm\n"
         );
-        let n = format_report(&mut buf, 0, None);
+        let n = format_report(&mut buf, 0, 0, None);
         assert!(std::str::from_utf8(&buf[..n])
             .unwrap_or("")
             .contains("syscall 0 in the unfiltered thread"));

@@ -270,8 +270,9 @@ fn a_forbidden_syscall_kills_the_process_with_a_report() {
     assert_eq!(
         stderr,
         format!(
-            "kiln-vmm: seccomp violation: syscall {} in the vcpu thread; the jail killed the vmm\n",
-            libc::SYS_socket
+            "kiln-vmm: seccomp violation: syscall {} in the vcpu thread (first argument {}); the jail killed the vmm\n",
+            libc::SYS_socket,
+            libc::AF_INET
         )
     );
 }
