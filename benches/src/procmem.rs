@@ -27,9 +27,10 @@ impl MemUse {
 /// stacks, device buffers: the VMM's own).
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct MemSplit {
-    /// Mappings of exactly the guest's size (guest RAM below the MMIO gap
-    /// is one mapping: anonymous when booted, the snapshot's memory file
-    /// mapped private when restored).
+    /// Guest RAM below the MMIO gap: adjacent mappings spanning exactly the
+    /// guest's size (anonymous memory with the kernel and initramfs files
+    /// mapped into it when booted, the snapshot's memory file when
+    /// restored).
     pub guest: MemUse,
     /// The rest.
     pub own: MemUse,
@@ -44,24 +45,37 @@ impl MemSplit {
     }
 }
 
-/// Parses `/proc/<pid>/smaps` text.
-fn split_smaps(smaps: &str, guest_kib: u64) -> MemSplit {
-    let mut split = MemSplit::default();
-    let mut in_guest = false;
+/// One mapping of `/proc/<pid>/smaps`: its address range and memory.
+struct Vma {
+    start: u64,
+    end: u64,
+    mem: MemUse,
+}
+
+/// Parses `/proc/<pid>/smaps` text into its mappings.
+fn parse_vmas(smaps: &str) -> Vec<Vma> {
     let kib = |v: &str| -> u64 { v.trim().trim_end_matches("kB").trim().parse().unwrap_or(0) };
+    let mut vmas: Vec<Vma> = Vec::new();
     for line in smaps.lines() {
-        let Some((key, value)) = line.split_once(':') else {
-            continue;
-        };
-        if key == "Size" {
-            in_guest = kib(value) == guest_kib;
+        // A mapping's header: "start-end perms offset dev inode [path]".
+        let range = line
+            .split_whitespace()
+            .next()
+            .and_then(|r| r.split_once('-'));
+        if let Some((Ok(start), Ok(end))) =
+            range.map(|(a, b)| (u64::from_str_radix(a, 16), u64::from_str_radix(b, 16)))
+        {
+            vmas.push(Vma {
+                start,
+                end,
+                mem: MemUse::default(),
+            });
             continue;
         }
-        let part = if in_guest {
-            &mut split.guest
-        } else {
-            &mut split.own
+        let (Some((key, value)), Some(vma)) = (line.split_once(':'), vmas.last_mut()) else {
+            continue;
         };
+        let part = &mut vma.mem;
         match key {
             "Rss" => part.rss += kib(value),
             "Pss" => part.pss += kib(value),
@@ -70,11 +84,51 @@ fn split_smaps(smaps: &str, guest_kib: u64) -> MemSplit {
             _ => {}
         }
     }
+    vmas
+}
+
+/// Which mappings hold guest RAM below the MMIO gap: the first run of
+/// address-adjacent mappings that together span exactly `guest_kib`. kiln
+/// maps guest RAM as one region and then maps the kernel, the initramfs
+/// (booted) or the snapshot's memory file (restored) over parts of it, so
+/// the region shows as several mappings side by side.
+fn guest_run(vmas: &[Vma], guest_kib: u64) -> Option<std::ops::Range<usize>> {
+    let want = guest_kib.checked_mul(1024)?;
+    for first in 0..vmas.len() {
+        let mut span = 0;
+        for last in first..vmas.len() {
+            if last > first && vmas[last].start != vmas[last - 1].end {
+                break;
+            }
+            span += vmas[last].end.saturating_sub(vmas[last].start);
+            if span == want {
+                return Some(first..last + 1);
+            }
+            if span > want {
+                break;
+            }
+        }
+    }
+    None
+}
+
+/// Parses `/proc/<pid>/smaps` text.
+fn split_smaps(smaps: &str, guest_kib: u64) -> MemSplit {
+    let vmas = parse_vmas(smaps);
+    let guest = guest_run(&vmas, guest_kib).unwrap_or(0..0);
+    let mut split = MemSplit::default();
+    for (i, vma) in vmas.iter().enumerate() {
+        if guest.contains(&i) {
+            split.guest.add(vma.mem);
+        } else {
+            split.own.add(vma.mem);
+        }
+    }
     split
 }
 
-/// One process's memory split into guest RAM (mappings of exactly
-/// `guest_kib`) and the rest; zero when the process is gone.
+/// One process's memory split into guest RAM (adjacent mappings spanning
+/// exactly `guest_kib`) and the rest; zero when the process is gone.
 pub fn mem_split(pid: u32, guest_kib: u64) -> MemSplit {
     let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap_or_default();
     split_smaps(&smaps, guest_kib)
@@ -187,6 +241,41 @@ Private_Dirty:        80 kB
         let mut twice = s;
         twice.add(s);
         assert_eq!(twice.own.rss, 1800);
+    }
+
+    #[test]
+    fn a_guest_region_split_by_file_mappings_is_still_guest_ram() {
+        // 4 MiB of guest RAM: anonymous, a kernel file mapped into it,
+        // anonymous again; then an adjacent heap that is not guest RAM.
+        let smaps = "\
+7f0000000000-7f0000100000 rw-p 00000000 00:00 0
+Rss:                 100 kB
+Pss:                 100 kB
+Private_Dirty:       100 kB
+7f0000100000-7f0000300000 rw-p 00200000 00:10 3 /guest/vmlinux
+Rss:                 500 kB
+Pss:                 250 kB
+Shared_Clean:        500 kB
+7f0000300000-7f0000400000 rw-p 00000000 00:00 0
+Rss:                  40 kB
+Pss:                  40 kB
+Private_Dirty:        40 kB
+7f0000400000-7f0000500000 rw-p 00000000 00:00 0 [heap]
+Rss:                   8 kB
+Pss:                   8 kB
+Private_Dirty:         8 kB
+";
+        let s = split_smaps(smaps, 4 * 1024);
+        assert_eq!(
+            s.guest,
+            MemUse {
+                rss: 640,
+                pss: 390,
+                private: 140,
+                shared: 500
+            }
+        );
+        assert_eq!(s.own.rss, 8);
     }
 
     #[test]
