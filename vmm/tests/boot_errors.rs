@@ -151,6 +151,38 @@ fn initramfs_placement_and_limits() {
 }
 
 #[test]
+fn kernel_and_initramfs_spanning_pages_land_byte_for_byte() {
+    // Larger than a page, ending mid-page, so the PVH kernel's segment and
+    // the initramfs are partly mapped from their files and partly copied.
+    let dir = temp_dir("mapped");
+    let mut code = pvh_check_guest();
+    code.extend((0..3 * 4096 + 77).map(|i| (i % 251) as u8));
+    let memsz = code.len() as u64 + 8192;
+    let k = write_file(&dir, "vmlinux", &elf_kernel(&code, true, memsz));
+    let initrd_bytes: Vec<u8> = (0..2 * 4096 + 123).map(|i| (i % 241) as u8).collect();
+    let initrd = write_file(&dir, "initrd", &initrd_bytes);
+    let m = mem(64);
+    let info = load(&m, &k, Some(&initrd)).unwrap();
+    assert_eq!(info.protocol, BootProtocol::Pvh);
+    assert_eq!(info.entry.rip, LOAD_ADDR, "the entry from the PVH note");
+    let mut got = vec![0u8; code.len()];
+    m.read_slice(&mut got, GuestAddress(LOAD_ADDR)).unwrap();
+    assert!(got == code, "the kernel segment differs in guest memory");
+    // The zero-filled tail (memsz beyond the file's bytes) stays zero.
+    let mut tail = vec![0xffu8; 8192];
+    m.read_slice(&mut tail, GuestAddress(LOAD_ADDR + code.len() as u64))
+        .unwrap();
+    assert!(
+        tail.iter().all(|&b| b == 0),
+        "the segment's tail is not zero"
+    );
+    let (addr, size) = info.initramfs.unwrap();
+    let mut got = vec![0u8; size as usize];
+    m.read_slice(&mut got, GuestAddress(addr)).unwrap();
+    assert!(got == initrd_bytes, "the initramfs differs in guest memory");
+}
+
+#[test]
 fn mp_table_is_written_for_the_vcpus() {
     let dir = temp_dir("mptable");
     let k = write_file(&dir, "vmlinux", &elf_kernel(&CRASH, true, 0));

@@ -21,23 +21,6 @@ const XEN_ELFNOTE_PHYS32_ENTRY: u64 = 18;
 /// The owner name of Xen's notes.
 const XEN_NOTE_NAME: &[u8] = b"Xen";
 
-/// A PVH kernel placed in guest memory.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct MappedKernel {
-    /// The PVH entry point (guest physical).
-    pub entry: u64,
-    /// Bytes mapped from the file (the rest of the segments was copied).
-    pub mapped: u64,
-}
-
-/// Why the kernel could not be mapped once it was found mappable.
-#[derive(Debug, thiserror::Error)]
-pub enum ElfMapError {
-    /// A segment could not be placed.
-    #[error(transparent)]
-    Place(#[from] FileMapError),
-}
-
 /// The loadable segments and PVH entry of an ELF kernel, when it has a PVH
 /// entry and every segment can be mapped page for page; `None` otherwise
 /// (not little-endian x86-64, no PVH note, a misaligned, malformed or
@@ -96,17 +79,17 @@ fn pvh_entry(desc: &[u8]) -> Option<u64> {
 
 /// Places the segments `plan` returned: file contents mapped or copied,
 /// zero-filled tails left as they are (fresh guest memory is zero).
+/// Returns the bytes mapped (the rest of the segments was copied).
 pub fn place(
     mem: &GuestMemoryMmap,
     file: &mut File,
-    entry: u64,
     loads: &[elf::segment::ProgramHeader],
-) -> Result<MappedKernel, ElfMapError> {
+) -> Result<u64, FileMapError> {
     let mut mapped = 0;
     for p in loads {
         mapped += file_map::place(mem, file, p.p_offset, p.p_paddr, p.p_filesz)?;
     }
-    Ok(MappedKernel { entry, mapped })
+    Ok(mapped)
 }
 
 #[cfg(test)]

@@ -145,19 +145,18 @@ pub fn load(mem: &GuestMemoryMmap, path: &Path, ram_end: u64) -> Result<LoadedKe
             if let Some((entry, loads)) = elf_map::plan(&file)
                 .filter(|(_, loads)| loads.iter().all(|p| p.p_paddr >= HIMEM_START))
             {
-                let placed = elf_map::place(mem, &mut file, entry, &loads).map_err(|source| {
+                let mapped = elf_map::place(mem, &mut file, &loads).map_err(|source| {
                     BootError::KernelMap {
                         path: path.to_owned(),
                         source,
                     }
                 })?;
                 tracing::debug!(
-                    "kernel: {} bytes mapped from {}, the rest copied",
-                    placed.mapped,
+                    "kernel: {mapped} bytes mapped from {}, the rest copied",
                     path.display()
                 );
                 return Ok(LoadedKernel {
-                    entry: KernelEntry::Pvh(placed.entry),
+                    entry: KernelEntry::Pvh(entry),
                     end: extent,
                     setup_header: None,
                 });

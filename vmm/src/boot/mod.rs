@@ -40,7 +40,7 @@ pub enum BootError {
         path: PathBuf,
         /// Underlying error.
         #[source]
-        source: elf_map::ElfMapError,
+        source: file_map::FileMapError,
     },
     /// The kernel is neither an ELF nor a bzImage.
     #[error("kernel {0} is neither an ELF vmlinux nor a bzImage")]
