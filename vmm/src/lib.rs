@@ -20,6 +20,7 @@ pub mod jail;
 pub mod layout;
 pub mod memory;
 pub mod probe;
+pub mod resident;
 pub mod seccomp;
 pub mod snapshot;
 pub mod vcpu;

@@ -208,6 +208,13 @@ fn main() {
             fail(kiln_vmm::EXIT_SETUP_FAILED, &error_chain(&e));
         }
     }
+    // The code that built the VM (argument parsing, the jail, loading,
+    // filter compilation) has run its course: drop its pages, and let the
+    // vCPU and device loops fault back the little they use.
+    match kiln_vmm::resident::release_startup_code() {
+        Ok(n) => tracing::debug!("step: released {} KiB of start-up code", n / 1024),
+        Err(e) => tracing::debug!("start-up code stays resident: {e}"),
+    }
     let reason = vm.wait();
     let timings = vm.timings();
     let crash_state = vm.crash_state();

@@ -258,6 +258,12 @@ impl Supervisor {
             }
         }
         tracing::debug!("step: supervisor filter installed");
+        // From here on it only waits: the code it ran to get here need not
+        // stay mapped.
+        match crate::resident::release_startup_code() {
+            Ok(n) => tracing::debug!("supervisor: released {} KiB of start-up code", n / 1024),
+            Err(e) => tracing::debug!("supervisor: start-up code stays resident: {e}"),
+        }
         let ended = self.wait();
         self.clean_up();
         mirror(ended)
