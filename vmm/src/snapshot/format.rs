@@ -29,8 +29,10 @@ pub const MAGIC: &[u8] = b"KILN-VM-SNAPSHOT\n";
 ///
 /// 2: COM1's registers, xsave state beyond 4 KiB and the guest TSC
 /// frequency; queue ring positions and the broken flag moved into each
-/// device's shared state. Version 1 files are refused.
-pub const FORMAT_VERSION: u32 = 2;
+/// device's shared state.
+/// 3: a device's own state (vsock's next host port).
+/// Older files are refused.
+pub const FORMAT_VERSION: u32 = 3;
 /// The kiln-vmm version written into (and required of) a snapshot: vCPU
 /// and device state is only known to restore into the same build.
 pub const VMM_VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -185,25 +187,25 @@ mod tests {
     }
 
     #[test]
-    fn version_1_snapshots_are_refused_by_name() {
-        // A version 1 file of the same kiln-vmm version (the version string
+    fn older_format_snapshots_are_refused_by_name() {
+        // A version 2 file of the same kiln-vmm version (the version string
         // did not change with the format).
         let bytes = encode(&sample()).unwrap();
-        let old = with_header(&bytes, |h| h.format_version = 1);
+        let old = with_header(&bytes, |h| h.format_version = 2);
         let err = decode(&old).err().unwrap();
         assert!(
             matches!(
                 err,
                 SnapshotError::FormatVersion {
-                    found: 1,
-                    expected: 2
+                    found: 2,
+                    expected: 3
                 }
             ),
             "{err}"
         );
         assert_eq!(
             err.to_string(),
-            "snapshot format version 1, this kiln-vmm reads version 2: take the snapshot again"
+            "snapshot format version 2, this kiln-vmm reads version 3: take the snapshot again"
         );
     }
 

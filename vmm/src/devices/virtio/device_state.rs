@@ -89,6 +89,20 @@ pub struct DeviceStateSnapshot {
     pub broken: bool,
 }
 
+/// A device's own state beyond the shared part, for the devices that keep
+/// one across a snapshot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DeviceOwnState {
+    /// vsock: the next host port its muxer hands out. A clone goes on
+    /// from there: the restored guest may still hold sockets (or send an
+    /// RST, when their close timeout fires) for every port the source
+    /// used, and a new connection on one of them would be reset.
+    Vsock {
+        /// The next host port for a host-initiated connection.
+        next_host_port: u32,
+    },
+}
+
 /// The state every virtio device shares.
 pub struct DeviceState {
     name: &'static str,

@@ -36,7 +36,9 @@ use virtio_queue::Queue;
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
-pub use device_state::{DeviceState, DeviceStateSnapshot, QueuePosition, Served, StateEvent};
+pub use device_state::{
+    DeviceOwnState, DeviceState, DeviceStateSnapshot, QueuePosition, Served, StateEvent,
+};
 pub use interrupt::Interrupt;
 pub use manager::{DumpTrigger, EventLoop, GateGuard, LoopGate, VirtioDevices};
 pub use queue::QueueBroken;
@@ -170,6 +172,16 @@ pub trait VirtioDevice: MutEventSubscriber + Send {
     /// clone starts): tell the guest what it must redo (vsock sends a
     /// transport reset so the guest drops its connections).
     fn after_snapshot(&mut self) {}
+    /// The device's own state for a snapshot, beyond [`DeviceState`]'s.
+    fn save_own(&self) -> Option<DeviceOwnState> {
+        None
+    }
+    /// Takes back what [`VirtioDevice::save_own`] saved; `false` when
+    /// `state` is not this kind of device's.
+    fn restore_own(&mut self, state: &DeviceOwnState) -> bool {
+        let _ = state;
+        false
+    }
     /// The device's state for a debug dump (`kiln-vmm` logs it on
     /// SIGUSR1): queues as both sides see them, pending work, backends.
     fn describe(&self) -> String {

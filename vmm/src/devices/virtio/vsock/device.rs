@@ -11,7 +11,7 @@ use super::{
     VsockError, DEFAULT_CONNECT_TIMEOUT, EVQ, HOST_CID, MAX_PKT_PAYLOAD, QUEUE_SIZE, RXQ, TXQ,
 };
 use crate::devices::virtio::{
-    read_config_bytes, warn_limited, DeviceState, Served, VirtioDevice, TYPE_VSOCK,
+    read_config_bytes, warn_limited, DeviceOwnState, DeviceState, Served, VirtioDevice, TYPE_VSOCK,
     VIRTIO_F_VERSION_1,
 };
 
@@ -176,6 +176,21 @@ impl VirtioDevice for Vsock {
             self.transport_reset_pending = true;
         }
         self.state.wake();
+    }
+
+    fn save_own(&self) -> Option<DeviceOwnState> {
+        Some(DeviceOwnState::Vsock {
+            next_host_port: self.muxer.next_host_port(),
+        })
+    }
+
+    fn restore_own(&mut self, state: &DeviceOwnState) -> bool {
+        match state {
+            DeviceOwnState::Vsock { next_host_port } => {
+                self.muxer.continue_host_ports_from(*next_host_port);
+                true
+            }
+        }
     }
 
     fn describe(&self) -> String {

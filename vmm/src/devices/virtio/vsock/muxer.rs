@@ -278,6 +278,20 @@ impl Muxer {
         self.sync(key);
     }
 
+    /// The next host port a host-initiated connection gets.
+    pub fn next_host_port(&self) -> u32 {
+        self.next_local_port
+    }
+
+    /// Hands out host ports from `port` on (a restored clone goes on where
+    /// its snapshot left off; see [`DeviceOwnState::Vsock`]). A port below
+    /// the host range starts it over.
+    ///
+    /// [`DeviceOwnState::Vsock`]: crate::devices::virtio::DeviceOwnState::Vsock
+    pub fn continue_host_ports_from(&mut self, port: u32) {
+        self.next_local_port = port.max(FIRST_LOCAL_PORT);
+    }
+
     fn alloc_local_port(&mut self) -> Option<u32> {
         for _ in 0..=MAX_CONNECTIONS {
             let port = self.next_local_port;

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{MmioTransport, QueueConfig};
 use crate::devices::virtio::{
-    ActivateContext, DeviceStateSnapshot, STATUS_DRIVER_OK, STATUS_FAILED,
+    ActivateContext, DeviceOwnState, DeviceStateSnapshot, STATUS_DRIVER_OK, STATUS_FAILED,
 };
 
 /// Bytes of device config space a snapshot compares (kiln's largest,
@@ -64,6 +64,8 @@ pub struct TransportState {
     pub needs_reset: bool,
     /// The running device's shared state; `None` while it is inactive.
     pub device: Option<DeviceStateSnapshot>,
+    /// The device's own state, for the devices that keep one (active or not).
+    pub own: Option<DeviceOwnState>,
 }
 
 /// Why a saved device cannot be restored onto this one.
@@ -106,7 +108,10 @@ impl MmioTransport {
                 used: q.used,
             })
             .collect();
-        let device = self.dev().state().save();
+        let (device, own) = {
+            let dev = self.dev();
+            (dev.state().save(), dev.save_own())
+        };
         TransportState {
             device_type: self.device_type,
             avail_features: self.avail_features,
@@ -121,6 +126,7 @@ impl MmioTransport {
             interrupt_status: self.interrupt.status(),
             needs_reset: self.interrupt.needs_reset(),
             device,
+            own,
         }
     }
 
@@ -161,6 +167,11 @@ impl MmioTransport {
         self.driver_features_sel = state.driver_features_sel;
         self.driver_features = state.driver_features;
         self.driver_features_bogus = state.driver_features_bogus;
+        if let Some(own) = &state.own {
+            if !self.dev().restore_own(own) {
+                return Err(RestoreError::Mismatch("device state of another kind"));
+            }
+        }
         self.queue_sel = state.queue_sel;
         self.status = state.status;
         if state.status & STATUS_DRIVER_OK != 0 && state.status & STATUS_FAILED == 0 {

@@ -330,3 +330,33 @@ fn after_a_snapshot_the_guest_gets_a_transport_reset_event() {
     dev.lock().unwrap().process_event_queue();
     assert!(evq.take_used(&mem).is_empty());
 }
+
+/// A clone must not hand out a host port its snapshot's guest may still
+/// hold a socket for: the restored guest would reset the new connection
+/// (or reset it later, when the old socket's close timeout fires).
+#[test]
+fn a_restored_device_goes_on_from_the_snapshots_host_ports() {
+    let mut source = Guest::new("ports-src");
+    let mut used = Vec::new();
+    for _ in 0..3 {
+        let mut client = UnixStream::connect(&source.path).unwrap();
+        client.write_all(b"CONNECT 52\n").unwrap();
+        let (req, _) = source.recv();
+        assert_eq!(req.op, op::REQUEST);
+        used.push(req.src_port);
+        source.send(from_guest(op::RST, 52, req.src_port), &[]);
+    }
+    let saved = source.dev.lock().unwrap().save_own().expect("vsock state");
+
+    let mut clone = Guest::new("ports-clone");
+    assert!(clone.dev.lock().unwrap().restore_own(&saved));
+    let mut client = UnixStream::connect(&clone.path).unwrap();
+    client.write_all(b"CONNECT 52\n").unwrap();
+    let (req, _) = clone.recv();
+    assert_eq!(req.op, op::REQUEST);
+    assert!(
+        used.iter().all(|&p| req.src_port > p),
+        "clone's first host port {} reuses one of the source's {used:?}",
+        req.src_port
+    );
+}
