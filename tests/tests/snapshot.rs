@@ -193,3 +193,82 @@ fn restore_latency_against_cold_boot() {
         restores[restores.len() - 1],
     );
 }
+
+/// Connects to the agent through the VMM's hybrid vsock socket; returns
+/// the stream and the host port the VMM gave the connection (`OK <port>`).
+fn connect_with_port(vm: &TestVm) -> (std::os::unix::net::UnixStream, u32) {
+    use std::io::{Read, Write};
+    let mut stream = std::os::unix::net::UnixStream::connect(vm.vsock_uds()).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .expect("timeout");
+    writeln!(stream, "CONNECT {}", kiln_agent::protocol::AGENT_VSOCK_PORT).expect("CONNECT");
+    let mut line = Vec::new();
+    let mut byte = [0u8; 1];
+    while byte[0] != b'\n' {
+        match stream.read(&mut byte) {
+            Ok(1) => line.push(byte[0]),
+            other => panic!(
+                "no OK line (got {:?}, then {other:?}): {}",
+                String::from_utf8_lossy(&line),
+                vm.vmm_report()
+            ),
+        }
+    }
+    let line = String::from_utf8_lossy(&line).into_owned();
+    let port = line
+        .strip_prefix("OK ")
+        .and_then(|p| p.trim().parse().ok())
+        .unwrap_or_else(|| panic!("not an OK line: {line:?}"));
+    (stream, port)
+}
+
+/// A clone's host vsock ports go on after its snapshot's: the restored
+/// guest may still hold a socket on a port the source used (here one whose
+/// close was under way, the VMM still holding output the host had not
+/// read), and a new connection on that port would be reset by it.
+#[test]
+fn a_clone_reuses_no_host_port_its_snapshot_used() {
+    let spec = spec();
+    let dir = snapshot_dir("ports");
+    let options = SpawnOptions {
+        snapshot_dir: Some(dir.clone()),
+        ..SpawnOptions::default()
+    };
+    let source = boot_spec_with(&spec, &options);
+    let (mut unread, unread_port) = connect_with_port(&source);
+    let request = kiln_agent::protocol::ExecRequest {
+        argv: vec![
+            "head".into(),
+            "-c".into(),
+            "600000".into(),
+            "/dev/zero".into(),
+        ],
+        env: Vec::new(),
+        cwd: None,
+        stdin: false,
+        timeout_ms: Some(30_000),
+        max_output_bytes: None,
+    };
+    kiln_agent::protocol::write_message(&mut unread, &kiln_agent::protocol::Message::Exec(request))
+        .expect("exec request");
+    // The program ends and the agent closes while its output waits in the
+    // VMM for a host that does not read.
+    std::thread::sleep(Duration::from_secs(1));
+    let (mut last, last_port) = connect_with_port(&source);
+    kiln_agent::client::ping(&mut last).expect("source ping");
+    drop(last);
+    source.snapshot(false).expect("snapshot and stop");
+    drop(unread);
+    drop(source);
+
+    let (clone, _) = restore(&spec, &dir);
+    let (mut first, first_port) = connect_with_port(&clone);
+    assert!(
+        first_port > unread_port.max(last_port),
+        "the clone's host port {first_port} was used before the snapshot ({unread_port}, {last_port})"
+    );
+    kiln_agent::client::ping(&mut first).expect("clone ping");
+    drop(first);
+    assert_eq!(ok(&sh(&clone, "echo up")), "up\n");
+}
