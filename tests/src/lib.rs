@@ -314,6 +314,29 @@ pub mod vm {
         }
     }
 
+    /// Restores a clone of the snapshot in `snapshot_dir` and waits until
+    /// its agent answers. Like [`boot_spec`], restores once more when the
+    /// clone's guest crashed (the testbed's triple faults come to booted
+    /// VMs and clones alike); any other failure fails the test.
+    pub fn restore_spec(spec: &VmSpec, snapshot_dir: &std::path::Path) -> TestVm {
+        require_kvm();
+        let mut attempt = 1;
+        loop {
+            let vm = TestVm::restore(spec, snapshot_dir).expect("spawn the clone");
+            match vm.wait_ready(BOOT_TIMEOUT) {
+                Ok(_) => return vm,
+                Err(e) if e.guest_crashed() && attempt < BOOT_ATTEMPTS => {
+                    eprintln!(
+                        "restore attempt {attempt}: the guest crashed ({e}); restoring again"
+                    );
+                    drop(vm);
+                    attempt += 1;
+                }
+                Err(e) => panic!("clone did not become ready: {e}; {}", vm.vmm_report()),
+            }
+        }
+    }
+
     /// Boots the default VM.
     pub fn boot() -> TestVm {
         boot_spec(&spec())

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use kiln::vm_process::SpawnOptions;
 use kiln_e2e::daemon::scratch;
-use kiln_e2e::vm::{boot_spec_with, ok, python_node_spec, sh, spec, Output, TestVm, BOOT_TIMEOUT};
+use kiln_e2e::vm::{boot_spec_with, ok, python_node_spec, restore_spec, sh, spec, Output, TestVm};
 
 /// A fresh directory a VM's snapshot goes to.
 fn snapshot_dir(name: &str) -> std::path::PathBuf {
@@ -17,12 +17,11 @@ fn snapshot_dir(name: &str) -> std::path::PathBuf {
     dir
 }
 
-/// Restores a clone and waits until it is resumed and answers.
+/// Restores a clone and waits until it is resumed and answers (a clone
+/// whose guest crashed is restored once more: [`restore_spec`]).
 fn restore(spec: &kiln::vm_process::VmSpec, dir: &Path) -> (TestVm, Duration) {
     let start = Instant::now();
-    let vm = TestVm::restore(spec, dir).expect("spawn the clone");
-    vm.wait_ready(BOOT_TIMEOUT)
-        .unwrap_or_else(|e| panic!("clone did not become ready: {e}; {}", vm.vmm_report()));
+    let vm = restore_spec(spec, dir);
     (vm, start.elapsed())
 }
 
