@@ -40,6 +40,11 @@ pub struct RestoreArgs {
     /// jail costs a restore (Firecracker runs without its jailer here).
     #[arg(long)]
     jail_compare: bool,
+    /// Another kiln-vmm build (say, main's) restoring the same snapshot in
+    /// the same rounds as `kiln-baseline`: a change's before and after in
+    /// one run. It must read this build's snapshot format.
+    #[arg(long, value_name = "PATH")]
+    baseline_kiln_vmm: Option<PathBuf>,
 }
 
 /// Runs the scenario and prints its results.
@@ -81,14 +86,27 @@ fn measure(args: &RestoreArgs) -> Result<Results> {
         results
             .push(Series::new("restore", "firecracker", "restore -> agent ready").against(restored))
     });
-    let nojail = args.jail_compare.then(|| {
+    // Other kiln-vmm set-ups restoring the same snapshot in the same
+    // rounds: without the jail, another build.
+    let mut variants = Vec::new();
+    if args.jail_compare {
         let mut spec = spec.clone();
         spec.config.jail.enabled = false;
-        let series = results.push(
-            Series::new("restore", "kiln-nojail", "restore -> agent ready").against(restored),
-        );
-        (spec, series)
-    });
+        variants.push((spec, "kiln-nojail", "restore without jail"));
+    }
+    if let Some(vmm) = &args.baseline_kiln_vmm {
+        let mut spec = spec.clone();
+        spec.vmm = vmm.clone();
+        variants.push((spec, "kiln-baseline", "baseline restore"));
+    }
+    let variants: Vec<_> = variants
+        .into_iter()
+        .map(|(spec, peer, what)| {
+            let series = results
+                .push(Series::new("restore", peer, "restore -> agent ready").against(restored));
+            (spec, series, what)
+        })
+        .collect();
     let guest_kib = args.guest.guest_kib();
     let mut memory = Vec::new();
     let plain = SpawnOptions::default();
@@ -122,19 +140,13 @@ fn measure(args: &RestoreArgs) -> Result<Results> {
             &mut line,
             "restore",
         );
-        if let Some((spec, s)) = &nojail {
+        for (spec, s, what) in &variants {
             let r = rt.block_on(async {
                 let (vm, t) = ready(spec, Some(&template.dir), &plain, BOOT_TIMEOUT).await?;
                 end(vm).await;
                 Ok::<_, anyhow::Error>(t)
             });
-            record(
-                &mut results.series[*s],
-                counted,
-                r,
-                &mut line,
-                "restore without jail",
-            );
+            record(&mut results.series[*s], counted, r, &mut line, what);
         }
         if let (Some(fc), Some(s)) = (&fc, fc_restored) {
             let r = fc.restore_once(i).map_err(anyhow::Error::new);
