@@ -295,46 +295,51 @@ pub mod vm {
 
     /// [`boot_spec`] with spawn options (a snapshot directory, ...).
     pub fn boot_spec_with(spec: &VmSpec, options: &SpawnOptions) -> TestVm {
+        ready_within_attempts(
+            "boot",
+            || TestVm::spawn_with(spec, options).expect("spawn kiln-vmm"),
+            |e| e.guest_crashed() || matches!(e, VmProcessError::NotReady(_)),
+        )
+    }
+
+    /// Starts a VM with `start` until its agent answers, at most
+    /// [`BOOT_ATTEMPTS`] times, starting again only after a failure
+    /// `retry` accepts; any other failure fails the test.
+    fn ready_within_attempts(
+        what: &str,
+        start: impl Fn() -> TestVm,
+        retry: impl Fn(&VmProcessError) -> bool,
+    ) -> TestVm {
         require_kvm();
         let mut attempt = 1;
         loop {
-            let vm = TestVm::spawn_with(spec, options).expect("spawn kiln-vmm");
+            let vm = start();
             match vm.wait_ready(BOOT_TIMEOUT) {
                 Ok(_) => return vm,
-                Err(e)
-                    if (e.guest_crashed() || matches!(e, VmProcessError::NotReady(_)))
-                        && attempt < BOOT_ATTEMPTS =>
-                {
-                    eprintln!("boot attempt {attempt}: the guest failed ({e}); booting again");
+                Err(e) if retry(&e) && attempt < BOOT_ATTEMPTS => {
+                    eprintln!("{what} attempt {attempt}: the guest failed ({e}); once more");
                     drop(vm);
                     attempt += 1;
                 }
-                Err(e) => panic!("VM did not become ready: {e}"),
+                Err(e) => panic!(
+                    "{what}: the VM did not become ready: {e}; {}",
+                    vm.vmm_report()
+                ),
             }
         }
     }
 
     /// Restores a clone of the snapshot in `snapshot_dir` and waits until
     /// its agent answers. Like [`boot_spec`], restores once more when the
-    /// clone's guest crashed (the testbed's triple faults come to booted
-    /// VMs and clones alike); any other failure fails the test.
+    /// clone's guest crashed (the triple faults booted VMs hit in the
+    /// testbed come to clones too; README, Known problems); any other
+    /// failure fails the test.
     pub fn restore_spec(spec: &VmSpec, snapshot_dir: &std::path::Path) -> TestVm {
-        require_kvm();
-        let mut attempt = 1;
-        loop {
-            let vm = TestVm::restore(spec, snapshot_dir).expect("spawn the clone");
-            match vm.wait_ready(BOOT_TIMEOUT) {
-                Ok(_) => return vm,
-                Err(e) if e.guest_crashed() && attempt < BOOT_ATTEMPTS => {
-                    eprintln!(
-                        "restore attempt {attempt}: the guest crashed ({e}); restoring again"
-                    );
-                    drop(vm);
-                    attempt += 1;
-                }
-                Err(e) => panic!("clone did not become ready: {e}; {}", vm.vmm_report()),
-            }
-        }
+        ready_within_attempts(
+            "restore",
+            || TestVm::restore(spec, snapshot_dir).expect("spawn the clone"),
+            VmProcessError::guest_crashed,
+        )
     }
 
     /// Boots the default VM.

@@ -17,6 +17,14 @@ fn snapshot_dir(name: &str) -> std::path::PathBuf {
     dir
 }
 
+/// Spawn options that make snapshots go to `dir`.
+fn snapshot_to(dir: &Path) -> SpawnOptions {
+    SpawnOptions {
+        snapshot_dir: Some(dir.to_path_buf()),
+        ..SpawnOptions::default()
+    }
+}
+
 /// Restores a clone and waits until it is resumed and answers (a clone
 /// whose guest crashed is restored once more: [`restore_spec`]).
 fn restore(spec: &kiln::vm_process::VmSpec, dir: &Path) -> (TestVm, Duration) {
@@ -65,10 +73,7 @@ fn host_unix_secs() -> u64 {
 fn clones_share_state_but_not_entropy_or_time() {
     let spec = python_node_spec();
     let dir = snapshot_dir("clones");
-    let options = SpawnOptions {
-        snapshot_dir: Some(dir.clone()),
-        ..SpawnOptions::default()
-    };
+    let options = snapshot_to(&dir);
     let cold = Instant::now();
     let source = boot_spec_with(&spec, &options);
     let cold = cold.elapsed();
@@ -142,10 +147,7 @@ fn restore_latency_against_cold_boot() {
     const COLD_BOOTS: usize = 3;
     let spec = spec();
     let dir = snapshot_dir("latency");
-    let options = SpawnOptions {
-        snapshot_dir: Some(dir.clone()),
-        ..SpawnOptions::default()
-    };
+    let options = snapshot_to(&dir);
     let mut cold = Vec::new();
     for _ in 0..COLD_BOOTS {
         let start = Instant::now();
@@ -193,33 +195,14 @@ fn restore_latency_against_cold_boot() {
     );
 }
 
-/// Connects to the agent through the VMM's hybrid vsock socket; returns
-/// the stream and the host port the VMM gave the connection (`OK <port>`).
+/// A connection to the agent and the host port the VMM gave it.
 fn connect_with_port(vm: &TestVm) -> (std::os::unix::net::UnixStream, u32) {
-    use std::io::{Read, Write};
-    let mut stream = std::os::unix::net::UnixStream::connect(vm.vsock_uds()).expect("connect");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(60)))
-        .expect("timeout");
-    writeln!(stream, "CONNECT {}", kiln_agent::protocol::AGENT_VSOCK_PORT).expect("CONNECT");
-    let mut line = Vec::new();
-    let mut byte = [0u8; 1];
-    while byte[0] != b'\n' {
-        match stream.read(&mut byte) {
-            Ok(1) => line.push(byte[0]),
-            other => panic!(
-                "no OK line (got {:?}, then {other:?}): {}",
-                String::from_utf8_lossy(&line),
-                vm.vmm_report()
-            ),
-        }
-    }
-    let line = String::from_utf8_lossy(&line).into_owned();
-    let port = line
-        .strip_prefix("OK ")
-        .and_then(|p| p.trim().parse().ok())
-        .unwrap_or_else(|| panic!("not an OK line: {line:?}"));
-    (stream, port)
+    kiln_vmm::vm::hybrid_vsock::connect_with_port(
+        vm.vsock_uds(),
+        kiln_agent::protocol::AGENT_VSOCK_PORT,
+        Duration::from_secs(60),
+    )
+    .unwrap_or_else(|e| panic!("connect: {e}; {}", vm.vmm_report()))
 }
 
 /// A clone's host vsock ports go on after its snapshot's: the restored
@@ -230,10 +213,7 @@ fn connect_with_port(vm: &TestVm) -> (std::os::unix::net::UnixStream, u32) {
 fn a_clone_reuses_no_host_port_its_snapshot_used() {
     let spec = spec();
     let dir = snapshot_dir("ports");
-    let options = SpawnOptions {
-        snapshot_dir: Some(dir.clone()),
-        ..SpawnOptions::default()
-    };
+    let options = snapshot_to(&dir);
     let source = boot_spec_with(&spec, &options);
     let (mut unread, unread_port) = connect_with_port(&source);
     let request = kiln_agent::protocol::ExecRequest {

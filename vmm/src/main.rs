@@ -13,7 +13,6 @@
 //! and ends as it ends; a seccomp violation kills it with SIGSYS after the
 //! line `kiln-vmm: seccomp violation: syscall N in the K thread`.
 
-use std::ffi::OsString;
 use std::fs::File;
 use std::io::{Seek, Write};
 use std::path::PathBuf;
@@ -32,7 +31,7 @@ use kiln_vmm::vm::timings::{Timings, TimingsReport};
 use kiln_vmm::vm::StopHandle;
 
 /// Run one kiln microVM until its guest exits.
-#[derive(Debug, PartialEq, Parser)]
+#[derive(Debug, Parser)]
 #[command(name = "kiln-vmm", version)]
 struct Args {
     /// VM config as JSON (kiln_vmm::config::VmConfig); flags override it.
@@ -113,77 +112,14 @@ struct Args {
     test_seccomp_violation: bool,
 }
 
-impl Args {
-    /// The command line the kiln library always gives, `--config FILE`
-    /// with an optional `--timings-json FILE` (either order), read without
-    /// clap; `None` for anything else, which clap parses (and explains
-    /// when it is wrong). Why: building clap's parser is most of kiln-vmm's
-    /// start-up where new code runs slowly, 19-28 ms of a restore in the
-    /// testbed (0.1 ms on the host), and every VM start pays it.
-    fn library_form(argv: &[OsString]) -> Option<Args> {
-        let (mut config, mut timings_json) = (None, None);
-        let mut rest = argv.iter();
-        while let Some(flag) = rest.next() {
-            let slot = match flag.to_str()? {
-                "--config" => &mut config,
-                "--timings-json" => &mut timings_json,
-                _ => return None,
-            };
-            let value = rest.next()?;
-            if slot.is_some() || value.is_empty() || value.as_encoded_bytes().starts_with(b"-") {
-                return None;
-            }
-            *slot = Some(PathBuf::from(value));
-        }
-        Some(Args {
-            config: Some(config?),
-            timings_json,
-            kernel: None,
-            initramfs: None,
-            vcpus: None,
-            mem_mib: None,
-            serial_log: None,
-            vsock_uds: None,
-            vsock_cid: 3,
-            cmdline_extra: None,
-            no_boot_timer: false,
-            drive: Vec::new(),
-            drive_rw: Vec::new(),
-            no_jail: false,
-            no_seccomp: false,
-            jail_uid: None,
-            jail_gid: None,
-            cgroup_parent: None,
-            cpu_quota_percent: None,
-            vmm_memory_allowance_mib: None,
-            control_socket: None,
-            snapshot_dir: None,
-            restore: None,
-            test_seccomp_violation: false,
-        })
-    }
-}
-
-/// The command line, and its `--drive`/`--drive-rw` disks in the order
-/// given.
-fn parse_args() -> (Args, Vec<DriveConfig>) {
-    let argv: Vec<OsString> = std::env::args_os().collect();
-    if let Some(args) = Args::library_form(argv.get(1..).unwrap_or_default()) {
-        return (args, Vec::new());
-    }
-    let matches = Args::command().get_matches_from(argv);
-    let args = Args::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
-    let drives = drives_in_order(&args, &matches);
-    (args, drives)
-}
-
 /// The signal that stopped the VM, if any.
 static STOP_SIGNAL: AtomicI32 = AtomicI32::new(0);
 
 fn main() {
     let start = Instant::now();
     let start_wall = std::time::SystemTime::now();
-    let (args, drives) = parse_args();
+    let matches = Args::command().get_matches();
+    let args = Args::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     let parsed = start.elapsed();
     init_logging();
     tracing::debug!(
@@ -199,7 +135,7 @@ fn main() {
             &format!("cannot set up signal handling: {e}"),
         );
     }
-    let mut config = match build_config(&args, drives) {
+    let mut config = match build_config(&args, &matches) {
         Ok(c) => c,
         Err(e) => fail(kiln_vmm::EXIT_SETUP_FAILED, &e),
     };
@@ -305,7 +241,7 @@ fn main() {
 }
 
 /// The config file (if any) with the flags applied over it.
-fn build_config(a: &Args, drives: Vec<DriveConfig>) -> Result<VmConfig, String> {
+fn build_config(a: &Args, matches: &ArgMatches) -> Result<VmConfig, String> {
     let mut config = match &a.config {
         Some(path) => {
             let text = std::fs::read_to_string(path)
@@ -342,7 +278,7 @@ fn build_config(a: &Args, drives: Vec<DriveConfig>) -> Result<VmConfig, String> 
     if a.no_boot_timer {
         config.boot_timer = false;
     }
-    config.drives.extend(drives);
+    config.drives.extend(drives_in_order(a, matches));
     if let (Some(socket), Some(snapshot_dir)) = (&a.control_socket, &a.snapshot_dir) {
         config.control = Some(ControlConfig {
             socket: socket.clone(),
@@ -414,22 +350,15 @@ fn drives_in_order(a: &Args, matches: &ArgMatches) -> Vec<DriveConfig> {
 }
 
 fn init_logging() {
-    let log = tracing_subscriber::fmt()
+    let filter = tracing_subscriber::EnvFilter::try_from_env("KILN_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
         .with_timer(WallAndMonotonic)
         .with_writer(std::io::stderr)
         // The log usually lands in a file that error messages quote.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
-    // Directives are parsed only when given: an EnvFilter costs start-up
-    // time that a plain level does not.
-    match std::env::var_os("KILN_LOG") {
-        Some(_) => log
-            .with_env_filter(
-                tracing_subscriber::EnvFilter::try_from_env("KILN_LOG")
-                    .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-            )
-            .init(),
-        None => log.with_max_level(tracing::Level::WARN).init(),
-    }
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
 }
 
 /// Log time stamps: wall-clock time, then the host's monotonic clock (the
@@ -570,48 +499,12 @@ mod tests {
         ];
         let matches = Args::command().try_get_matches_from(argv).unwrap();
         let args = Args::from_arg_matches(&matches).unwrap();
-        let config = build_config(&args, drives_in_order(&args, &matches)).unwrap();
+        let config = build_config(&args, &matches).unwrap();
         let got: Vec<_> = config
             .drives
             .iter()
             .map(|d| (d.path.to_str().unwrap(), d.read_only))
             .collect();
         assert_eq!(got, vec![("/a", true), ("/b", false), ("/c", true)]);
-    }
-
-    fn os(argv: &[&str]) -> Vec<OsString> {
-        argv.iter().map(OsString::from).collect()
-    }
-
-    #[test]
-    fn the_library_form_reads_as_clap_reads_it() {
-        for argv in [
-            &["--config", "/c.json"][..],
-            &["--config", "/c.json", "--timings-json", "/t.json"],
-            &["--timings-json", "/t.json", "--config", "/c.json"],
-        ] {
-            let fast = Args::library_form(&os(argv)).expect("library form");
-            let clap =
-                Args::try_parse_from(std::iter::once("kiln-vmm").chain(argv.iter().copied()))
-                    .unwrap();
-            assert_eq!(fast, clap, "{argv:?}");
-        }
-    }
-
-    #[test]
-    fn anything_else_goes_to_clap() {
-        for argv in [
-            &[][..],
-            &["--config"],
-            &["--timings-json", "/t.json"],
-            &["--config", "/a", "--config", "/b"],
-            &["--config", "--no-jail"],
-            &["--config", ""],
-            &["--config=/c.json"],
-            &["--config", "/c.json", "--no-jail"],
-            &["--help"],
-        ] {
-            assert_eq!(Args::library_form(&os(argv)), None, "{argv:?}");
-        }
     }
 }

@@ -48,6 +48,16 @@ pub enum VsockConnectError {
 /// waiting at most `timeout` for the handshake. Returns the stream, in
 /// blocking mode without timeouts, ready to carry the connection's bytes.
 pub fn connect(uds: &Path, port: u32, timeout: Duration) -> Result<UnixStream, VsockConnectError> {
+    connect_with_port(uds, port, timeout).map(|(stream, _)| stream)
+}
+
+/// [`connect`], also returning the host port the VMM gave the connection
+/// (the `n` of its `OK <n>` reply).
+pub fn connect_with_port(
+    uds: &Path,
+    port: u32,
+    timeout: Duration,
+) -> Result<(UnixStream, u32), VsockConnectError> {
     let mut stream = UnixStream::connect(uds).map_err(|source| VsockConnectError::Connect {
         path: uds.display().to_string(),
         source,
@@ -59,12 +69,15 @@ pub fn connect(uds: &Path, port: u32, timeout: Duration) -> Result<UnixStream, V
         .write_all(format!("CONNECT {port}\n").as_bytes())
         .map_err(hs)?;
     let reply = read_line(&mut stream).map_err(hs)?;
-    if !reply.starts_with("OK ") || reply[3..].trim().parse::<u32>().is_err() {
+    let Some(host_port) = reply
+        .strip_prefix("OK ")
+        .and_then(|n| n.trim().parse::<u32>().ok())
+    else {
         return Err(VsockConnectError::Refused { port, reply });
-    }
+    };
     stream.set_read_timeout(None).map_err(hs)?;
     stream.set_write_timeout(None).map_err(hs)?;
-    Ok(stream)
+    Ok((stream, host_port))
 }
 
 /// Reads one line byte by byte (so nothing after it is consumed).
@@ -120,7 +133,8 @@ mod tests {
     #[test]
     fn handshake_ok_leaves_payload_unread() {
         let (path, t) = serve("OK 1073741824\n");
-        let mut s = connect(&path, 1024, Duration::from_secs(5)).unwrap();
+        let (mut s, host_port) = connect_with_port(&path, 1024, Duration::from_secs(5)).unwrap();
+        assert_eq!(host_port, 1 << 30);
         assert_eq!(t.join().unwrap(), "CONNECT 1024\n");
         let mut buf = [0u8; 7];
         s.read_exact(&mut buf).unwrap();
