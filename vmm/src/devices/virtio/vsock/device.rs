@@ -23,6 +23,12 @@ pub struct Vsock {
     scratch: Vec<u8>,
     /// A transport reset event waits for an event-queue buffer.
     transport_reset_pending: bool,
+    /// When the last transport reset event went to the guest, until the
+    /// guest has handled it (it posts its event buffer again and
+    /// notifies). Meanwhile nothing goes on the RX queue: the guest resets
+    /// every connection it has when it handles the event, so a connection
+    /// set up before that would die with the old ones.
+    reset_sent_at: Option<Instant>,
 }
 
 impl Vsock {
@@ -47,6 +53,7 @@ impl Vsock {
             muxer: Muxer::new(guest_cid, uds_path.into(), connect_timeout)?,
             scratch: vec![0; MAX_PKT_PAYLOAD],
             transport_reset_pending: false,
+            reset_sent_at: None,
         })
     }
 
@@ -79,11 +86,11 @@ impl Vsock {
     /// queue, when the guest has a buffer there: the guest then drops every
     /// connection (they belonged to the VM the snapshot was taken from).
     /// Without a buffer it is sent when the guest posts one.
-    pub(super) fn process_event_queue(&mut self) {
+    pub(super) fn process_event_queue(&mut self, now: Instant) {
         if !self.transport_reset_pending {
             return;
         }
-        let pending = &mut self.transport_reset_pending;
+        let (pending, sent_at) = (&mut self.transport_reset_pending, &mut self.reset_sent_at);
         let _ = self.state.drain(EVQ, |chain, mem| {
             let written = chain
                 .writer(mem)
@@ -91,15 +98,41 @@ impl Vsock {
                 .and_then(|mut w| w.write_all(&EVENT_TRANSPORT_RESET.to_le_bytes()).ok());
             if written.is_none() {
                 warn_limited!("vsock: event buffer too small for a transport reset");
+            } else {
+                *sent_at = Some(now);
             }
             *pending = false;
             Served::UsedThenStop(if written.is_some() { 4 } else { 0 })
         });
     }
 
+    /// The guest notified the event queue: with no reset left to send, it
+    /// posted its buffer again after handling the last one, so RX opens.
+    pub(super) fn on_event_queue_notify(&mut self, now: Instant) {
+        if self.transport_reset_pending {
+            self.process_event_queue(now);
+        } else if self.reset_sent_at.take().is_some() {
+            self.process_rx(now);
+        }
+    }
+
+    /// Whether RX waits for the guest to handle a transport reset (at most
+    /// [`RESET_HANDLED_WAIT`], should its notification never come).
+    fn rx_held(&mut self, now: Instant) -> bool {
+        match self.reset_sent_at {
+            Some(at) if now.saturating_duration_since(at) < RESET_HANDLED_WAIT => true,
+            Some(_) => {
+                warn_limited!("vsock: the guest did not confirm the transport reset; RX goes on");
+                self.reset_sent_at = None;
+                false
+            }
+            None => false,
+        }
+    }
+
     /// Moves packets from the muxer into the guest's RX buffers.
     pub(super) fn process_rx(&mut self, now: Instant) {
-        if !self.muxer.has_rx() {
+        if !self.muxer.has_rx() || self.rx_held(now) {
             return;
         }
         let (muxer, scratch) = (&mut self.muxer, &mut self.scratch);
@@ -159,6 +192,7 @@ impl VirtioDevice for Vsock {
 
     fn reset(&mut self) {
         self.transport_reset_pending = false;
+        self.reset_sent_at = None;
         self.muxer.reset();
         // Wakes the event loop, which unregisters the dropped connections' fds.
         self.state.reset();
@@ -202,6 +236,10 @@ impl VirtioDevice for Vsock {
         )
     }
 }
+
+/// Longest RX waits for the guest to confirm it handled a transport reset
+/// (below the host's connect timeout, so a held connection still starts).
+const RESET_HANDLED_WAIT: Duration = Duration::from_secs(1);
 
 /// `VIRTIO_VSOCK_EVENT_TRANSPORT_RESET`, the only vsock event (`le32 id`).
 const EVENT_TRANSPORT_RESET: u32 = 0;

@@ -32,9 +32,9 @@ impl MutEventSubscriber for Vsock {
         match self.state.take_event(events.fd()) {
             Some(StateEvent::Queue(RXQ)) => self.process_rx(now),
             Some(StateEvent::Queue(TXQ)) => self.process_tx(now),
-            Some(StateEvent::Queue(_)) => self.process_event_queue(),
+            Some(StateEvent::Queue(_)) => self.on_event_queue_notify(now),
             Some(StateEvent::Wake) => {
-                self.process_event_queue();
+                self.process_event_queue(now);
                 self.process_tx(now);
                 self.process_rx(now);
             }

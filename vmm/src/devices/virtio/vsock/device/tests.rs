@@ -24,6 +24,7 @@ struct Guest {
     irq: Arc<Interrupt>,
     rxq: TestQueue,
     txq: TestQueue,
+    evq: TestQueue,
     rx_bufs: HashMap<u16, u64>,
     path: std::path::PathBuf,
 }
@@ -62,6 +63,7 @@ impl Guest {
             irq,
             rxq,
             txq,
+            evq,
             rx_bufs: HashMap::new(),
             path,
         };
@@ -327,7 +329,7 @@ fn after_a_snapshot_the_guest_gets_a_transport_reset_event() {
     assert_eq!(id, 0, "VIRTIO_VSOCK_EVENT_TRANSPORT_RESET");
     assert_ne!(irq.status() & INT_VRING, 0);
     // Sent once.
-    dev.lock().unwrap().process_event_queue();
+    dev.lock().unwrap().process_event_queue(Instant::now());
     assert!(evq.take_used(&mem).is_empty());
 }
 
@@ -359,4 +361,32 @@ fn a_restored_device_goes_on_from_the_snapshots_host_ports() {
         "clone's first host port {} reuses one of the source's {used:?}",
         req.src_port
     );
+}
+
+/// A host connection made right after a snapshot reaches the guest only
+/// once the guest has handled the transport reset (it posts its event
+/// buffer again and notifies): handling it resets every connection the
+/// guest has, a new one too.
+#[test]
+fn after_a_transport_reset_new_connections_wait_for_the_guest_to_handle_it() {
+    let mut g = Guest::new("reset-hold");
+    g.evq.add_chain(&g.mem, &[(0x50_0000, 4, true)]);
+    g.dev.lock().unwrap().prepare_snapshot();
+    g.dev.lock().unwrap().after_snapshot();
+    g.pump();
+    assert_eq!(g.evq.take_used(&g.mem), vec![(0, 4)], "reset sent");
+
+    let mut client = UnixStream::connect(&g.path).unwrap();
+    client.write_all(b"CONNECT 52\n").unwrap();
+    g.pump();
+    assert!(
+        g.rxq.take_used(&g.mem).is_empty(),
+        "held until the guest is done"
+    );
+
+    // The guest handled the event: its buffer goes back, it notifies.
+    g.evq.add_chain(&g.mem, &[(0x50_0000, 4, true)]);
+    g.kick(EVQ);
+    let (req, _) = g.recv();
+    assert_eq!((req.op, req.dst_port), (op::REQUEST, 52));
 }
