@@ -49,6 +49,9 @@ struct Args {
     /// Guest RAM in MiB.
     #[arg(long)]
     mem_mib: Option<u64>,
+    /// Back guest RAM with small pages only (no transparent huge pages).
+    #[arg(long)]
+    no_huge_pages: bool,
     /// Enable COM1 and write its output (and the kernel console) to PATH.
     #[arg(long, value_name = "PATH")]
     serial_log: Option<PathBuf>,
@@ -154,6 +157,10 @@ fn main() {
             })
     });
     tracing::debug!("step: config read");
+    // Read before the jail, whose root has no /sys.
+    if config.huge_pages && config.restore.is_none() {
+        kiln_vmm::memory::host_has_huge_pages();
+    }
     let jailed = if config.jail.enabled {
         match jail::enter(&mut config) {
             Ok(Role::Supervisor(supervisor)) => supervisor.run(),
@@ -277,6 +284,9 @@ fn build_config(a: &Args, matches: &ArgMatches) -> Result<VmConfig, String> {
     }
     if a.no_boot_timer {
         config.boot_timer = false;
+    }
+    if a.no_huge_pages {
+        config.huge_pages = false;
     }
     config.drives.extend(drives_in_order(a, matches));
     if let (Some(socket), Some(snapshot_dir)) = (&a.control_socket, &a.snapshot_dir) {

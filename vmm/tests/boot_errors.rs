@@ -8,19 +8,29 @@ mod common;
 use std::path::Path;
 
 use common::*;
+use kiln_vmm::boot::file_map::Placement;
 use kiln_vmm::boot::{self, BootError, BootProtocol, BootSpec};
 use kiln_vmm::hypervisor::EntryMode;
 use kiln_vmm::memory::{self, GuestMemoryMmap};
 use vm_memory::{Bytes, GuestAddress};
 
 fn mem(mib: u64) -> GuestMemoryMmap {
-    memory::create(mib << 20).unwrap()
+    memory::create(mib << 20, false).unwrap().0
 }
 
 fn load(
     mem: &GuestMemoryMmap,
     kernel: &Path,
     initramfs: Option<&Path>,
+) -> Result<boot::BootInfo, BootError> {
+    load_as(mem, kernel, initramfs, Placement::Map)
+}
+
+fn load_as(
+    mem: &GuestMemoryMmap,
+    kernel: &Path,
+    initramfs: Option<&Path>,
+    placement: Placement,
 ) -> Result<boot::BootInfo, BootError> {
     boot::load(
         mem,
@@ -29,6 +39,7 @@ fn load(
             initramfs,
             cmdline: "reboot=k",
             vcpus: 2,
+            placement,
         },
     )
 }
@@ -153,7 +164,14 @@ fn initramfs_placement_and_limits() {
 #[test]
 fn kernel_and_initramfs_spanning_pages_land_byte_for_byte() {
     // Larger than a page, ending mid-page, so the PVH kernel's segment and
-    // the initramfs are partly mapped from their files and partly copied.
+    // the initramfs are partly mapped from their files and partly copied
+    // (or, for huge-page RAM, all copied).
+    for placement in [Placement::Map, Placement::Copy] {
+        lands_byte_for_byte(placement);
+    }
+}
+
+fn lands_byte_for_byte(placement: Placement) {
     let dir = temp_dir("mapped");
     let mut code = pvh_check_guest();
     code.extend((0..3 * 4096 + 77).map(|i| (i % 251) as u8));
@@ -161,8 +179,10 @@ fn kernel_and_initramfs_spanning_pages_land_byte_for_byte() {
     let k = write_file(&dir, "vmlinux", &elf_kernel(&code, true, memsz));
     let initrd_bytes: Vec<u8> = (0..2 * 4096 + 123).map(|i| (i % 241) as u8).collect();
     let initrd = write_file(&dir, "initrd", &initrd_bytes);
-    let m = mem(64);
-    let info = load(&m, &k, Some(&initrd)).unwrap();
+    let m = memory::create(64 << 20, placement == Placement::Copy)
+        .unwrap()
+        .0;
+    let info = load_as(&m, &k, Some(&initrd), placement).unwrap();
     assert_eq!(info.protocol, BootProtocol::Pvh);
     assert_eq!(info.entry.rip, LOAD_ADDR, "the entry from the PVH note");
     let mut got = vec![0u8; code.len()];

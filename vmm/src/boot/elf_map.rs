@@ -13,7 +13,7 @@ use elf::note::Note;
 use elf::ElfStream;
 use vm_memory::GuestMemoryMmap;
 
-use super::file_map::{self, FileMapError};
+use super::file_map::{self, FileMapError, Placement};
 
 /// `XEN_ELFNOTE_PHYS32_ENTRY` (xen/include/public/elfnote.h): the PVH
 /// 32-bit entry point.
@@ -84,10 +84,11 @@ pub fn place(
     mem: &GuestMemoryMmap,
     file: &mut File,
     loads: &[elf::segment::ProgramHeader],
+    how: Placement,
 ) -> Result<u64, FileMapError> {
     let mut mapped = 0;
     for p in loads {
-        mapped += file_map::place(mem, file, p.p_offset, p.p_paddr, p.p_filesz)?;
+        mapped += file_map::place(mem, file, (p.p_offset, p.p_paddr, p.p_filesz), how)?;
     }
     Ok(mapped)
 }

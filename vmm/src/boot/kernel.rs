@@ -8,6 +8,7 @@ use linux_loader::loader::bootparam::setup_header;
 use linux_loader::loader::{self, KernelLoader, PvhBootCapability};
 use vm_memory::{GuestAddress, GuestMemoryMmap};
 
+use super::file_map::Placement;
 use super::layout::HIMEM_START;
 use super::{elf_map, BootError};
 
@@ -119,7 +120,14 @@ pub fn elf_extent(file: &mut File) -> std::io::Result<Option<u64>> {
 
 /// Loads the kernel at `path` into `mem`, whose RAM below the MMIO gap ends
 /// at `ram_end`.
-pub fn load(mem: &GuestMemoryMmap, path: &Path, ram_end: u64) -> Result<LoadedKernel, BootError> {
+/// A PVH vmlinux's segments are placed as `how` says; other kernels are
+/// copied by linux-loader.
+pub fn load(
+    mem: &GuestMemoryMmap,
+    path: &Path,
+    ram_end: u64,
+    how: Placement,
+) -> Result<LoadedKernel, BootError> {
     let open_err = |source| BootError::KernelOpen {
         path: path.to_owned(),
         source,
@@ -145,7 +153,7 @@ pub fn load(mem: &GuestMemoryMmap, path: &Path, ram_end: u64) -> Result<LoadedKe
             if let Some((entry, loads)) = elf_map::plan(&file)
                 .filter(|(_, loads)| loads.iter().all(|p| p.p_paddr >= HIMEM_START))
             {
-                let mapped = elf_map::place(mem, &mut file, &loads).map_err(|source| {
+                let mapped = elf_map::place(mem, &mut file, &loads, how).map_err(|source| {
                     BootError::KernelMap {
                         path: path.to_owned(),
                         source,

@@ -94,7 +94,7 @@ mod tests {
 
     #[test]
     fn zero_page_fields() {
-        let mem = memory::create(128 << 20).unwrap();
+        let (mem, _) = memory::create(128 << 20, false).unwrap();
         let map = memmap::build(&mem);
         let hdr = setup_header {
             init_size: 0x1234,

@@ -74,7 +74,7 @@ mod tests {
 
     #[test]
     fn small_vm_map() {
-        let mem = memory::create(64 << 20).unwrap();
+        let (mem, _) = memory::create(64 << 20, false).unwrap();
         let map = build(&mem);
         assert_eq!(
             map,
@@ -101,7 +101,7 @@ mod tests {
 
     #[test]
     fn large_vm_map_skips_mmio_gap() {
-        let mem = memory::create(5 << 30).unwrap();
+        let (mem, _) = memory::create(5 << 30, false).unwrap();
         let map = build(&mem);
         assert_eq!(map.len(), 4);
         assert_eq!(map[2].addr + map[2].size, MMIO_START);

@@ -90,7 +90,7 @@ mod tests {
 
     #[test]
     fn start_info_points_at_everything() {
-        let mem = memory::create(64 << 20).unwrap();
+        let (mem, _) = memory::create(64 << 20, false).unwrap();
         let map = memmap::build(&mem);
         let addr = write(&mem, 0x20000, Some((0x300_0000, 0x1234)), &map).unwrap();
         let info: hvm_start_info = mem.read_obj(GuestAddress(addr)).unwrap();
@@ -119,7 +119,7 @@ mod tests {
 
     #[test]
     fn rejects_oversized_memmap() {
-        let mem = memory::create(64 << 20).unwrap();
+        let (mem, _) = memory::create(64 << 20, false).unwrap();
         let map = vec![memmap::build(&mem)[0]; 200];
         assert!(matches!(
             write(&mem, 0, None, &map),

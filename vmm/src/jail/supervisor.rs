@@ -373,6 +373,12 @@ mod tests {
         assert_eq!(a.recv(SYNC_TIMEOUT), Some(b'U'));
         assert!(a.peer_alive());
         b.close_tx();
+        // A process another test is spawning holds a copy of the write end
+        // until its exec closes it (CLOEXEC): give that a moment.
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while a.peer_alive() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
         assert!(!a.peer_alive(), "closed end reads as a dead peer");
         assert_eq!(a.recv(SYNC_TIMEOUT), None);
         a.close_tx();

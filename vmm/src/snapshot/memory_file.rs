@@ -145,7 +145,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("kiln-memfile-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("vm.mem");
-        let mem = crate::memory::create(64 << 20).unwrap();
+        let (mem, _) = crate::memory::create(64 << 20, false).unwrap();
         mem.write_obj(0xdead_beef_u32, GuestAddress(0x1000))
             .unwrap();
         mem.write_obj(0x55_u8, GuestAddress((64 << 20) - 1))
