@@ -79,6 +79,20 @@ fn jail_checks() -> Vec<Check> {
         .collect()
 }
 
+/// Whether booted VMs' RAM gets transparent huge pages here.
+fn huge_pages_check() -> Check {
+    let detail = match kiln_vmm::memory::host_thp_mode() {
+        Some(mode) if kiln_vmm::memory::host_has_huge_pages() => format!(
+            "transparent huge pages: {mode}; booted VMs' RAM uses them (faster cold boots, touched memory resident 2 MiB at a time)"
+        ),
+        Some(mode) => format!(
+            "transparent huge pages: {mode}; booted VMs' RAM stays on 4 KiB pages (slower cold boots)"
+        ),
+        None => "transparent huge pages: not shown in sysfs; booted VMs' RAM stays on 4 KiB pages".to_string(),
+    };
+    check("huge pages", Status::Info, detail)
+}
+
 /// Checks /dev/kvm, times a tiny CPL0 guest on it, looks for MSHV, and
 /// lists what the VMM's jail gets on this host.
 pub fn diagnose() -> Report {
@@ -156,6 +170,7 @@ pub fn diagnose() -> Report {
         ));
     }
 
+    checks.push(huge_pages_check());
     checks.extend(jail_checks());
 
     let advice = if usable {

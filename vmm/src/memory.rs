@@ -88,16 +88,23 @@ static HOST_THP: OnceLock<bool> = OnceLock::new();
 /// mapping. Read from sysfs on the first call, so call it before the jail
 /// hides `/sys` (kiln-vmm's `main` does); `false` when it cannot be read.
 pub fn host_has_huge_pages() -> bool {
-    *HOST_THP.get_or_init(|| {
-        std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled")
-            .map(|mode| thp_mode_allows_madvise(&mode))
-            .unwrap_or(false)
-    })
+    *HOST_THP
+        .get_or_init(|| host_thp_mode().is_some_and(|mode| mode == "always" || mode == "madvise"))
 }
 
-/// `enabled` reads like `always [madvise] never`, the mode in brackets.
-fn thp_mode_allows_madvise(mode: &str) -> bool {
-    mode.contains("[always]") || mode.contains("[madvise]")
+/// The host's transparent huge page mode (`always`, `madvise` or `never`),
+/// when sysfs shows it.
+pub fn host_thp_mode() -> Option<String> {
+    std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled")
+        .ok()
+        .and_then(|modes| selected_mode(&modes).map(str::to_owned))
+}
+
+/// The selected word of a sysfs list such as `always [madvise] never`.
+fn selected_mode(modes: &str) -> Option<&str> {
+    let start = modes.find('[')? + 1;
+    let len = modes[start..].find(']')?;
+    Some(&modes[start..start + len])
 }
 
 /// Maps `size` bytes of guest RAM (no pages are touched), with huge pages
@@ -254,9 +261,10 @@ mod tests {
 
     #[test]
     fn thp_modes() {
-        assert!(thp_mode_allows_madvise("always [madvise] never\n"));
-        assert!(thp_mode_allows_madvise("[always] madvise never\n"));
-        assert!(!thp_mode_allows_madvise("always madvise [never]\n"));
-        assert!(!thp_mode_allows_madvise(""));
+        assert_eq!(selected_mode("always [madvise] never\n"), Some("madvise"));
+        assert_eq!(selected_mode("[always] madvise never\n"), Some("always"));
+        assert_eq!(selected_mode("always madvise [never]\n"), Some("never"));
+        assert_eq!(selected_mode("always madvise never"), None);
+        assert_eq!(selected_mode("[always"), None);
     }
 }
