@@ -151,12 +151,23 @@ pub fn memory_figures(results: &mut Results, label: &str, memory: &[MemSplit]) {
     }
     let p50 = |f: fn(&MemSplit) -> u64| median(memory.iter().map(f).collect()) as f64 / 1024.0;
     type Field = fn(&MemSplit) -> u64;
-    let rows: [(&str, Field); 8] = [
+    let rows: [(&str, Field); 10] = [
         ("RSS", |m| m.guest.rss + m.own.rss),
         ("PSS", |m| m.guest.pss + m.own.pss),
         ("guest RAM RSS", |m| m.guest.rss),
-        ("guest RAM private (copied on write)", |m| m.guest.private),
-        ("guest RAM shared (snapshot pages)", |m| m.guest.shared),
+        ("guest RAM anonymous (a clone's copied on write)", |m| {
+            m.guest.anon
+        }),
+        (
+            "guest RAM file-backed (a clone's snapshot page cache)",
+            |m| m.guest.rss.saturating_sub(m.guest.anon),
+        ),
+        ("guest RAM private (mapped by this VM only)", |m| {
+            m.guest.private
+        }),
+        ("guest RAM shared (mapped by other VMs too)", |m| {
+            m.guest.shared
+        }),
         ("kiln-vmm own RSS (beyond guest RAM)", |m| m.own.rss),
         ("kiln-vmm own PSS", |m| m.own.pss),
         ("kiln-vmm own private", |m| m.own.private),
@@ -227,7 +238,7 @@ impl Tally {
         let mib =
             |f: fn(&MemSplit) -> u64| median(got.memory.iter().map(f).collect()) as f64 / 1024.0;
         eprintln!(
-            "{} fan-out {k} #{r}: {} ready, {} failed, all ready {:?}; per clone p50 {:?} max {:?}; per clone p50 PSS {:.2} MiB, guest private {:.2} MiB, own RSS {:.2} MiB, own PSS {:.2} MiB",
+            "{} fan-out {k} #{r}: {} ready, {} failed, all ready {:?}; per clone p50 {:?} max {:?}; per clone p50 PSS {:.2} MiB, guest copied on write {:.2} MiB, own RSS {:.2} MiB, own PSS {:.2} MiB",
             self.vmm,
             got.ready.len(),
             got.failures.len(),
@@ -235,7 +246,7 @@ impl Tally {
             crate::stats::summarize(&got.ready).map(|s| s.p50),
             got.ready.iter().max(),
             mib(|m| m.guest.pss + m.own.pss),
-            mib(|m| m.guest.private),
+            mib(|m| m.guest.anon),
             mib(|m| m.own.rss),
             mib(|m| m.own.pss),
         );

@@ -386,6 +386,10 @@ struct BootArgs {
     /// the jail costs.
     #[arg(long)]
     jail_compare: bool,
+    /// Also boot kiln-vmm with `--no-huge-pages`, interleaved, to measure
+    /// what huge-page guest RAM gains.
+    #[arg(long)]
+    pages_compare: bool,
     /// Another kiln-vmm build (say, main's) booted interleaved as
     /// `kiln-baseline`: a change's before and after in one run.
     #[arg(long, value_name = "PATH")]
@@ -421,7 +425,7 @@ fn boot(args: BootArgs) -> Result<()> {
     let scratch = std::env::temp_dir().join(format!("kiln-bench-{}", std::process::id()));
     std::fs::create_dir_all(&scratch).with_context(|| format!("creating {}", scratch.display()))?;
     let vms = &args.vms;
-    let kiln = |vmm: &PathBuf, no_jail, baseline| KilnVmm {
+    let kiln = |vmm: &PathBuf, no_jail, baseline, small_pages| KilnVmm {
         vmm: vmm.clone(),
         kernel: vms.kernel.clone(),
         initramfs: vms.initramfs.clone(),
@@ -430,16 +434,20 @@ fn boot(args: BootArgs) -> Result<()> {
         scratch: scratch.clone(),
         no_jail,
         baseline,
+        small_pages,
     };
     if let Some(vmm) = &vms.kiln_vmm {
-        peers.push(Box::new(kiln(vmm, false, false)));
+        peers.push(Box::new(kiln(vmm, false, false, false)));
         if args.jail_compare {
             testbed_cgroup2()?;
-            peers.push(Box::new(kiln(vmm, true, false)));
+            peers.push(Box::new(kiln(vmm, true, false, false)));
+        }
+        if args.pages_compare {
+            peers.push(Box::new(kiln(vmm, false, false, true)));
         }
     }
     if let Some(vmm) = &args.baseline_kiln_vmm {
-        peers.push(Box::new(kiln(vmm, false, true)));
+        peers.push(Box::new(kiln(vmm, false, true, false)));
     }
     if let Some(qemu) = vms.qemu_microvm(args.vcpus) {
         peers.push(Box::new(qemu));

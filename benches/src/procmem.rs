@@ -10,8 +10,13 @@ pub struct MemUse {
     pub pss: u64,
     /// Pages only this process maps.
     pub private: u64,
-    /// Pages other processes map too (a clone's untouched snapshot pages).
+    /// Pages other processes map too (a clone's untouched snapshot pages,
+    /// once more than one clone maps them).
     pub shared: u64,
+    /// Anonymous pages: in a clone's snapshot mapping, the pages it copied
+    /// on write; the rest of its guest RSS is the snapshot file's page
+    /// cache, shared or not.
+    pub anon: u64,
 }
 
 impl MemUse {
@@ -20,6 +25,7 @@ impl MemUse {
         self.pss += other.pss;
         self.private += other.private;
         self.shared += other.shared;
+        self.anon += other.anon;
     }
 }
 
@@ -81,6 +87,7 @@ fn parse_vmas(smaps: &str) -> Vec<Vma> {
             "Pss" => part.pss += kib(value),
             "Private_Clean" | "Private_Dirty" => part.private += kib(value),
             "Shared_Clean" | "Shared_Dirty" => part.shared += kib(value),
+            "Anonymous" => part.anon += kib(value),
             _ => {}
         }
     }
@@ -207,6 +214,7 @@ Shared_Clean:       6000 kB
 Shared_Dirty:          0 kB
 Private_Clean:         0 kB
 Private_Dirty:      3000 kB
+Anonymous:          3000 kB
 7ff000000000-7ff000100000 rw-p 00000000 00:00 0 [heap]
 Size:               1024 kB
 Rss:                 100 kB
@@ -215,6 +223,7 @@ Shared_Clean:          0 kB
 Shared_Dirty:          0 kB
 Private_Clean:        20 kB
 Private_Dirty:        80 kB
+Anonymous:            80 kB
 ";
 
     #[test]
@@ -226,7 +235,8 @@ Private_Dirty:        80 kB
                 rss: 9000,
                 pss: 3000,
                 private: 3000,
-                shared: 6000
+                shared: 6000,
+                anon: 3000
             }
         );
         assert_eq!(
@@ -235,7 +245,8 @@ Private_Dirty:        80 kB
                 rss: 900,
                 pss: 500,
                 private: 100,
-                shared: 800
+                shared: 800,
+                anon: 80
             }
         );
         let mut twice = s;
@@ -252,6 +263,7 @@ Private_Dirty:        80 kB
 Rss:                 100 kB
 Pss:                 100 kB
 Private_Dirty:       100 kB
+Anonymous:           100 kB
 7f0000100000-7f0000300000 rw-p 00200000 00:10 3 /guest/vmlinux
 Rss:                 500 kB
 Pss:                 250 kB
@@ -260,6 +272,7 @@ Shared_Clean:        500 kB
 Rss:                  40 kB
 Pss:                  40 kB
 Private_Dirty:        40 kB
+Anonymous:            40 kB
 7f0000400000-7f0000500000 rw-p 00000000 00:00 0 [heap]
 Rss:                   8 kB
 Pss:                   8 kB
@@ -272,7 +285,8 @@ Private_Dirty:         8 kB
                 rss: 640,
                 pss: 390,
                 private: 140,
-                shared: 500
+                shared: 500,
+                anon: 140
             }
         );
         assert_eq!(s.own.rss, 8);

@@ -29,6 +29,9 @@ pub struct KilnVmm {
     pub no_jail: bool,
     /// Another build booted for comparison (named `kiln-baseline`).
     pub baseline: bool,
+    /// Run with `--no-huge-pages` (to measure what huge-page guest RAM
+    /// gains).
+    pub small_pages: bool,
 }
 
 fn unix_us(t: SystemTime) -> u64 {
@@ -55,12 +58,14 @@ fn from_timings(path: &Path, spawn_us: u64) -> Result<(Duration, Option<Duration
 
 impl Peer for KilnVmm {
     fn name(&self) -> String {
-        match (self.baseline, self.no_jail) {
-            (true, false) => "kiln-baseline".into(),
-            (true, true) => "kiln-baseline-nojail".into(),
-            (false, true) => "kiln-nojail".into(),
-            (false, false) => "kiln".into(),
-        }
+        let build = if self.baseline {
+            "kiln-baseline"
+        } else {
+            "kiln"
+        };
+        let jail = if self.no_jail { "-nojail" } else { "" };
+        let pages = if self.small_pages { "-small-pages" } else { "" };
+        format!("{build}{jail}{pages}")
     }
 
     fn boot_once(&self, i: usize) -> Result<BootSample, BootError> {
@@ -87,6 +92,7 @@ impl Peer for KilnVmm {
             .arg("--timings-json")
             .arg(&timings)
             .args(self.no_jail.then_some("--no-jail"))
+            .args(self.small_pages.then_some("--no-huge-pages"))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
