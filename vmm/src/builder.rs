@@ -19,7 +19,6 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use crate::boot::file_map::Placement;
 use crate::boot::{self, cmdline, BootSpec};
 use crate::config::{ConfigError, VmConfig};
 use crate::devices::bus::{Bus, BusError};
@@ -168,16 +167,11 @@ pub fn build(config: &VmConfig, vmm_start: Instant) -> Result<BuiltVm, BuildErro
     let vm: Arc<dyn Vm> = Arc::from(hv.create_vm()?);
     vm.create_irq_controller()?;
     tracing::debug!("step: kvm vm and irqchip created");
-    let mut placement = Placement::Map;
     let (snapshot, mem) = match restore {
         Some((snapshot, mem)) => (Some(snapshot), mem),
         None => {
             let (mem, backing) = memory::create(config.mem_bytes(), config.huge_pages)?;
             tracing::debug!("guest RAM on {backing:?}");
-            placement = match backing {
-                memory::Backing::HugePages => Placement::Copy,
-                memory::Backing::SmallPages => Placement::Map,
-            };
             (None, mem)
         }
     };
@@ -257,7 +251,6 @@ pub fn build(config: &VmConfig, vmm_start: Instant) -> Result<BuiltVm, BuildErro
                 initramfs: config.initramfs.as_deref(),
                 cmdline: &cmdline,
                 vcpus: config.vcpus,
-                placement,
             };
             let boot = boot::load(&mem, &spec)?;
             tracing::debug!("kernel loaded ({:?}), cmdline: {cmdline}", boot.protocol);

@@ -8,7 +8,6 @@ mod common;
 use std::path::Path;
 
 use common::*;
-use kiln_vmm::boot::file_map::Placement;
 use kiln_vmm::boot::{self, BootError, BootProtocol, BootSpec};
 use kiln_vmm::hypervisor::EntryMode;
 use kiln_vmm::memory::{self, GuestMemoryMmap};
@@ -23,15 +22,6 @@ fn load(
     kernel: &Path,
     initramfs: Option<&Path>,
 ) -> Result<boot::BootInfo, BootError> {
-    load_as(mem, kernel, initramfs, Placement::Map)
-}
-
-fn load_as(
-    mem: &GuestMemoryMmap,
-    kernel: &Path,
-    initramfs: Option<&Path>,
-    placement: Placement,
-) -> Result<boot::BootInfo, BootError> {
     boot::load(
         mem,
         &BootSpec {
@@ -39,7 +29,6 @@ fn load_as(
             initramfs,
             cmdline: "reboot=k",
             vcpus: 2,
-            placement,
         },
     )
 }
@@ -164,14 +153,14 @@ fn initramfs_placement_and_limits() {
 #[test]
 fn kernel_and_initramfs_spanning_pages_land_byte_for_byte() {
     // Larger than a page, ending mid-page, so the PVH kernel's segment and
-    // the initramfs are partly mapped from their files and partly copied
-    // (or, for huge-page RAM, all copied).
-    for placement in [Placement::Map, Placement::Copy] {
-        lands_byte_for_byte(placement);
+    // the initramfs are partly mapped from their files and partly copied,
+    // over guest RAM on small pages and on huge pages alike.
+    for huge_pages in [false, true] {
+        lands_byte_for_byte(huge_pages);
     }
 }
 
-fn lands_byte_for_byte(placement: Placement) {
+fn lands_byte_for_byte(huge_pages: bool) {
     let dir = temp_dir("mapped");
     let mut code = pvh_check_guest();
     code.extend((0..3 * 4096 + 77).map(|i| (i % 251) as u8));
@@ -179,10 +168,8 @@ fn lands_byte_for_byte(placement: Placement) {
     let k = write_file(&dir, "vmlinux", &elf_kernel(&code, true, memsz));
     let initrd_bytes: Vec<u8> = (0..2 * 4096 + 123).map(|i| (i % 241) as u8).collect();
     let initrd = write_file(&dir, "initrd", &initrd_bytes);
-    let m = memory::create(64 << 20, placement == Placement::Copy)
-        .unwrap()
-        .0;
-    let info = load_as(&m, &k, Some(&initrd), placement).unwrap();
+    let m = memory::create(64 << 20, huge_pages).unwrap().0;
+    let info = load(&m, &k, Some(&initrd)).unwrap();
     assert_eq!(info.protocol, BootProtocol::Pvh);
     assert_eq!(info.entry.rip, LOAD_ADDR, "the entry from the PVH note");
     let mut got = vec![0u8; code.len()];

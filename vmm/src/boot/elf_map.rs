@@ -13,7 +13,7 @@ use elf::note::Note;
 use elf::ElfStream;
 use vm_memory::GuestMemoryMmap;
 
-use super::file_map::{self, FileMapError, Placement};
+use super::file_map::{self, FileMapError};
 
 /// `XEN_ELFNOTE_PHYS32_ENTRY` (xen/include/public/elfnote.h): the PVH
 /// 32-bit entry point.
@@ -84,11 +84,10 @@ pub fn place(
     mem: &GuestMemoryMmap,
     file: &mut File,
     loads: &[elf::segment::ProgramHeader],
-    how: Placement,
 ) -> Result<u64, FileMapError> {
     let mut mapped = 0;
     for p in loads {
-        mapped += file_map::place(mem, file, (p.p_offset, p.p_paddr, p.p_filesz), how)?;
+        mapped += file_map::place(mem, file, (p.p_offset, p.p_paddr, p.p_filesz))?;
     }
     Ok(mapped)
 }

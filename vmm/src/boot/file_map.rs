@@ -8,10 +8,12 @@
 //! (the kernel and initramfs): the files must not be changed in place
 //! while a VM maps them (kiln's artifacts are written once, then renamed).
 //!
-//! On guest RAM backed by huge pages the contents are copied instead
-//! ([`Placement`]): a mapped file is 4 KiB pages, each a nested page fault
-//! when the guest first touches it, while a copy fills a few huge pages the
-//! guest then reaches with one fault each.
+//! On guest RAM backed by huge pages this still wins over a copy: the
+//! mapped ranges are 4 KiB pages (a nested page fault each when first
+//! touched) inside otherwise huge-page RAM, but a copy must first fault in
+//! and zero every huge page it fills and then move the bytes, which cost
+//! more at boot than the small pages saved (measured in the testbed:
+//! spawn -> agent ready 0.85-0.87x of the copy's, `benches/RESULTS.md`).
 
 use std::fs::File;
 use std::io::{Seek, SeekFrom};
@@ -82,31 +84,19 @@ pub enum FileMapError {
     },
 }
 
-/// How file contents get into guest memory.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Placement {
-    /// Whole pages mapped from the file, shared with other VMs until
-    /// written (guest RAM on small pages).
-    Map,
-    /// Copied into guest RAM (guest RAM on huge pages).
-    Copy,
-}
-
 /// Whether `len` bytes of a file at `offset` can go to `gpa` with whole
 /// pages mapped (the two agree within a page).
 pub fn mappable(offset: u64, gpa: u64) -> bool {
     offset % PAGE == gpa % PAGE
 }
 
-/// Places `len` bytes of `file` from `offset` at guest address `gpa`: with
-/// [`Placement::Map`] the whole pages mapped copy-on-write and partial
-/// pages at either end copied, with [`Placement::Copy`] all copied.
+/// Places `len` bytes of `file` from `offset` at guest address `gpa`: the
+/// whole pages mapped copy-on-write, partial pages at either end copied.
 /// Returns the bytes mapped (the rest were copied).
 pub fn place(
     mem: &GuestMemoryMmap,
     file: &mut File,
     (offset, gpa, len): (u64, u64, u64),
-    how: Placement,
 ) -> Result<u64, FileMapError> {
     if len == 0 {
         return Ok(0);
@@ -117,10 +107,6 @@ pub fn place(
     let size = file.metadata().map_err(FileMapError::Metadata)?.len();
     if offset.checked_add(len).is_none_or(|e| e > size) {
         return Err(FileMapError::PastEnd { offset, len, size });
-    }
-    if how == Placement::Copy {
-        copy_in_words(mem, file, (offset, gpa, len))?;
-        return Ok(0);
     }
     let end = gpa
         .checked_add(len)
@@ -178,75 +164,6 @@ fn guest_range(
     let count = usize::try_from(len).map_err(|_| outside())?;
     mem.get_slice(GuestAddress(gpa), count)
         .map_err(|_| outside())
-}
-
-/// Copies `len` bytes of `file` at `offset` to `gpa` from a read-only
-/// mapping of the file, in aligned 8-byte stores. Neither `read(2)` nor
-/// memcpy: both move large ranges with `rep movsb`, which a CPU emulator
-/// (the TCG testbed) runs a byte per step; for a kernel's 17 MB that was
-/// 200-800 ms there. On hardware the word loop is a few ms, as they are.
-fn copy_in_words(
-    mem: &GuestMemoryMmap,
-    file: &File,
-    (offset, gpa, len): (u64, u64, u64),
-) -> Result<(), FileMapError> {
-    let slice = guest_range(mem, gpa, len)?;
-    let count = slice.len();
-    let page_start = offset / PAGE * PAGE;
-    let lead = (offset - page_start) as usize;
-    let map_len = lead + count;
-    // SAFETY: a new read-only private mapping of the file at an address
-    // the kernel picks; no existing memory is affected.
-    let source = unsafe {
-        rustix::mm::mmap(
-            std::ptr::null_mut(),
-            map_len,
-            rustix::mm::ProtFlags::READ,
-            // Populated in one call rather than a fault per 64 KiB.
-            rustix::mm::MapFlags::PRIVATE | rustix::mm::MapFlags::POPULATE,
-            file.as_fd(),
-            page_start,
-        )
-    }
-    .map_err(|source| FileMapError::Map { gpa, source })?
-    .cast::<u8>();
-    // SAFETY: `source + lead` has `count` readable bytes, all inside the
-    // file (the caller checked its size); the destination is `count` bytes
-    // of one guest memory region, which outlives this call and which no
-    // vCPU runs on yet; the two do not overlap.
-    unsafe {
-        copy_volatile_words(slice.ptr_guard_mut().as_ptr(), source.add(lead), count);
-        // The mapping is this function's own; nothing refers to it now.
-        let _ = rustix::mm::munmap(source.cast(), map_len);
-    }
-    Ok(())
-}
-
-/// Copies `len` bytes from `src` to `dst` with volatile stores, 8 bytes at
-/// a time where `dst` is aligned (volatile, so the compiler cannot turn the
-/// loop back into memcpy).
-///
-/// # Safety
-/// `src` must be readable and `dst` writable for `len` bytes, not
-/// overlapping; `src` and `dst` must agree modulo 8.
-unsafe fn copy_volatile_words(dst: *mut u8, src: *const u8, len: usize) {
-    const WORD: usize = std::mem::size_of::<u64>();
-    let head = dst.align_offset(WORD).min(len);
-    let words = (len - head) / WORD;
-    // SAFETY: every access below lies in the first `len` bytes of `src` and
-    // `dst` (the caller's promise); after `head` bytes both are 8-aligned.
-    unsafe {
-        for i in 0..head {
-            dst.add(i).write_volatile(src.add(i).read());
-        }
-        let (wdst, wsrc) = (dst.add(head).cast::<u64>(), src.add(head).cast::<u64>());
-        for i in 0..words {
-            wdst.add(i).write_volatile(wsrc.add(i).read());
-        }
-        for i in head + words * WORD..len {
-            dst.add(i).write_volatile(src.add(i).read());
-        }
-    }
 }
 
 /// Maps `len` bytes (whole pages) of `file` at `offset` over guest memory
@@ -313,7 +230,7 @@ mod tests {
         let (f, data) = file_of(10 * 4096 + 123);
         let mut file = f.reopen().unwrap();
         // From file offset 0x1234 to guest 0x5234: 2 partial pages, 7 whole.
-        let mapped = place(&mem, &mut file, (0x1234, 0x5234, 8 * 4096), Placement::Map).unwrap();
+        let mapped = place(&mem, &mut file, (0x1234, 0x5234, 8 * 4096)).unwrap();
         assert_eq!(mapped, 7 * 4096);
         assert_eq!(
             guest(&mem, 0x5234, 8 * 4096),
@@ -330,7 +247,7 @@ mod tests {
         let (f, data) = file_of(4 * 4096);
         let mut file = f.reopen().unwrap();
         assert_eq!(
-            place(&mem, &mut file, (0, 0x2000, 4 * 4096), Placement::Map).unwrap(),
+            place(&mem, &mut file, (0, 0x2000, 4 * 4096)).unwrap(),
             4 * 4096
         );
         mem.write_slice(&[0xAA; 16], GuestAddress(0x2000)).unwrap();
@@ -343,30 +260,12 @@ mod tests {
     }
 
     #[test]
-    fn a_copy_does_not_follow_the_file() {
-        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 16 << 12)]).unwrap();
-        let (f, data) = file_of(5 * 4096);
-        let mut file = f.reopen().unwrap();
-        // Starting and ending off a word boundary: bytes, words, bytes.
-        let len = 3 * 4096 + 5;
-        let range = (0x1003, 0x2003, len as u64);
-        assert_eq!(place(&mem, &mut file, range, Placement::Copy).unwrap(), 0);
-        // A mapped page would show this write to the file; a copy does not.
-        std::fs::write(f.path(), vec![0x55; 5 * 4096]).unwrap();
-        assert_eq!(guest(&mem, 0x2003, len), data[0x1003..0x1003 + len]);
-        assert!(guest(&mem, 0x2000, 3).iter().all(|&b| b == 0));
-        assert!(guest(&mem, 0x2003 + len as u64, 100)
-            .iter()
-            .all(|&b| b == 0));
-    }
-
-    #[test]
     fn a_range_past_the_end_of_the_file_is_refused() {
         let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 16 << 12)]).unwrap();
         let (f, _) = file_of(4096 + 10);
         let mut file = f.reopen().unwrap();
         assert!(matches!(
-            place(&mem, &mut file, (0, 0, 4096 + 20), Placement::Map),
+            place(&mem, &mut file, (0, 0, 4096 + 20)),
             Err(FileMapError::PastEnd { size: 4106, .. })
         ));
     }
@@ -377,11 +276,11 @@ mod tests {
         let (f, _) = file_of(8 * 4096);
         let mut file = f.reopen().unwrap();
         assert!(matches!(
-            place(&mem, &mut file, (1, 0x2000, 4096), Placement::Map),
+            place(&mem, &mut file, (1, 0x2000, 4096)),
             Err(FileMapError::Misaligned { .. })
         ));
         assert!(matches!(
-            place(&mem, &mut file, (0, 15 << 12, 2 * 4096), Placement::Map),
+            place(&mem, &mut file, (0, 15 << 12, 2 * 4096)),
             Err(FileMapError::OutsideMemory { .. })
         ));
         assert!(!mappable(0x1000, 0x2001));

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use vm_memory::GuestMemoryMmap;
 
-use super::file_map::{self, Placement};
+use super::file_map;
 use super::BootError;
 
 const PAGE: u64 = 4096;
@@ -26,13 +26,12 @@ pub fn place(size: u64, kernel_end: u64, limit: u64) -> Result<u64, BootError> {
     Ok(addr)
 }
 
-/// Loads the initramfs at `path` (placed as `how` says) between
+/// Loads the initramfs at `path` (mapped, not copied: see file_map.rs) between
 /// `kernel_end` and `limit`; returns its guest address and size.
 pub fn load(
     mem: &GuestMemoryMmap,
     path: &Path,
     (kernel_end, limit): (u64, u64),
-    how: Placement,
 ) -> Result<(u64, u64), BootError> {
     let open_err = |source| BootError::InitramfsOpen {
         path: path.to_owned(),
@@ -41,7 +40,7 @@ pub fn load(
     let mut file = File::open(path).map_err(open_err)?;
     let size = file.metadata().map_err(open_err)?.len();
     let addr = place(size, kernel_end, limit)?;
-    file_map::place(mem, &mut file, (0, addr, size), how).map_err(|source| {
+    file_map::place(mem, &mut file, (0, addr, size)).map_err(|source| {
         BootError::InitramfsRead {
             path: path.to_owned(),
             source,

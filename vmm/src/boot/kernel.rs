@@ -8,7 +8,6 @@ use linux_loader::loader::bootparam::setup_header;
 use linux_loader::loader::{self, KernelLoader, PvhBootCapability};
 use vm_memory::{GuestAddress, GuestMemoryMmap};
 
-use super::file_map::Placement;
 use super::layout::HIMEM_START;
 use super::{elf_map, BootError};
 
@@ -120,14 +119,9 @@ pub fn elf_extent(file: &mut File) -> std::io::Result<Option<u64>> {
 
 /// Loads the kernel at `path` into `mem`, whose RAM below the MMIO gap ends
 /// at `ram_end`.
-/// A PVH vmlinux's segments are placed as `how` says; other kernels are
-/// copied by linux-loader.
-pub fn load(
-    mem: &GuestMemoryMmap,
-    path: &Path,
-    ram_end: u64,
-    how: Placement,
-) -> Result<LoadedKernel, BootError> {
+/// A PVH vmlinux's segments are mapped (see file_map.rs); other kernels
+/// are copied by linux-loader.
+pub fn load(mem: &GuestMemoryMmap, path: &Path, ram_end: u64) -> Result<LoadedKernel, BootError> {
     let open_err = |source| BootError::KernelOpen {
         path: path.to_owned(),
         source,
@@ -153,7 +147,7 @@ pub fn load(
             if let Some((entry, loads)) = elf_map::plan(&file)
                 .filter(|(_, loads)| loads.iter().all(|p| p.p_paddr >= HIMEM_START))
             {
-                let mapped = elf_map::place(mem, &mut file, &loads, how).map_err(|source| {
+                let mapped = elf_map::place(mem, &mut file, &loads).map_err(|source| {
                     BootError::KernelMap {
                         path: path.to_owned(),
                         source,

@@ -113,9 +113,6 @@ pub struct BootSpec<'a> {
     pub cmdline: &'a str,
     /// Number of vCPUs (for the MP tables).
     pub vcpus: u8,
-    /// How the kernel and initramfs files get into guest memory: mapped on
-    /// small pages, copied on huge pages (see [`file_map`]).
-    pub placement: file_map::Placement,
 }
 
 /// Which boot protocol the kernel is entered with.
@@ -143,7 +140,7 @@ pub struct BootInfo {
 /// Loads everything the guest needs into `mem`.
 pub fn load(mem: &GuestMemoryMmap, spec: &BootSpec<'_>) -> Result<BootInfo, BootError> {
     let ram_end = low_ram_end(mem);
-    let kernel = kernel::load(mem, spec.kernel, ram_end, spec.placement)?;
+    let kernel = kernel::load(mem, spec.kernel, ram_end)?;
     let kernel_end = kernel.end.max(HIMEM_START);
 
     let initrd_limit = match (kernel.entry, kernel.setup_header) {
@@ -156,7 +153,7 @@ pub fn load(mem: &GuestMemoryMmap, spec: &BootSpec<'_>) -> Result<BootInfo, Boot
     .min(ram_end);
     let initramfs = spec
         .initramfs
-        .map(|path| initrd::load(mem, path, (kernel_end, initrd_limit), spec.placement))
+        .map(|path| initrd::load(mem, path, (kernel_end, initrd_limit)))
         .transpose()?;
 
     cmdline::write(mem, CMDLINE_START, spec.cmdline)?;
