@@ -85,6 +85,9 @@ pub struct RunArgs {
     /// Extra guest kernel arguments, e.g. `loglevel=7` with --serial-log.
     #[arg(long)]
     kernel_args: Option<String>,
+    /// Guest RAM on small pages: less resident memory, slower boot.
+    #[arg(long)]
+    no_huge_pages: bool,
     /// Copy a host file into the sandbox before running: LOCAL:GUEST_PATH
     /// (repeatable; relative guest paths are under /home/sandbox).
     #[arg(long = "copy-in", value_parser = parse_copy)]
@@ -304,6 +307,7 @@ async fn run_in_vm(args: RunArgs, plan: Plan, t: template::Template) -> Result<E
     config.mem_mib = args.mem_mib.map_or(config.mem_mib, u64::from);
     config.serial_log = args.serial_log.clone();
     config.cmdline_extra = args.kernel_args.clone().unwrap_or_default();
+    config.huge_pages = t.huge_pages && !args.no_huge_pages;
     let spec = VmSpec {
         vmm: artifacts::vmm_binary(args.vmm.as_deref())?,
         config,

@@ -336,6 +336,7 @@ mod tests {
             vcpus: 1,
             mem_mib: 256,
             kernel_args: String::new(),
+            huge_pages: true,
             disk_mib: None,
             env: Default::default(),
             working_dir: None,

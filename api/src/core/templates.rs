@@ -57,6 +57,7 @@ fn bare(name: &str, tc: &TemplateConfig) -> Template {
         vcpus: tc.vcpus,
         mem_mib: tc.mem_mib,
         kernel_args: tc.kernel_args.clone(),
+        huge_pages: tc.huge_pages,
         disk_mib: tc.disk_mib,
         env: BTreeMap::new(),
         working_dir: None,
@@ -88,6 +89,7 @@ fn resolve_template(
             t.vcpus = tc.vcpus;
             t.mem_mib = tc.mem_mib;
             t.kernel_args = tc.kernel_args.clone();
+            t.huge_pages = tc.huge_pages;
             t.disk_mib = tc.disk_mib;
             t
         })
@@ -122,6 +124,7 @@ pub(super) fn templates_of(config: &Config, needs_files: bool) -> BTreeMap<Strin
                 vcpus: builtin.0,
                 mem_mib: builtin.1,
                 kernel_args: String::new(),
+                huge_pages: true,
                 disk_mib: None,
                 pool_target: u32::from(name == config.default_template),
                 egress: None,
@@ -177,6 +180,7 @@ pub(super) fn registry_entries(
                     vcpus: 1,
                     mem_mib: 0,
                     kernel_args: String::new(),
+                    huge_pages: true,
                     disk_mib: None,
                     env: BTreeMap::new(),
                     working_dir: None,
@@ -410,5 +414,22 @@ impl Core {
             Ok(()) | Err(crate::registry::RegistryError::NotFound(_)) => Ok(()),
             Err(e) => Err(Error::Internal(e.to_string())),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_templates_huge_pages_setting_reaches_its_vm_config() {
+        let config = Config::from_toml(
+            "[templates.dense]\nbase = \"minimal\"\nhuge_pages = false\n[templates.fast]\nbase = \"minimal\"",
+        )
+        .expect("config");
+        let all = templates_of(&config, false);
+        assert!(!all["dense"].template.vm_config().huge_pages);
+        assert!(all["fast"].template.vm_config().huge_pages);
+        assert!(all["python-node"].template.vm_config().huge_pages);
     }
 }

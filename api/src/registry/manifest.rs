@@ -230,6 +230,7 @@ impl Manifest {
             vcpus: self.spec.vcpus,
             mem_mib: self.spec.mem_mib,
             kernel_args: String::new(),
+            huge_pages: true,
             disk_mib: self.spec.disk_mib,
             env: self.spec.env.clone(),
             working_dir: self.spec.working_dir.clone(),

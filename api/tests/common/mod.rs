@@ -87,6 +87,7 @@ pub fn host_config(state_dir: &Path, pool_target: u32) -> Config {
             vcpus: 1,
             mem_mib: 128,
             kernel_args: String::new(),
+            huge_pages: true,
             disk_mib: None,
             pool_target,
             egress: None,
