@@ -17,6 +17,11 @@ BOOT_TIMEOUT=120
 MARK="kiln-agent: userspace started"
 END_MARK="kiln-agent: boot log end"
 scratch=/tmp/boot-phases
+# kiln-vmm's own base arguments (kiln_vmm::boot::cmdline::BASE): Firecracker
+# boots the guest with them too, so the two timelines differ by the VMM
+# only. FC_OWN_ARGS=1 (from boot-phases) gives it its minimal line instead.
+KILN_BASE_ARGS="reboot=k panic=-1 i8042.noaux i8042.nomux i8042.dumbkbd tsc=reliable no_timer_check quiet"
+[ "${FC_OWN_ARGS:-0}" != 1 ] || KILN_BASE_ARGS="quiet reboot=k panic=1"
 mkdir -p "$scratch"
 
 # Polls FILE for the agent's mark, then for the end of the copied kernel
@@ -70,7 +75,7 @@ boot_firecracker() {
     rm -f "$log" "$uds"
     cat >"$scratch/fc-$n.json" <<EOF
 {"boot-source": {"kernel_image_path": "guest/vmlinux", "initrd_path": "guest/initramfs.cpio",
-  "boot_args": "console=ttyS0 quiet reboot=k panic=1 kiln.console_mark $extra"},
+  "boot_args": "console=ttyS0 $KILN_BASE_ARGS kiln.console_mark $extra"},
  "drives": [],
  "machine-config": {"vcpu_count": 1, "mem_size_mib": 256, "smt": false},
  "vsock": {"guest_cid": 3, "uds_path": "$uds"}}

@@ -32,7 +32,7 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 
-use peer::{firecracker::Firecracker, kiln::KilnVmm, qemu::QemuMicrovm, Peer};
+use peer::{firecracker::Firecracker, kiln::KilnVmm, qemu::QemuMicrovm, Peer, PeerCmdline};
 
 /// kiln benchmark harness.
 #[derive(Parser)]
@@ -232,6 +232,11 @@ struct VmArgs {
 impl VmArgs {
     /// The QEMU microvm peer, when `--qemu` was given.
     fn qemu_microvm(&self, vcpus: u8) -> Option<QemuMicrovm> {
+        self.qemu_microvm_with(vcpus, PeerCmdline::SameAsKiln)
+    }
+
+    /// The QEMU microvm peer booting with the command line `cmdline`.
+    fn qemu_microvm_with(&self, vcpus: u8, cmdline: PeerCmdline) -> Option<QemuMicrovm> {
         self.qemu.as_ref().map(|qemu| QemuMicrovm {
             qemu: qemu.clone(),
             data_dir: self.qemu_data.clone(),
@@ -240,6 +245,7 @@ impl VmArgs {
             vcpus,
             mem_mib: self.mem_mib,
             image: None,
+            cmdline,
         })
     }
 }
@@ -394,6 +400,11 @@ struct BootArgs {
     /// `kiln-baseline`: a change's before and after in one run.
     #[arg(long, value_name = "PATH")]
     baseline_kiln_vmm: Option<PathBuf>,
+    /// Also boot each peer with its own minimal command line (console,
+    /// reset, panic) instead of kiln's base arguments, interleaved: what
+    /// those arguments are worth to the peer.
+    #[arg(long)]
+    peer_args_compare: bool,
     #[command(flatten)]
     vms: VmArgs,
 }
@@ -449,18 +460,26 @@ fn boot(args: BootArgs) -> Result<()> {
     if let Some(vmm) = &args.baseline_kiln_vmm {
         peers.push(Box::new(kiln(vmm, false, true, false)));
     }
-    if let Some(qemu) = vms.qemu_microvm(args.vcpus) {
-        peers.push(Box::new(qemu));
-    }
-    if let Some(binary) = &vms.firecracker {
-        peers.push(Box::new(Firecracker {
-            binary: binary.clone(),
-            kernel: vms.kernel.clone(),
-            initramfs: vms.initramfs.clone(),
-            vcpus: args.vcpus,
-            mem_mib: vms.mem_mib,
-            scratch: scratch.clone(),
-        }));
+    let cmdlines: &[PeerCmdline] = if args.peer_args_compare {
+        &[PeerCmdline::SameAsKiln, PeerCmdline::Minimal]
+    } else {
+        &[PeerCmdline::SameAsKiln]
+    };
+    for &cmdline in cmdlines {
+        if let Some(qemu) = vms.qemu_microvm_with(args.vcpus, cmdline) {
+            peers.push(Box::new(qemu));
+        }
+        if let Some(binary) = &vms.firecracker {
+            peers.push(Box::new(Firecracker {
+                binary: binary.clone(),
+                kernel: vms.kernel.clone(),
+                initramfs: vms.initramfs.clone(),
+                vcpus: args.vcpus,
+                mem_mib: vms.mem_mib,
+                scratch: scratch.clone(),
+                cmdline,
+            }));
+        }
     }
     if peers.is_empty() {
         bail!("nothing to measure: give at least one VMM");

@@ -13,7 +13,7 @@ use serde_json::json;
 
 use super::{
     hybrid_ping, hybrid_shutdown, wait_for_pong, BootError, BootSample, ConsoleMark, Peer,
-    BOOT_TIMEOUT,
+    PeerCmdline, BOOT_TIMEOUT,
 };
 use crate::child::ChildGuard;
 
@@ -31,6 +31,8 @@ pub struct Firecracker {
     pub mem_mib: u32,
     /// Where config files and sockets go.
     pub scratch: PathBuf,
+    /// The guest's kernel command line.
+    pub cmdline: PeerCmdline,
 }
 
 impl Firecracker {
@@ -48,6 +50,7 @@ impl Firecracker {
             vcpus: 1,
             mem_mib: guest.mem_mib,
             scratch: template_dir.with_file_name("firecracker"),
+            cmdline: PeerCmdline::SameAsKiln,
         }
     }
 
@@ -58,7 +61,7 @@ impl Firecracker {
             "boot-source": {
                 "kernel_image_path": self.kernel,
                 "initrd_path": self.initramfs,
-                "boot_args": "console=ttyS0 quiet reboot=k panic=1 kiln.console_mark",
+                "boot_args": self.cmdline.render("k"),
             },
             "drives": [],
             "machine-config": {
@@ -73,7 +76,7 @@ impl Firecracker {
 
 impl Peer for Firecracker {
     fn name(&self) -> String {
-        "firecracker".into()
+        format!("firecracker{}", self.cmdline.name_suffix())
     }
 
     fn boot_once(&self, i: usize) -> Result<BootSample, BootError> {

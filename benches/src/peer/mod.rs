@@ -21,6 +21,44 @@ use crate::child::ChildGuard;
 /// `kiln.console_mark` (peers have no kiln boot-timer device).
 pub const CONSOLE_MARK: &str = "kiln-agent: userspace started";
 
+/// Which kernel command line a peer's guest boots with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PeerCmdline {
+    /// kiln's own base arguments (`kiln_vmm::boot::cmdline::BASE`: no
+    /// timer check, a trusted TSC, no i8042 probing), so the same guest
+    /// boots the same way under every VMM and only the VMMs differ.
+    SameAsKiln,
+    /// Only what the peer needs (the console, reset, panic): the
+    /// benchmark's command line before 2026-12-04, kept to measure what
+    /// kiln's arguments are worth to a peer.
+    Minimal,
+}
+
+impl PeerCmdline {
+    /// The command line for a peer that resets with `reboot` (`k`: i8042,
+    /// `t`: triple fault), its console on the serial port for the mark.
+    pub fn render(self, reboot: &str) -> String {
+        match self {
+            // The later `reboot=` wins over BASE's.
+            PeerCmdline::SameAsKiln => format!(
+                "console=ttyS0 {} reboot={reboot} kiln.console_mark",
+                kiln_vmm::boot::cmdline::BASE
+            ),
+            PeerCmdline::Minimal => {
+                format!("console=ttyS0 quiet reboot={reboot} panic=-1 kiln.console_mark")
+            }
+        }
+    }
+
+    /// Suffix for a peer's name in the report.
+    pub fn name_suffix(self) -> &'static str {
+        match self {
+            PeerCmdline::SameAsKiln => "",
+            PeerCmdline::Minimal => " (own args)",
+        }
+    }
+}
+
 /// The instant [`CONSOLE_MARK`] shows up on a guest console (a VMM's
 /// stdout), read on a thread of its own.
 pub struct ConsoleMark {
@@ -158,5 +196,33 @@ pub fn wait_for_pong(
             Some(false) => {}
             None => std::thread::sleep(Duration::from_millis(1)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_peer_boots_with_kilns_arguments_and_its_own_reset_last() {
+        let line = PeerCmdline::SameAsKiln.render("t");
+        assert!(line.contains(kiln_vmm::boot::cmdline::BASE), "{line}");
+        // The kernel applies `reboot=` options in order: the peer's own
+        // must come after BASE's `reboot=k`.
+        let base_at = line.find("reboot=k").expect("BASE resets with reboot=k");
+        assert!(
+            line.rfind("reboot=t").is_some_and(|own| own > base_at),
+            "{line}"
+        );
+        assert!(line.starts_with("console=ttyS0 ") && line.ends_with(" kiln.console_mark"));
+    }
+
+    #[test]
+    fn the_minimal_line_has_none_of_kilns_boot_shortcuts() {
+        let line = PeerCmdline::Minimal.render("k");
+        for shortcut in ["no_timer_check", "tsc=reliable", "i8042."] {
+            assert!(!line.contains(shortcut), "{line}");
+        }
+        assert!(line.contains("kiln.console_mark") && line.contains("reboot=k"));
     }
 }

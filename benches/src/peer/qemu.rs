@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use kiln_agent::client;
 use kiln_agent::protocol::AGENT_VSOCK_PORT;
 
-use super::{wait_for_pong, BootError, BootSample, ConsoleMark, Peer, BOOT_TIMEOUT};
+use super::{wait_for_pong, BootError, BootSample, ConsoleMark, Peer, PeerCmdline, BOOT_TIMEOUT};
 use crate::child::ChildGuard;
 use crate::vsock;
 
@@ -32,6 +32,8 @@ pub struct QemuMicrovm {
     /// A read-only disk image (the runtime image), the guest's /dev/vda as
     /// under kiln.
     pub image: Option<PathBuf>,
+    /// The guest's kernel command line.
+    pub cmdline: PeerCmdline,
 }
 
 impl QemuMicrovm {
@@ -56,10 +58,8 @@ impl QemuMicrovm {
             .arg(&self.initramfs)
             // reboot=t: QEMU microvm has no i8042 reset path fast enough to
             // compare (the kernel would poll port 0x64 ~650k times).
-            .args([
-                "-append",
-                "console=ttyS0 quiet reboot=t panic=-1 kiln.console_mark",
-            ])
+            .arg("-append")
+            .arg(self.cmdline.render("t"))
             .args(["-device", &format!("vhost-vsock-device,guest-cid={cid}")]);
         if let Some(image) = &self.image {
             let mut drive =
@@ -114,7 +114,7 @@ impl QemuMicrovm {
 
 impl Peer for QemuMicrovm {
     fn name(&self) -> String {
-        "qemu microvm".into()
+        format!("qemu microvm{}", self.cmdline.name_suffix())
     }
 
     fn boot_once(&self, i: usize) -> Result<BootSample, BootError> {
