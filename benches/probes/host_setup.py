@@ -21,11 +21,17 @@ nothing the guest does afterwards. kiln-vmm: its "vm started" step
 (KILN_LOG=kiln_vmm=debug, monotonic time). Firecracker: the answer to
 `PUT /snapshot/load` with `resume_vm`, over its API socket as soon as the
 socket exists (its memory file made sparse like kiln's first).
-usage: host_setup.py KILN_VMM FIRECRACKER VMLINUX INITRAMFS [RUNS]"""
+With a jailer (Firecracker's; FIRECRACKER must then be a static build),
+Firecracker's restore is also timed through it (chroot with the snapshot
+hard-linked in, an unprivileged uid; a cgroup only where the host
+delegates the controllers), the like-for-like peer of kiln's jail.
+usage: host_setup.py KILN_VMM FIRECRACKER VMLINUX INITRAMFS [RUNS [JAILER]]"""
 import datetime, json, os, re, signal, socket, statistics, struct, subprocess, sys, tempfile, time
 
 KILN_VMM, FIRECRACKER, VMLINUX, INITRAMFS = sys.argv[1:5]
 RUNS = int(sys.argv[5]) if len(sys.argv) > 5 else 20
+JAILER = sys.argv[6] if len(sys.argv) > 6 else None
+JAIL_ID = 10123
 # kiln-vmm's base arguments (kiln_vmm::boot::cmdline::BASE) for both.
 ARGS = "reboot=k panic=-1 i8042.noaux i8042.nomux i8042.dumbkbd tsc=reliable no_timer_check quiet"
 scratch = tempfile.mkdtemp(prefix="host-setup-")
@@ -235,6 +241,38 @@ def restore_firecracker(i):
     return (done - spawn) * 1e3
 
 
+def restore_firecracker_jailed(i):
+    """The jailer's chroot is <base>/<binary name>/<id>/root; paths given to
+    Firecracker are inside it."""
+    base = os.path.join(scratch, "jail")
+    jail_dir = os.path.join(base, os.path.basename(FIRECRACKER), f"r{i}")
+    root = os.path.join(jail_dir, "root")
+    spawn = time.monotonic()
+    os.makedirs(root)
+    for name in ("vm.state", "vm.mem"):
+        os.link(os.path.join(FC_SNAP, name), os.path.join(root, name))
+    proc = subprocess.Popen([JAILER, "--id", f"r{i}", "--exec-file", FIRECRACKER,
+                             "--uid", str(JAIL_ID), "--gid", str(JAIL_ID),
+                             "--chroot-base-dir", base, "--cgroup-version", "2", "--",
+                             "--no-seccomp", "--level", "Error", "--api-sock", "/api.sock"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    try:
+        api = os.path.join(root, "api.sock")
+        wait_path(api, proc, "jailer")
+        status, resp = http(api, "PUT", "/snapshot/load", {
+            "snapshot_path": "/vm.state",
+            "mem_backend": {"backend_type": "File", "backend_path": "/vm.mem"},
+            "resume_vm": True, "vsock_override": {"uds_path": "/v.sock"}})
+        done = time.monotonic()
+    finally:
+        end(proc)
+        subprocess.run(["rm", "-rf", jail_dir], check=True)
+    if status // 100 != 2:
+        raise RuntimeError(f"jailed firecracker snapshot load: {resp}")
+    return (done - spawn) * 1e3
+
+
 def pct(xs, q):
     xs = sorted(xs)
     return xs[min(len(xs) - 1, int(round(q * (len(xs) - 1))))]
@@ -261,6 +299,9 @@ def measure(title, peers, key):
                   f" {min(xs):7.1f} {max(xs):7.1f}  {len(failures[name])}")
         else:
             print(f"{name:26s} no sample: {failures[name][:1]}")
+    for name, errors in failures.items():
+        for e in errors[:3]:
+            print(f"  {name} failed: {e}")
     print(f"{key} " + json.dumps({n: sorted(v) for n, v in times.items()}))
 
 
@@ -276,8 +317,13 @@ FC_VSOCK = os.path.join(scratch, "fc.vsock")
 tiny_guest(TINY)
 snapshot_kiln(TINY, KILN_SNAP)
 snapshot_firecracker(TINY, FC_SNAP)
-measure("restore (the tiny guest): spawn -> vCPU running again on this host",
-        [("kiln (jailed)", lambda i: restore_kiln(i, True)),
-         ("kiln (no jail)", lambda i: restore_kiln(i, False)),
-         ("firecracker (no jailer)", restore_firecracker)], "KILN_HOST_RESTORE_JSON")
+restores = [("kiln (jailed)", lambda i: restore_kiln(i, True)),
+            ("kiln (no jail)", lambda i: restore_kiln(i, False)),
+            ("firecracker (no jailer)", restore_firecracker)]
+if JAILER:
+    for name in ("vm.state", "vm.mem"):
+        os.chown(os.path.join(FC_SNAP, name), JAIL_ID, JAIL_ID)
+    restores.append(("firecracker (jailer)", restore_firecracker_jailed))
+measure("restore (the tiny guest): spawn -> vCPU running again on this host", restores,
+        "KILN_HOST_RESTORE_JSON")
 subprocess.run(["rm", "-rf", scratch], check=True)

@@ -19,6 +19,7 @@ mod quick;
 mod report;
 mod restore;
 mod results;
+mod root_move;
 mod serve;
 mod stats;
 mod stream;

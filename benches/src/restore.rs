@@ -40,6 +40,12 @@ pub struct RestoreArgs {
     /// jail costs a restore (Firecracker runs without its jailer here).
     #[arg(long)]
     jail_compare: bool,
+    /// Firecracker's jailer: also restore Firecracker's snapshot through
+    /// it (chroot, cgroup, unprivileged uid), in the same rounds, as the
+    /// like-for-like peer of kiln's jailed restore. Needs a static
+    /// Firecracker build (the chroot holds no libraries) and root.
+    #[arg(long, value_name = "PATH", requires = "firecracker")]
+    firecracker_jailer: Option<PathBuf>,
     /// Another kiln-vmm build (say, main's) restoring the same snapshot in
     /// the same rounds as `kiln-baseline`: a change's before and after in
     /// one run. It must read this build's snapshot format.
@@ -51,6 +57,10 @@ pub struct RestoreArgs {
 pub fn run(args: RestoreArgs) -> Result<()> {
     if args.n == 0 {
         bail!("--n must be at least 1");
+    }
+    if args.firecracker_jailer.is_some() {
+        crate::root_move::off_the_initramfs()
+            .context("moving the root off the initramfs for Firecracker's jailer")?;
     }
     let results = measure(&args)?;
     println!(
@@ -75,9 +85,24 @@ fn measure(args: &RestoreArgs) -> Result<Results> {
         }
         None => None,
     };
+    // The jailed peer restores its own copy of the same snapshot.
+    let fc_jailed = match (&args.firecracker, &args.firecracker_jailer) {
+        (Some(binary), Some(jailer)) => {
+            let mut peer = Firecracker::for_guest(binary, &args.guest, &template.dir);
+            peer.scratch = peer.scratch.with_file_name("firecracker-jailed");
+            let snapshot =
+                FcSnapshot::make(&peer, &peer.scratch).context("firecracker snapshot (jailed)")?;
+            Some(
+                snapshot
+                    .with_jailer(jailer, args.guest.mem_mib)
+                    .context("firecracker jailer")?,
+            )
+        }
+        _ => None,
+    };
     let mut results = Results::new(
         "restore",
-        json!({"n": args.n, "warmup": args.warmup, "jail_compare": args.jail_compare, "mem_mib": args.guest.mem_mib, "firecracker": fc.is_some()}),
+        json!({"n": args.n, "warmup": args.warmup, "jail_compare": args.jail_compare, "mem_mib": args.guest.mem_mib, "firecracker": fc.is_some(), "firecracker_jailer": fc_jailed.is_some()}),
     );
     let cold = results.push(Series::new("restore", "kiln", "cold boot -> agent ready"));
     let restored =
@@ -85,6 +110,12 @@ fn measure(args: &RestoreArgs) -> Result<Results> {
     let fc_restored = fc.as_ref().map(|_| {
         results
             .push(Series::new("restore", "firecracker", "restore -> agent ready").against(restored))
+    });
+    let fc_jailed_restored = fc_jailed.as_ref().map(|_| {
+        results.push(
+            Series::new("restore", "firecracker-jailer", "restore -> agent ready")
+                .against(restored),
+        )
     });
     // Other kiln-vmm set-ups restoring the same snapshot in the same
     // rounds: without the jail, another build.
@@ -148,15 +179,19 @@ fn measure(args: &RestoreArgs) -> Result<Results> {
             });
             record(&mut results.series[*s], counted, r, &mut line, what);
         }
-        if let (Some(fc), Some(s)) = (&fc, fc_restored) {
-            let r = fc.restore_once(i).map_err(anyhow::Error::new);
-            record(
-                &mut results.series[s],
-                counted,
-                r,
-                &mut line,
-                "firecracker restore",
-            );
+        let firecrackers = [
+            (&fc, fc_restored, "firecracker restore"),
+            (
+                &fc_jailed,
+                fc_jailed_restored,
+                "firecracker restore with its jailer",
+            ),
+        ];
+        for (fc, series, what) in firecrackers {
+            if let (Some(fc), Some(s)) = (fc, series) {
+                let r = fc.restore_once(i).map_err(anyhow::Error::new);
+                record(&mut results.series[s], counted, r, &mut line, what);
+            }
         }
         eprintln!("{line}");
     }
