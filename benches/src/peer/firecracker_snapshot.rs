@@ -360,5 +360,10 @@ impl Drop for FcClone {
 impl Drop for FcSnapshot {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.scratch);
+        // The jailer's parent cgroup, named after the binary (empty once
+        // every clone's own cgroup is gone).
+        if let Some(name) = self.jailer.as_ref().and_then(|j| j.exec.file_name()) {
+            let _ = std::fs::remove_dir(Path::new(CGROUP2).join(name));
+        }
     }
 }
